@@ -1,0 +1,254 @@
+//! One round of checks: build the list (API server, ingress, service, extra, neighbours), run
+//! them all concurrently, and produce the result `/alive` shows. A round is complete before it
+//! is published, and the caller never starts the next one before this one ends.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::future::join_all;
+use http::{HeaderMap, HeaderValue, Uri};
+use serde_json::Value;
+use tracing::{debug, warn};
+
+use crate::config::Config;
+use crate::discovery::NeighbourhoodView;
+use crate::metrics::Metrics;
+use crate::neighbours::Neighbour;
+use crate::probe::{ProbeClient, ProbeResult};
+use crate::trace::FailureKind;
+
+/// Header telling the neighbour who checked it (upstream's name).
+pub const ORIGIN_HEADER: &str = "KUBENURSE-NEIGHBOUR-ORIGIN";
+/// The `/alive` value of a disabled check.
+pub const SKIPPED: &str = "skipped";
+
+/// One check to run this round.
+#[derive(Debug, Clone)]
+pub struct CheckSpec {
+    /// The `type` label: `api_server_direct`, `path_<node>`, …
+    pub name: String,
+    /// What to GET.
+    pub url: Uri,
+    /// Send the service-account token (API-server checks only).
+    pub with_token: bool,
+    /// Send the origin header (path checks).
+    pub with_origin: bool,
+    /// The node checked, for path checks.
+    pub target_node: Option<String>,
+}
+
+/// A finished check.
+#[derive(Debug, Clone)]
+pub struct CheckOutcome {
+    /// The check.
+    pub spec: CheckSpec,
+    /// `ok`, a status line, or the error text.
+    pub value: String,
+    /// The request, when one was made.
+    pub probe: Option<ProbeResult>,
+}
+
+/// A complete round, as `/alive` shows it.
+#[derive(Debug, Clone)]
+pub struct RoundResult {
+    /// When the round started.
+    pub started_at: SystemTime,
+    /// How long the whole round took.
+    pub took: Duration,
+    /// Every check of the round, plus disabled ones as `skipped`.
+    pub values: BTreeMap<String, String>,
+    /// `ok` or why the neighbourhood is incomplete.
+    pub neighbourhood_state: String,
+    /// The neighbours checked.
+    pub neighbourhood: Vec<Neighbour>,
+    /// The finished checks, for streaming and tests.
+    pub outcomes: Vec<CheckOutcome>,
+}
+
+impl RoundResult {
+    /// True when every check is ok or skipped and the neighbourhood is known.
+    pub fn all_ok(&self) -> bool {
+        (self.neighbourhood_state == "ok" || self.neighbourhood_state == SKIPPED)
+            && self.values.values().all(|v| v == "ok" || v == SKIPPED)
+    }
+
+    /// Upstream's `last_check_result` object.
+    pub fn to_json(&self) -> Value {
+        let mut map = serde_json::Map::new();
+        for (k, v) in &self.values {
+            map.insert(k.clone(), Value::String(v.clone()));
+        }
+        map.insert("neighbourhood_state".into(), Value::String(self.neighbourhood_state.clone()));
+        map.insert(
+            "neighbourhood".into(),
+            serde_json::to_value(&self.neighbourhood).unwrap_or(Value::Array(Vec::new())),
+        );
+        Value::Object(map)
+    }
+}
+
+/// Formats `host:port` for a URL, bracketing IPv6 literals.
+pub fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+fn join_path(base: &str, path: &str) -> String {
+    format!("{}{path}", base.trim_end_matches('/'))
+}
+
+/// Runs rounds with one client and one config.
+pub struct Checker {
+    config: Arc<Config>,
+    client: ProbeClient,
+    metrics: Arc<Metrics>,
+    token_path: PathBuf,
+}
+
+impl Checker {
+    /// A checker for `config`, recording into `metrics`.
+    pub fn new(config: Arc<Config>, client: ProbeClient, metrics: Arc<Metrics>) -> Self {
+        let token_path = config.service_account_dir.join("token");
+        Self { config, client, metrics, token_path }
+    }
+
+    /// The checks of a round, given the neighbours to check; disabled checks are listed as skipped.
+    pub fn plan(&self, neighbours: &[Neighbour]) -> (Vec<CheckSpec>, Vec<&'static str>) {
+        let c = &self.config;
+        let mut specs = Vec::new();
+        let mut skipped = Vec::new();
+        let mut add = |name: &str, url: String, with_token: bool| match url.parse::<Uri>() {
+            Ok(url) => specs.push(CheckSpec { name: name.into(), url, with_token, with_origin: false, target_node: None }),
+            Err(e) => warn!(check = name, url = %url, error = %e, "cannot build check URL"),
+        };
+        match (&c.check_api_server_direct, &c.kubernetes_service_host) {
+            (true, Some(host)) => add(
+                "api_server_direct",
+                format!("https://{}/version", host_port(host, c.kubernetes_service_port)),
+                true,
+            ),
+            _ => skipped.push("api_server_direct"),
+        }
+        if c.check_api_server_dns {
+            add(
+                "api_server_dns",
+                format!("https://{}/version", host_port(&c.kubernetes_service_dns, c.kubernetes_service_port)),
+                true,
+            );
+        } else {
+            skipped.push("api_server_dns");
+        }
+        match (&c.check_me_ingress, &c.ingress_url) {
+            (true, Some(url)) => add("me_ingress", join_path(url, "/alwayshappy"), false),
+            _ => skipped.push("me_ingress"),
+        }
+        match (&c.check_me_service, &c.service_url) {
+            (true, Some(url)) => add("me_service", join_path(url, "/alwayshappy"), false),
+            _ => skipped.push("me_service"),
+        }
+        for extra in &c.extra_checks {
+            specs.push(CheckSpec {
+                name: extra.name.clone(),
+                url: extra.url.clone(),
+                with_token: false,
+                with_origin: false,
+                target_node: None,
+            });
+        }
+        let (scheme, port) = if c.use_tls { ("https", c.https_port) } else { ("http", c.http_port) };
+        for n in neighbours {
+            let url = format!("{scheme}://{}/alwayshappy", host_port(&n.pod_ip, port));
+            match url.parse::<Uri>() {
+                Ok(url) => specs.push(CheckSpec {
+                    name: format!("path_{}", n.node_name),
+                    url,
+                    with_token: false,
+                    with_origin: true,
+                    target_node: Some(n.node_name.clone()),
+                }),
+                Err(e) => warn!(pod = %n.pod_name, ip = %n.pod_ip, error = %e, "neighbour has an unusable pod IP"),
+            }
+        }
+        (specs, skipped)
+    }
+
+    /// Runs one round over `view` (or no neighbours when the neighbourhood check is off).
+    pub async fn run_round(&self, view: Option<NeighbourhoodView>) -> RoundResult {
+        let started_at = SystemTime::now();
+        let start = std::time::Instant::now();
+        let (neighbourhood_state, neighbourhood) = match view {
+            Some(v) => (v.state, v.neighbours),
+            None => (SKIPPED.to_string(), Vec::new()),
+        };
+        let (specs, skipped) = self.plan(&neighbourhood);
+        let outcomes = join_all(specs.into_iter().map(|spec| self.run_check(spec))).await;
+        let mut values: BTreeMap<String, String> =
+            skipped.into_iter().map(|name| (name.to_string(), SKIPPED.to_string())).collect();
+        for o in &outcomes {
+            values.insert(o.spec.name.clone(), o.value.clone());
+        }
+        RoundResult { started_at, took: start.elapsed(), values, neighbourhood_state, neighbourhood, outcomes }
+    }
+
+    async fn run_check(&self, spec: CheckSpec) -> CheckOutcome {
+        let mut headers = HeaderMap::new();
+        if spec.with_token {
+            match tokio::fs::read_to_string(&self.token_path).await {
+                Ok(token) => match HeaderValue::from_str(&format!("Bearer {}", token.trim())) {
+                    Ok(mut v) => {
+                        v.set_sensitive(true);
+                        headers.insert(http::header::AUTHORIZATION, v);
+                    }
+                    Err(_) => return self.token_failure(spec, "service account token contains invalid characters".into()),
+                },
+                Err(e) => {
+                    let msg = format!("cannot read service account token {}: {e}", self.token_path.display());
+                    return self.token_failure(spec, msg);
+                }
+            }
+        }
+        if spec.with_origin {
+            if let Ok(v) = HeaderValue::from_str(&self.config.pod_name) {
+                headers.insert(ORIGIN_HEADER, v);
+            }
+        }
+        let probe = self.client.get(&spec.url, &headers, self.config.check_timeout).await;
+        self.metrics.record(&spec.name, &probe);
+        let value = probe.summary();
+        if let Some((kind, message)) = &probe.failure {
+            warn!(check = %spec.name, event = %kind.event_label(), error = %message, "check failed");
+        } else {
+            debug!(check = %spec.name, micros = probe.duration.as_micros() as u64, "check ok");
+        }
+        CheckOutcome { spec, value, probe: Some(probe) }
+    }
+
+    fn token_failure(&self, spec: CheckSpec, message: String) -> CheckOutcome {
+        warn!(check = %spec.name, error = %message, "API server check not sent");
+        self.metrics.record_failure(&spec.name, &FailureKind::Token);
+        CheckOutcome { spec, value: message, probe: None }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn brackets_ipv6() {
+        assert_eq!(host_port("fd00::1", 8080), "[fd00::1]:8080");
+        assert_eq!(host_port("10.0.0.1", 8080), "10.0.0.1:8080");
+        assert_eq!(host_port("[fd00::1]", 443), "[fd00::1]:443");
+        assert!(format!("http://{}/alwayshappy", host_port("fd00::1", 8080)).parse::<Uri>().is_ok());
+    }
+
+    #[test]
+    fn joins_paths() {
+        assert_eq!(join_path("https://x.example/", "/alwayshappy"), "https://x.example/alwayshappy");
+    }
+}

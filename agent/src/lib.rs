@@ -1,0 +1,182 @@
+//! kubenurse-agent: the per-node tier of kubenurse-rs, a drop-in replacement for
+//! postfinance/kubenurse. `main` only reads the environment and signals; everything else is
+//! here so tests can run several agents in one process.
+
+pub mod checks;
+pub mod config;
+pub mod discovery;
+pub mod duration;
+pub mod incoming;
+pub mod metrics;
+pub mod neighbourhood;
+pub mod neighbours;
+pub mod probe;
+pub mod selector;
+pub mod server;
+pub mod tls;
+pub mod trace;
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
+use tracing::{info, warn};
+
+use crate::checks::Checker;
+use crate::config::Config;
+use crate::discovery::Discovery;
+use crate::metrics::Metrics;
+use crate::probe::ProbeClient;
+use crate::server::AgentState;
+
+/// How long open connections may take to finish after the listeners close.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the agent could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A TLS file or setting was unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// No kubeconfig and no in-cluster configuration.
+    #[error("KUBECONFIG: cannot configure the Kubernetes client: {0}")]
+    KubeConfig(String),
+    /// Metric registration failed (a bug, reported instead of a panic).
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+async fn bind(config: &Config, port: u16) -> Result<TcpListener, AgentError> {
+    let addr = |ip: IpAddr| SocketAddr::new(ip, port);
+    match config.bind_address {
+        Some(ip) => TcpListener::bind(addr(ip)).await.map_err(|source| AgentError::Bind { addr: addr(ip), source }),
+        None => match TcpListener::bind(addr(IpAddr::V6(Ipv6Addr::UNSPECIFIED))).await {
+            Ok(l) => Ok(l),
+            // No IPv6 on this host: IPv4 only.
+            Err(_) => {
+                let v4 = addr(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+                TcpListener::bind(v4).await.map_err(|source| AgentError::Bind { addr: v4, source })
+            }
+        },
+    }
+}
+
+/// Runs the agent until `shutdown` resolves, then: `/ready` 503, wait
+/// `KUBENURSE_SHUTDOWN_DURATION`, close the listeners, drain, return.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    tls::install_crypto_provider();
+    let config = Arc::new(config);
+    let client_tls = tls::client_config(
+        config.insecure,
+        &config.service_account_dir.join("ca.crt"),
+        config.extra_ca.as_deref(),
+    )?;
+    let server_tls = match (&config.use_tls, &config.cert_file, &config.cert_key) {
+        (true, Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(cert, key)?)),
+        _ => None,
+    };
+    let metrics = Arc::new(Metrics::new(&config.histogram_buckets)?);
+    let http_listener = bind(&config, config.http_port).await?;
+    let https_listener = match server_tls {
+        Some(_) => Some(bind(&config, config.https_port).await?),
+        None => None,
+    };
+
+    let discovery = if config.check_neighbourhood {
+        let kube_config = kube::Config::infer().await.map_err(|e| AgentError::KubeConfig(e.to_string()))?;
+        let client = kube::Client::try_from(kube_config).map_err(|e| AgentError::KubeConfig(e.to_string()))?;
+        Some(Discovery::spawn(client, &config))
+    } else {
+        None
+    };
+
+    let state = Arc::new(AgentState {
+        metrics: metrics.clone(),
+        incoming: incoming::IncomingChecks::default(),
+        last_round: Default::default(),
+        shutting_down: Default::default(),
+        discovery: discovery.clone(),
+        hostname: config.pod_name.clone(),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let router = server::router(state.clone());
+    let mut servers = vec![tokio::spawn(server::serve(http_listener, router.clone(), None, stop_rx.clone(), DRAIN_TIMEOUT))];
+    if let (Some(listener), Some(acceptor)) = (https_listener, server_tls) {
+        servers.push(tokio::spawn(server::serve(listener, router, Some(acceptor), stop_rx.clone(), DRAIN_TIMEOUT)));
+    }
+    info!(pod = %config.pod_name, http_port = config.http_port, tls = config.use_tls, "kubenurse agent started");
+
+    let checker = Checker::new(config.clone(), ProbeClient::new(client_tls, config.reuse_connections), metrics.clone());
+    let rounds = tokio::spawn(round_loop(checker, state.clone(), discovery, config.check_interval, stop_rx));
+
+    shutdown.await;
+    info!(wait = ?config.shutdown_duration, "shutting down: /ready now answers 503");
+    state.shutting_down.store(true, Ordering::SeqCst);
+    tokio::time::sleep(config.shutdown_duration).await;
+    let _ = stop_tx.send(true);
+    for s in servers {
+        if let Err(e) = s.await {
+            warn!(error = %e, "listener task failed");
+        }
+    }
+    rounds.abort();
+    info!("kubenurse agent stopped");
+    Ok(())
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // The borrow guard is dropped here, keeping callers' futures `Send`.
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn round_loop(
+    checker: Checker,
+    state: Arc<AgentState>,
+    discovery: Option<Discovery>,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    // A slow round delays the next one; rounds never overlap.
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => return,
+            _ = ticker.tick() => {}
+        }
+        let view = discovery.as_ref().map(Discovery::view);
+        let known = view.as_ref().is_none_or(|v| v.known);
+        let round = checker.run_round(view).await;
+        if known {
+            // Series of neighbours no longer checked go away (upstream leaks them).
+            for old in state.metrics.known_types() {
+                if old.starts_with("path_") && !round.values.contains_key(&old) {
+                    info!(check = %old, "neighbour left, removing its series");
+                    state.metrics.forget(&old);
+                }
+            }
+        }
+        info!(
+            checks = round.outcomes.len(),
+            ok = round.all_ok(),
+            took_ms = round.took.as_secs_f64() * 1e3,
+            neighbourhood = %round.neighbourhood_state,
+            "round complete"
+        );
+        state.publish(round);
+    }
+}

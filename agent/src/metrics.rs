@@ -1,0 +1,175 @@
+//! Upstream's five `kubenurse_*` metric families on a registry of the agent's own, plus the
+//! bookkeeping to remove a neighbour's series when it leaves (upstream leaks them).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+use crate::probe::ProbeResult;
+use crate::trace::FailureKind;
+
+/// Label values created per check type, so they can all be removed together.
+#[derive(Default)]
+struct Series {
+    codes: BTreeSet<String>,
+    trace_events: BTreeSet<&'static str>,
+    error_events: BTreeSet<String>,
+}
+
+/// The agent's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    trace: HistogramVec,
+    errors: IntCounterVec,
+    incoming: IntGauge,
+    series: Mutex<HashMap<String, Series>>,
+}
+
+impl Metrics {
+    /// Creates the families with the given histogram buckets.
+    pub fn new(buckets: &[f64]) -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("kubenurse_httpclient_requests_total", "A counter for requests from the kubenurse http client."),
+            &["type", "code"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "kubenurse_httpclient_request_duration_seconds",
+                "A latency histogram of request latencies from the kubenurse http client.",
+            )
+            .buckets(buckets.to_vec()),
+            &["type"],
+        )?;
+        let trace = HistogramVec::new(
+            HistogramOpts::new(
+                "kubenurse_httpclient_trace_request_duration_seconds",
+                "Latency histogram for requests from the kubenurse http client. Time in seconds since the start of the http request.",
+            )
+            .buckets(buckets.to_vec()),
+            &["type", "event"],
+        )?;
+        let errors = IntCounterVec::new(
+            Opts::new("kubenurse_errors_total", "Kubenurse error counter partitioned by error type"),
+            &["type", "event"],
+        )?;
+        let incoming = IntGauge::new(
+            "kubenurse_neighbourhood_incoming_checks",
+            "Number of unique source nodes checks in the last minute for the neighbourhood checks",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(trace.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(incoming.clone()))?;
+        Ok(Self { registry, requests, duration, trace, errors, incoming, series: Mutex::new(HashMap::new()) })
+    }
+
+    /// Records one check's request under `check_type`.
+    pub fn record(&self, check_type: &str, result: &ProbeResult) {
+        let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let s = series.entry(check_type.to_string()).or_default();
+        for (phase, at) in result.trace.events() {
+            self.trace.with_label_values(&[check_type, phase.as_str()]).observe(at.as_secs_f64());
+            s.trace_events.insert(phase.as_str());
+        }
+        let code = match result.status {
+            Some(status) => status.as_u16().to_string(),
+            None => "round_trip_error".to_string(),
+        };
+        self.requests.with_label_values(&[check_type, &code]).inc();
+        s.codes.insert(code);
+        if result.status.is_some() {
+            self.duration.with_label_values(&[check_type]).observe(result.duration.as_secs_f64());
+        }
+        if let Some((kind, _)) = &result.failure {
+            self.record_failure_locked(s, check_type, kind);
+        }
+    }
+
+    /// Counts a failure that produced no request (an unreadable token).
+    pub fn record_failure(&self, check_type: &str, kind: &FailureKind) {
+        let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let s = series.entry(check_type.to_string()).or_default();
+        self.record_failure_locked(s, check_type, kind);
+    }
+
+    fn record_failure_locked(&self, s: &mut Series, check_type: &str, kind: &FailureKind) {
+        let event = kind.event_label();
+        self.errors.with_label_values(&[check_type, &event]).inc();
+        s.error_events.insert(event);
+    }
+
+    /// Removes every series of `check_type` (a neighbour that left).
+    pub fn forget(&self, check_type: &str) {
+        let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(s) = series.remove(check_type) else { return };
+        for code in &s.codes {
+            let _ = self.requests.remove_label_values(&[check_type, code]);
+        }
+        for event in &s.trace_events {
+            let _ = self.trace.remove_label_values(&[check_type, event]);
+        }
+        for event in &s.error_events {
+            let _ = self.errors.remove_label_values(&[check_type, event]);
+        }
+        let _ = self.duration.remove_label_values(&[check_type]);
+    }
+
+    /// Check types that currently have series.
+    pub fn known_types(&self) -> Vec<String> {
+        let series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        series.keys().cloned().collect()
+    }
+
+    /// Sets the incoming-checks gauge.
+    pub fn set_incoming(&self, distinct_origins: usize) {
+        self.incoming.set(i64::try_from(distinct_origins).unwrap_or(i64::MAX));
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> Result<String, prometheus::Error> {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
+        String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::{Phase, RequestTrace};
+
+    fn result(status: Option<u16>, failure: Option<FailureKind>) -> ProbeResult {
+        let mut trace = RequestTrace::start();
+        trace.mark(Phase::ConnectStart);
+        trace.mark(Phase::ConnectDone);
+        ProbeResult {
+            status: status.map(|s| http::StatusCode::from_u16(s).unwrap()),
+            failure: failure.map(|f| (f, "x".to_string())),
+            trace,
+            duration: std::time::Duration::from_micros(300),
+        }
+    }
+
+    #[test]
+    fn records_and_forgets_a_neighbour() {
+        let m = Metrics::new(crate::config::DEFAULT_BUCKETS).unwrap();
+        m.record("path_a", &result(Some(200), None));
+        m.record("path_a", &result(Some(503), Some(FailureKind::Status(503))));
+        m.record("path_b", &result(None, Some(FailureKind::Phase(Phase::ConnectDone))));
+        let text = m.encode().unwrap();
+        assert!(text.contains(r#"kubenurse_httpclient_requests_total{code="503",type="path_a"} 1"#), "{text}");
+        assert!(text.contains(r#"kubenurse_errors_total{event="status_code_503",type="path_a"} 1"#));
+        assert!(text.contains(r#"kubenurse_errors_total{event="connect_done",type="path_b"} 1"#));
+        assert!(text.contains(r#"kubenurse_httpclient_requests_total{code="round_trip_error",type="path_b"} 1"#));
+        assert!(text.contains(r#"event="connect_done",type="path_a",le="0.005""#));
+        m.forget("path_a");
+        let text = m.encode().unwrap();
+        assert!(!text.contains("path_a"), "{text}");
+        assert!(text.contains("path_b"));
+    }
+}

@@ -1,0 +1,181 @@
+//! Which pods are neighbours: pure rules over cached Pod and Node objects (no I/O), so the
+//! discovery task only feeds data in and these rules are tested on plain values.
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::api::core::v1::{Node, Pod, PodSpec, PodStatus};
+
+use crate::neighbours::{node_hash, Neighbour};
+use crate::selector::LabelSelector;
+
+/// The taint upstream treats as "cordoned".
+pub const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
+
+/// Whether a node should not receive checks: cordoned or tainted unschedulable.
+pub fn node_is_unschedulable(node: &Node) -> bool {
+    let Some(spec) = &node.spec else { return false };
+    spec.unschedulable == Some(true)
+        || spec
+            .taints
+            .iter()
+            .flatten()
+            .any(|t| t.key == UNSCHEDULABLE_TAINT && t.effect == "NoSchedule")
+}
+
+/// Neighbour candidates (before the ring filter): Running, not terminating, not `own_pod`,
+/// matching `filter`, with a pod IP; with `nodes`, only on nodes that exist and are
+/// schedulable. One pod per node (the first by name), since checks are named by node.
+pub fn eligible_neighbours<'a>(
+    pods: impl IntoIterator<Item = &'a Pod>,
+    nodes: Option<&HashMap<String, bool>>,
+    own_pod: &str,
+    filter: &LabelSelector,
+) -> Vec<Neighbour> {
+    let empty = BTreeMap::new();
+    let mut by_node: BTreeMap<String, Neighbour> = BTreeMap::new();
+    for pod in pods {
+        let meta = &pod.metadata;
+        let name = meta.name.as_deref().unwrap_or_default();
+        if name.is_empty() || name == own_pod || meta.deletion_timestamp.is_some() {
+            continue;
+        }
+        if !filter.matches(meta.labels.as_ref().unwrap_or(&empty)) {
+            continue;
+        }
+        let Some(status) = &pod.status else { continue };
+        if status.phase.as_deref() != Some("Running") {
+            continue;
+        }
+        let Some(pod_ip) = status.pod_ip.as_deref().filter(|ip| !ip.is_empty()) else { continue };
+        let Some(node_name) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty())
+        else {
+            continue;
+        };
+        if let Some(nodes) = nodes {
+            // Missing node or unschedulable node: skip.
+            if nodes.get(node_name) != Some(&true) {
+                continue;
+            }
+        }
+        let candidate = Neighbour {
+            pod_name: name.to_string(),
+            pod_ip: pod_ip.to_string(),
+            host_ip: status.host_ip.clone().unwrap_or_default(),
+            node_name: node_name.to_string(),
+            node_hash: node_hash(node_name),
+        };
+        match by_node.get(node_name) {
+            Some(existing) if existing.pod_name <= candidate.pod_name => {}
+            _ => {
+                by_node.insert(node_name.to_string(), candidate);
+            }
+        }
+    }
+    by_node.into_values().collect()
+}
+
+/// Keeps only what discovery uses of a Pod, so a 5,000-pod cache stays small.
+pub fn strip_pod(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    pod.metadata.annotations = None;
+    pod.metadata.owner_references = None;
+    let node_name = pod.spec.as_mut().and_then(|s| s.node_name.take());
+    pod.spec = Some(PodSpec { node_name, ..PodSpec::default() });
+    if let Some(status) = pod.status.take() {
+        pod.status = Some(PodStatus {
+            phase: status.phase,
+            pod_ip: status.pod_ip,
+            host_ip: status.host_ip,
+            ..PodStatus::default()
+        });
+    }
+}
+
+/// Keeps only what discovery uses of a Node (spec and labels; no status, images, conditions).
+pub fn strip_node(node: &mut Node) {
+    node.metadata.managed_fields = None;
+    node.metadata.annotations = None;
+    node.status = None;
+    if let Some(spec) = node.spec.as_mut() {
+        spec.pod_cidr = None;
+        spec.pod_cidrs = None;
+        spec.provider_id = None;
+        spec.config_source = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{NodeSpec, Taint};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+
+    fn pod(name: &str, node: &str, phase: &str, labels: &[(&str, &str)]) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PodSpec { node_name: Some(node.into()), ..PodSpec::default() }),
+            status: Some(PodStatus {
+                phase: Some(phase.into()),
+                pod_ip: Some("10.0.0.9".into()),
+                host_ip: Some("192.0.2.1".into()),
+                ..PodStatus::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn applies_every_rule() {
+        let app = [("app", "kubenurse")];
+        let mut terminating = pod("p-term", "n-term", "Running", &app);
+        terminating.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        let pods = vec![
+            pod("me", "n-me", "Running", &app),
+            pod("p-ok", "n-ok", "Running", &app),
+            pod("p-pending", "n-pending", "Pending", &app),
+            pod("p-other", "n-other", "Running", &[("app", "other")]),
+            pod("p-cordoned", "n-cordoned", "Running", &app),
+            pod("p-gone", "n-gone", "Running", &app),
+            pod("p-ok-2", "n-ok", "Running", &app),
+            terminating,
+        ];
+        let filter = LabelSelector::parse("app=kubenurse").unwrap();
+        let nodes: HashMap<String, bool> = [
+            ("n-me", true),
+            ("n-ok", true),
+            ("n-pending", true),
+            ("n-other", true),
+            ("n-cordoned", false),
+            ("n-term", true),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let got = eligible_neighbours(&pods, Some(&nodes), "me", &filter);
+        let names: Vec<_> = got.iter().map(|n| n.pod_name.as_str()).collect();
+        assert_eq!(names, ["p-ok"]);
+        // Allowing unschedulable: no node information at all.
+        let got = eligible_neighbours(&pods, None, "me", &filter);
+        let names: Vec<_> = got.iter().map(|n| n.pod_name.as_str()).collect();
+        assert_eq!(names, ["p-cordoned", "p-gone", "p-ok"]);
+    }
+
+    #[test]
+    fn cordon_and_taint_both_count() {
+        let mut node = Node { spec: Some(NodeSpec { unschedulable: Some(true), ..NodeSpec::default() }), ..Node::default() };
+        assert!(node_is_unschedulable(&node));
+        node.spec = Some(NodeSpec {
+            taints: Some(vec![Taint { key: UNSCHEDULABLE_TAINT.into(), effect: "NoSchedule".into(), ..Taint::default() }]),
+            ..NodeSpec::default()
+        });
+        assert!(node_is_unschedulable(&node));
+        node.spec = Some(NodeSpec {
+            taints: Some(vec![Taint { key: "other".into(), effect: "NoSchedule".into(), ..Taint::default() }]),
+            ..NodeSpec::default()
+        });
+        assert!(!node_is_unschedulable(&node));
+    }
+}

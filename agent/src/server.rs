@@ -1,0 +1,221 @@
+//! The HTTP(S) endpoints (upstream's paths and answers) and the listener loop with graceful
+//! drain, shared by the plain and the TLS listener.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+use tracing::{debug, warn};
+
+use crate::checks::{RoundResult, ORIGIN_HEADER};
+use crate::discovery::Discovery;
+use crate::incoming::IncomingChecks;
+use crate::metrics::Metrics;
+use crate::stopped;
+
+/// What the endpoints read; written by the round loop and the shutdown sequence.
+pub struct AgentState {
+    /// The agent's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Origins that checked us.
+    pub incoming: IncomingChecks,
+    /// The last complete round; `None` until the first one ends.
+    pub last_round: RwLock<Option<Arc<RoundResult>>>,
+    /// Set on SIGTERM: `/ready` answers 503 from then on.
+    pub shutting_down: AtomicBool,
+    /// Discovery, when the neighbourhood check is on (for the own node's schedulability).
+    pub discovery: Option<Discovery>,
+    /// Shown in `/alive` as `hostname`.
+    pub hostname: String,
+}
+
+impl AgentState {
+    /// The last complete round.
+    pub fn last_round(&self) -> Option<Arc<RoundResult>> {
+        self.last_round.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Publishes a complete round.
+    pub fn publish(&self, round: RoundResult) {
+        *self.last_round.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(round));
+    }
+}
+
+/// The router of both listeners.
+pub fn router(state: Arc<AgentState>) -> Router {
+    Router::new()
+        .route("/alive", get(alive))
+        .route("/alwayshappy", get(always_happy))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(redirect_to_alive)
+        .with_state(state)
+}
+
+async fn redirect_to_alive() -> Response {
+    (StatusCode::MOVED_PERMANENTLY, [(header::LOCATION, "/alive")]).into_response()
+}
+
+async fn always_happy(State(state): State<Arc<AgentState>>, headers: HeaderMap) -> StatusCode {
+    if let Some(origin) = headers.get(ORIGIN_HEADER).and_then(|v| v.to_str().ok()) {
+        if !state.incoming.record(origin, Instant::now()) {
+            debug!(origin_len = origin.len(), "origin header not recorded");
+        }
+    }
+    StatusCode::OK
+}
+
+async fn ready(State(state): State<Arc<AgentState>>) -> StatusCode {
+    let node_ok = state.discovery.as_ref().is_none_or(Discovery::own_node_schedulable);
+    if state.shutting_down.load(Ordering::SeqCst) || !node_ok {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    }
+}
+
+async fn metrics(State(state): State<Arc<AgentState>>) -> Response {
+    state.metrics.set_incoming(state.incoming.count(Instant::now()));
+    match state.metrics.encode() {
+        Ok(body) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}")).into_response(),
+    }
+}
+
+/// Go's canonical header spelling (`accept-encoding` → `Accept-Encoding`), as upstream shows.
+fn canonical_header(name: &str) -> String {
+    name.split('-')
+        .map(|part| {
+            let mut chars = part.chars();
+            match chars.next() {
+                Some(first) => first.to_ascii_uppercase().to_string() + &chars.as_str().to_ascii_lowercase(),
+                None => String::new(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+async fn alive(
+    State(state): State<Arc<AgentState>>,
+    remote: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let Some(round) = state.last_round() else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "no check round has completed yet\n").into_response();
+    };
+    let mut header_map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, value) in &headers {
+        header_map
+            .entry(canonical_header(name.as_str()))
+            .or_default()
+            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+    }
+    let body = serde_json::json!({
+        "hostname": state.hostname,
+        "headers": header_map,
+        "user_agent": headers.get(header::USER_AGENT).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).unwrap_or_default(),
+        "request_uri": uri.path_and_query().map_or("/alive", |p| p.as_str()),
+        "remote_addr": remote.map(|r| r.0 .0.to_string()).unwrap_or_default(),
+        "last_check_result": round.to_json(),
+    });
+    let status = if round.all_ok() { StatusCode::OK } else { StatusCode::INTERNAL_SERVER_ERROR };
+    let mut text = serde_json::to_string_pretty(&body).unwrap_or_else(|_| "{}".into());
+    text.push('\n');
+    (status, [(header::CONTENT_TYPE, "application/json")], text).into_response()
+}
+
+/// Accepts connections until `stop` turns true, then waits up to `drain` for open requests.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<TlsAcceptor>,
+    mut stop: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = stopped(&mut stop) => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(axum::Extension(ConnectInfo(remote)));
+            let router = router.clone();
+            async move { Ok::<_, Infallible>(router.oneshot(req).await.unwrap_or_else(|e| match e {})) }
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+        match &tls {
+            None => {
+                let conn = builder.serve_connection(TokioIo::new(tcp), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        debug!(error = %e, %remote, "connection ended with error");
+                    }
+                });
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let conn_stop = stop.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
+                    let tls = match handshake {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => return debug!(error = %e, %remote, "TLS handshake failed"),
+                        Err(_) => return debug!(%remote, "TLS handshake timed out"),
+                    };
+                    if *conn_stop.borrow() {
+                        return;
+                    }
+                    let conn = watcher.watch(builder.serve_connection(TokioIo::new(tls), service));
+                    if let Err(e) = conn.await {
+                        debug!(error = %e, %remote, "connection ended with error");
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        warn!(?drain, "connections still open after drain timeout, closing them");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_header_names() {
+        assert_eq!(canonical_header("accept-encoding"), "Accept-Encoding");
+        assert_eq!(canonical_header("kubenurse-neighbour-origin"), "Kubenurse-Neighbour-Origin");
+        assert_eq!(canonical_header("x"), "X");
+    }
+}
