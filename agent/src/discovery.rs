@@ -10,7 +10,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
+use kube::runtime::WatchStreamExt as _;
 use kube::{Api, Client};
 use tracing::{info, warn};
 
@@ -59,7 +59,8 @@ impl Discovery {
     /// Starts the watches on the current tokio runtime.
     pub fn spawn(client: Client, config: &Config) -> Self {
         let status = Arc::new(Mutex::new(Status { own_node: config.node_name.clone(), ..Status::default() }));
-        let mut watch_config = watcher::Config::default();
+        // any_semantic: the API server may answer LISTs from its watch cache (cheap at scale).
+        let mut watch_config = watcher::Config::default().any_semantic();
         if !config.neighbour_filter.is_empty() {
             watch_config = watch_config.labels(&config.neighbour_filter.to_string());
         }
@@ -68,28 +69,26 @@ impl Discovery {
             None => Api::all(client.clone()),
         };
         let (pods, pod_writer) = reflector::store();
-        let pod_status = status.clone();
-        tokio::spawn(async move {
-            let stream = watcher::watcher(pod_api, watch_config)
-                .default_backoff()
-                .modify(strip_pod)
-                .reflect(pod_writer);
-            drive(stream, pod_status, |s| &mut s.pods, "pods").await;
-        });
+        tokio::spawn(drive(
+            move || watcher::watcher(pod_api.clone(), watch_config.clone()).modify(strip_pod),
+            pod_writer,
+            status.clone(),
+            |s| &mut s.pods,
+            "pods",
+        ));
 
         let nodes = if config.allow_unschedulable {
             None
         } else {
             let node_api: Api<Node> = Api::all(client.clone());
             let (nodes, node_writer) = reflector::store();
-            let node_status = status.clone();
-            tokio::spawn(async move {
-                let stream = watcher::watcher(node_api, watcher::Config::default())
-                    .default_backoff()
-                    .modify(strip_node)
-                    .reflect(node_writer);
-                drive(stream, node_status, |s| &mut s.nodes, "nodes").await;
-            });
+            tokio::spawn(drive(
+                move || watcher::watcher(node_api.clone(), watcher::Config::default().any_semantic()).modify(strip_node),
+                node_writer,
+                status.clone(),
+                |s| &mut s.nodes,
+                "nodes",
+            ));
             Some(nodes)
         };
 
@@ -216,34 +215,63 @@ impl Discovery {
     }
 }
 
+/// First delay before re-establishing a failed watch; doubles up to `MAX_RETRY_DELAY`.
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(500);
+/// Longest delay between attempts while the API server is unreachable.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+
+/// Runs a watch into `writer` forever. On an error the watch is restarted (a fresh LIST, then
+/// WATCH) after a jittered, capped backoff: the LIST's completion is what proves recovery, so
+/// `neighbourhood_state` clears as soon as the API server is back, and the cache stays valid
+/// (kube swaps it in whole at the end of the LIST) meanwhile.
 async fn drive<K, S>(
-    stream: S,
+    make_stream: impl Fn() -> S,
+    mut writer: reflector::store::Writer<K>,
     status: Arc<Mutex<Status>>,
     pick: fn(&mut Status) -> &mut WatchStatus,
     what: &'static str,
 ) where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
     S: futures::Stream<Item = Result<Event<K>, watcher::Error>>,
 {
-    futures::pin_mut!(stream);
-    while let Some(item) = stream.next().await {
-        let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
-        let w = pick(&mut s);
-        match item {
-            Ok(event) => {
-                if matches!(event, Event::InitDone) {
-                    if !w.synced {
-                        info!(resource = what, "watch synced");
+    let mut delay = FIRST_RETRY_DELAY;
+    loop {
+        let stream = make_stream();
+        futures::pin_mut!(stream);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(event) => {
+                    writer.apply_watcher_event(&event);
+                    if matches!(event, Event::InitDone) {
+                        let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
+                        let w = pick(&mut s);
+                        if !w.synced || w.last_error.is_some() {
+                            info!(resource = what, "watch synced");
+                        }
+                        w.synced = true;
+                        w.last_error = None;
+                        delay = FIRST_RETRY_DELAY;
                     }
-                    w.synced = true;
                 }
-                if w.last_error.take().is_some() {
-                    info!(resource = what, "watch recovered");
+                Err(e) => {
+                    warn!(resource = what, error = %e, retry_in = ?delay, "watch failed");
+                    let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
+                    pick(&mut s).last_error = Some(format!("{what} watch: {e}"));
+                    break;
                 }
-            }
-            Err(e) => {
-                warn!(resource = what, error = %e, "watch failed, retrying with backoff");
-                w.last_error = Some(format!("{what} watch: {e}"));
             }
         }
+        tokio::time::sleep(jittered(delay)).await;
+        delay = (delay * 2).min(MAX_RETRY_DELAY);
     }
+}
+
+/// `base` ± up to 25%, so thousands of agents do not retry in lockstep after an outage.
+fn jittered(base: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let spread = base.as_secs_f64() * 0.5 * (f64::from(nanos % 1000) / 1000.0 - 0.5);
+    Duration::from_secs_f64((base.as_secs_f64() + spread).max(0.0))
 }

@@ -76,7 +76,14 @@ async fn bind(config: &Config, port: u16) -> Result<TcpListener, AgentError> {
 
 /// Runs the agent until `shutdown` resolves, then: `/ready` 503, wait
 /// `KUBENURSE_SHUTDOWN_DURATION`, close the listeners, drain, return.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+///
+/// `kube_config` overrides the usual inference (kubeconfig, else in-cluster); tests running
+/// several agents in one process use it, since `KUBECONFIG` is process-wide.
+pub async fn run(
+    config: Config,
+    kube_config: Option<kube::Config>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
     tls::install_crypto_provider();
     let config = Arc::new(config);
     let client_tls = tls::client_config(
@@ -96,7 +103,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
 
     let discovery = if config.check_neighbourhood {
-        let kube_config = kube::Config::infer().await.map_err(|e| AgentError::KubeConfig(e.to_string()))?;
+        let mut kube_config = match kube_config {
+            Some(c) => c,
+            None => kube::Config::infer().await.map_err(|e| AgentError::KubeConfig(e.to_string()))?,
+        };
+        // kube retries 503s for minutes by default, hiding an outage from neighbourhood_state;
+        // the watchers back off by themselves.
+        kube_config.default_retry = false;
         let client = kube::Client::try_from(kube_config).map_err(|e| AgentError::KubeConfig(e.to_string()))?;
         Some(Discovery::spawn(client, &config))
     } else {

@@ -36,7 +36,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(kubenurse_agent::run(config, shutdown_signal())) {
+    match runtime.block_on(kubenurse_agent::run(config, None, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kubenurse-agent: {e}");

@@ -1,1 +1,6 @@
-//! x
+//! The kubenurse-rs test kit: a fake Kubernetes API server speaking the real wire format, a
+//! throwaway CA, and a launcher for local clusters of agents on 127.0.0.0/8 addresses.
+
+pub mod apiserver;
+pub mod cluster;
+pub mod pki;

@@ -1,0 +1,214 @@
+//! A local cluster on one machine: the fake API server plus one in-process agent per simulated
+//! node, each on its own loopback address (127.0.S.N) with the same ports, as in pods.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use kubenurse_agent::config::Config;
+use kubenurse_agent::AgentError;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::apiserver::{kubenurse_pod, node, FakeApiServer};
+
+/// Namespace the simulated kubenurse pods live in.
+pub const NAMESPACE: &str = "kubenurse";
+/// Zones the simulated nodes are spread over.
+pub const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
+
+/// One simulated node's identity.
+#[derive(Debug, Clone)]
+pub struct SimNode {
+    /// Node name (`node-01`, …).
+    pub node: String,
+    /// Its kubenurse pod.
+    pub pod: String,
+    /// Its loopback address.
+    pub ip: Ipv4Addr,
+    /// Its zone.
+    pub zone: String,
+}
+
+impl SimNode {
+    /// Node number `i` (1-based) on subnet `127.0.subnet.0/24`.
+    pub fn new(subnet: u8, i: u8) -> Self {
+        Self {
+            node: format!("node-{i:02}"),
+            pod: format!("kubenurse-{i:02}"),
+            ip: Ipv4Addr::new(127, 0, subnet, i),
+            zone: ZONES[usize::from(i) % ZONES.len()].to_string(),
+        }
+    }
+}
+
+/// The environment an agent of `sim` gets (the same variables a pod would have).
+pub fn agent_env(api: &FakeApiServer, sim: &SimNode, port: u16, interval: &str, limit: usize) -> HashMap<String, String> {
+    let me = format!("http://{}:{port}", sim.ip);
+    HashMap::from([
+        ("KUBENURSE_INGRESS_URL".into(), me.clone()),
+        ("KUBENURSE_SERVICE_URL".into(), me),
+        ("KUBENURSE_NAMESPACE".into(), NAMESPACE.into()),
+        ("KUBENURSE_NEIGHBOUR_FILTER".into(), "app.kubernetes.io/name=kubenurse".into()),
+        ("KUBENURSE_NEIGHBOUR_LIMIT".into(), limit.to_string()),
+        ("KUBENURSE_CHECK_INTERVAL".into(), interval.into()),
+        ("KUBENURSE_CHECK_TIMEOUT".into(), "2s".into()),
+        ("KUBENURSE_SHUTDOWN_DURATION".into(), "0s".into()),
+        ("KUBERNETES_SERVICE_HOST".into(), "127.0.0.1".into()),
+        ("KUBERNETES_SERVICE_PORT".into(), api.addr().port().to_string()),
+        ("KUBERNETES_SERVICE_DNS".into(), "localhost".into()),
+        ("KUBENURSE_SERVICE_ACCOUNT_DIR".into(), api.service_account_dir().display().to_string()),
+        ("KUBENURSE_POD_NAME".into(), sim.pod.clone()),
+        ("KUBENURSE_NODE_NAME".into(), sim.node.clone()),
+        ("KUBENURSE_BIND_ADDRESS".into(), sim.ip.to_string()),
+        ("KUBENURSE_HTTP_PORT".into(), port.to_string()),
+    ])
+}
+
+/// An agent running as a task in this process.
+pub struct LocalAgent {
+    /// Which node it simulates.
+    pub sim: SimNode,
+    /// Its HTTP port.
+    pub port: u16,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), AgentError>>,
+}
+
+impl LocalAgent {
+    /// Starts an agent with `env` against `api`; fails on a config error.
+    pub fn start(api: &FakeApiServer, sim: SimNode, port: u16, env: HashMap<String, String>) -> anyhow::Result<Self> {
+        let config = Config::from_lookup(&|k| env.get(k).cloned())?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let kube = api.kube_config();
+        let task = tokio::spawn(kubenurse_agent::run(config, Some(kube), async move {
+            let _ = stopped.await;
+        }));
+        Ok(Self { sim, port, stop: Some(stop), task })
+    }
+
+    /// Base URL of its HTTP listener.
+    pub fn url(&self) -> String {
+        format!("http://{}:{}", self.sim.ip, self.port)
+    }
+
+    /// Graceful stop; returns the agent's own result.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await??;
+        Ok(())
+    }
+}
+
+impl Drop for LocalAgent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The fake API server with `n` nodes and one agent each.
+pub struct LocalCluster {
+    /// The API server.
+    pub api: FakeApiServer,
+    /// Agents by position (node-01 first).
+    pub agents: Vec<LocalAgent>,
+    /// Simulated nodes, also those whose agent was stopped.
+    pub nodes: Vec<SimNode>,
+    /// Where the kit's files live.
+    pub dir: PathBuf,
+}
+
+/// What a local cluster looks like.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// Simulated nodes.
+    pub nodes: u8,
+    /// Third octet of the agents' addresses (tests running at once use different ones).
+    pub subnet: u8,
+    /// Every agent's HTTP port.
+    pub port: u16,
+    /// `KUBENURSE_CHECK_INTERVAL`.
+    pub interval: String,
+    /// `KUBENURSE_NEIGHBOUR_LIMIT`.
+    pub limit: usize,
+}
+
+impl LocalCluster {
+    /// Starts the API server, creates nodes and pods, and starts every agent.
+    pub async fn start(spec: &ClusterSpec, dir: &Path) -> anyhow::Result<Self> {
+        let api = FakeApiServer::start(dir).await?;
+        let mut nodes = Vec::new();
+        let mut agents = Vec::new();
+        for i in 1..=spec.nodes {
+            let sim = SimNode::new(spec.subnet, i);
+            api.apply_node(node(&sim.node, &sim.zone));
+            api.apply_pod(kubenurse_pod(NAMESPACE, &sim.pod, &sim.node, &sim.ip.to_string()));
+            nodes.push(sim);
+        }
+        for sim in &nodes {
+            let env = agent_env(&api, sim, spec.port, &spec.interval, spec.limit);
+            agents.push(LocalAgent::start(&api, sim.clone(), spec.port, env)?);
+        }
+        Ok(Self { api, agents, nodes, dir: dir.to_path_buf() })
+    }
+
+    /// Stops every agent gracefully.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let Self { agents, api, .. } = self;
+        for a in agents {
+            a.stop().await?;
+        }
+        drop(api);
+        Ok(())
+    }
+}
+
+/// A plain-HTTP GET for tests: status and body, with a timeout.
+pub async fn http_get(url: &str) -> anyhow::Result<(u16, String)> {
+    http_get_with(url, &[]).await
+}
+
+/// A plain-HTTP GET with extra headers.
+pub async fn http_get_with(url: &str, headers: &[(&str, &str)]) -> anyhow::Result<(u16, String)> {
+    let uri: http::Uri = url.parse()?;
+    let host = uri.host().ok_or_else(|| anyhow::anyhow!("no host in {url}"))?.to_string();
+    let port = uri.port_u16().unwrap_or(80);
+    let fut = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+        tokio::spawn(conn);
+        let mut req = http::Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
+            .header(http::header::HOST, format!("{host}:{port}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = sender.send_request(req.body(Empty::<Bytes>::new())?).await?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        anyhow::Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut).await?
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or fails after `limit`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,103 @@
+//! The fake API server against the real kube client: auth, list, watch resumption, 410 Gone,
+//! and faults. The agents' tests rely on these behaving like a real API server.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{ListParams, WatchEvent, WatchParams};
+use kube::{Api, Client};
+use kubenurse_tests::apiserver::{kubenurse_pod, node, Faults, FakeApiServer};
+
+fn workdir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+async fn client(api: &FakeApiServer) -> anyhow::Result<Client> {
+    Ok(Client::try_from(api.kube_config())?)
+}
+
+#[tokio::test]
+async fn wrong_token_is_401() -> anyhow::Result<()> {
+    let api = FakeApiServer::start(&workdir("api-401")).await?;
+    let mut config = api.kube_config();
+    let bad = workdir("api-401-token");
+    std::fs::create_dir_all(&bad)?;
+    std::fs::write(bad.join("token"), "wrong")?;
+    config.auth_info.token_file = Some(bad.join("token").display().to_string());
+    let pods: Api<Pod> = Api::namespaced(Client::try_from(config)?, "kubenurse");
+    let err = pods.list(&ListParams::default()).await.expect_err("wrong token must fail");
+    assert!(err.to_string().contains("401") || err.to_string().contains("Unauthorized"), "{err}");
+    assert_eq!(api.requests("unauthorized"), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn list_and_watch_with_selectors_and_versions() -> anyhow::Result<()> {
+    let api = FakeApiServer::start(&workdir("api-watch")).await?;
+    api.apply_node(node("n1", "zone-a"));
+    api.apply_pod(kubenurse_pod("kubenurse", "p1", "n1", "127.0.0.2"));
+    let mut other = kubenurse_pod("kubenurse", "other", "n1", "127.0.0.3");
+    other.metadata.labels = Some([("app".to_string(), "other".to_string())].into());
+    api.apply_pod(other);
+    api.apply_pod(kubenurse_pod("elsewhere", "p9", "n1", "127.0.0.4"));
+
+    let client = client(&api).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "kubenurse");
+    let selected = ListParams::default().labels("app.kubernetes.io/name=kubenurse");
+    let list = pods.list(&selected).await?;
+    let names: Vec<_> = list.items.iter().filter_map(|p| p.metadata.name.clone()).collect();
+    assert_eq!(names, ["p1"]);
+    let rv = list.metadata.resource_version.clone().unwrap_or_default();
+    assert_eq!(Api::<Pod>::all(client.clone()).list(&ListParams::default()).await?.items.len(), 3);
+    assert_eq!(Api::<Node>::all(client.clone()).list(&ListParams::default()).await?.items.len(), 1);
+    assert_eq!(pods.get("p1").await?.spec.and_then(|s| s.node_name).as_deref(), Some("n1"));
+
+    // Watch from the listed version: sees later changes only, filtered by selector.
+    let wp = WatchParams::default().labels("app.kubernetes.io/name=kubenurse").timeout(10);
+    let mut events = pods.watch(&wp, &rv).await?.boxed();
+    api.apply_pod(kubenurse_pod("kubenurse", "p2", "n1", "127.0.0.5"));
+    assert!(api.delete_pod("kubenurse", "p1"));
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let ev = tokio::time::timeout(Duration::from_secs(5), events.try_next()).await??;
+        match ev {
+            Some(WatchEvent::Added(p)) => seen.push(format!("added {}", p.metadata.name.unwrap_or_default())),
+            Some(WatchEvent::Deleted(p)) => seen.push(format!("deleted {}", p.metadata.name.unwrap_or_default())),
+            Some(WatchEvent::Modified(p)) => seen.push(format!("modified {}", p.metadata.name.unwrap_or_default())),
+            other => anyhow::bail!("unexpected event {other:?}"),
+        }
+    }
+    assert_eq!(seen, ["added p2", "deleted p1"]);
+
+    // Resuming from a version that left history: 410 Gone, as a real API server says it.
+    for i in 0..2100 {
+        api.apply_node(node(&format!("churn-{i}"), "zone-a"));
+    }
+    let mut events = pods.watch(&wp, "1").await?.boxed();
+    match tokio::time::timeout(Duration::from_secs(5), events.try_next()).await?? {
+        Some(WatchEvent::Error(e)) => assert_eq!(e.code, 410),
+        other => anyhow::bail!("expected 410 Gone, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn failing_closes_watches_and_refuses_requests() -> anyhow::Result<()> {
+    let api = FakeApiServer::start(&workdir("api-fail")).await?;
+    api.apply_pod(kubenurse_pod("kubenurse", "p1", "n1", "127.0.0.2"));
+    let pods: Api<Pod> = Api::namespaced(client(&api).await?, "kubenurse");
+    let rv = pods.list(&ListParams::default()).await?.metadata.resource_version.unwrap_or_default();
+    let mut events = pods.watch(&WatchParams::default().timeout(60), &rv).await?.boxed();
+    api.set_faults(Faults { failing: true, ..Faults::default() });
+    let end = tokio::time::timeout(Duration::from_secs(5), events.next()).await?;
+    assert!(end.is_none(), "watch must end when the server fails: {end:?}");
+    let err = pods.list(&ListParams::default()).await.expect_err("failing server");
+    assert!(err.to_string().contains("503") || err.to_string().contains("failing"), "{err}");
+    api.set_faults(Faults::default());
+    assert_eq!(pods.list(&ListParams::default()).await?.items.len(), 1);
+    Ok(())
+}
