@@ -123,7 +123,9 @@ impl Checker {
         let mut specs = Vec::new();
         let mut skipped = Vec::new();
         let mut add = |name: &str, url: String, with_token: bool| match url.parse::<Uri>() {
-            Ok(url) => specs.push(CheckSpec { name: name.into(), url, with_token, with_origin: false, target_node: None }),
+            Ok(url) => {
+                specs.push(CheckSpec { name: name.into(), url, with_token, with_origin: false, target_node: None })
+            }
             Err(e) => warn!(check = name, url = %url, error = %e, "cannot build check URL"),
         };
         match (&c.check_api_server_direct, &c.kubernetes_service_host) {
@@ -204,7 +206,9 @@ impl Checker {
                         v.set_sensitive(true);
                         headers.insert(http::header::AUTHORIZATION, v);
                     }
-                    Err(_) => return self.token_failure(spec, "service account token contains invalid characters".into()),
+                    Err(_) => {
+                        return self.token_failure(spec, "service account token contains invalid characters".into())
+                    }
                 },
                 Err(e) => {
                     let msg = format!("cannot read service account token {}: {e}", self.token_path.display());

@@ -26,7 +26,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ("KUBENURSE_CHECK_INTERVAL", "5s", "time between the starts of two rounds (Go duration)"),
     ("KUBENURSE_CHECK_TIMEOUT", "6s", "timeout of one check (Go duration)"),
     ("KUBENURSE_REUSE_CONNECTIONS", "false", "keep connections alive between rounds"),
-    ("KUBENURSE_HISTOGRAM_BUCKETS", ".005,.01,.025,.05,.1,.25,.5,1,2.5,5,10", "comma-separated histogram buckets (seconds)"),
+    (
+        "KUBENURSE_HISTOGRAM_BUCKETS",
+        ".005,.01,.025,.05,.1,.25,.5,1,2.5,5,10",
+        "comma-separated histogram buckets (seconds)",
+    ),
     ("KUBENURSE_VICTORIAMETRICS_HISTOGRAM", "false", "accepted for compatibility; Prometheus buckets are always used"),
     ("KUBENURSE_USE_TLS", "false", "also serve HTTPS on KUBENURSE_HTTPS_PORT; path checks use it"),
     ("KUBENURSE_CERT_FILE", "", "PEM certificate chain for HTTPS (required with USE_TLS)"),
@@ -37,7 +41,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ("KUBERNETES_SERVICE_HOST", "", "API server address (injected by Kubernetes)"),
     ("KUBERNETES_SERVICE_PORT", "443", "API server port (injected by Kubernetes)"),
     ("KUBERNETES_SERVICE_DNS", "kubernetes.default.svc.cluster.local", "API server DNS name"),
-    ("KUBENURSE_SERVICE_ACCOUNT_DIR", "/var/run/secrets/kubernetes.io/serviceaccount", "directory with token and ca.crt"),
+    (
+        "KUBENURSE_SERVICE_ACCOUNT_DIR",
+        "/var/run/secrets/kubernetes.io/serviceaccount",
+        "directory with token and ca.crt",
+    ),
     ("KUBENURSE_POD_NAME", "(hostname)", "own pod name"),
     ("KUBENURSE_NODE_NAME", "(from own pod)", "own node name"),
     ("KUBENURSE_BIND_ADDRESS", "(all, IPv4 and IPv6)", "address the HTTP(S) listeners bind to"),
@@ -204,9 +212,7 @@ impl Reader<'_> {
 }
 
 fn parse_url(var: &'static str, value: &str) -> Result<http::Uri, ConfigError> {
-    let uri: http::Uri = value
-        .parse()
-        .map_err(|e| Reader::err(var, value, format!("not a URL: {e}")))?;
+    let uri: http::Uri = value.parse().map_err(|e| Reader::err(var, value, format!("not a URL: {e}")))?;
     match uri.scheme_str() {
         Some("http") | Some("https") => {}
         _ => return Err(Reader::err(var, value, "URL must start with http:// or https://")),
@@ -221,10 +227,8 @@ fn parse_buckets(value: &str) -> Result<Vec<f64>, ConfigError> {
     const VAR: &str = "KUBENURSE_HISTOGRAM_BUCKETS";
     let mut buckets = Vec::new();
     for part in value.split(',') {
-        let b: f64 = part
-            .trim()
-            .parse()
-            .map_err(|_| Reader::err(VAR, value, format!("{:?} is not a number", part.trim())))?;
+        let b: f64 =
+            part.trim().parse().map_err(|_| Reader::err(VAR, value, format!("{:?} is not a number", part.trim())))?;
         if !b.is_finite() || b <= 0.0 {
             return Err(Reader::err(VAR, value, "buckets must be positive finite numbers"));
         }
@@ -241,9 +245,8 @@ fn parse_extra_checks(value: &str) -> Result<Vec<ExtraCheck>, ConfigError> {
     let reserved = ["api_server_direct", "api_server_dns", "me_ingress", "me_service"];
     let mut checks: Vec<ExtraCheck> = Vec::new();
     for entry in value.split('|') {
-        let (name, url) = entry
-            .split_once(':')
-            .ok_or_else(|| Reader::err(VAR, value, format!("entry {entry:?} is not name:url")))?;
+        let (name, url) =
+            entry.split_once(':').ok_or_else(|| Reader::err(VAR, value, format!("entry {entry:?} is not name:url")))?;
         let name = name.trim();
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
             return Err(Reader::err(VAR, value, format!("check name {name:?} must be [A-Za-z0-9_-]+")));
@@ -329,15 +332,13 @@ impl Config {
         let bind_address = match r.raw("KUBENURSE_BIND_ADDRESS") {
             None => None,
             Some(v) => Some(
-                v.parse::<IpAddr>()
-                    .map_err(|_| Reader::err("KUBENURSE_BIND_ADDRESS", &v, "expected an IP address"))?,
+                v.parse::<IpAddr>().map_err(|_| Reader::err("KUBENURSE_BIND_ADDRESS", &v, "expected an IP address"))?,
             ),
         };
         let pod_name = match r.raw("KUBENURSE_POD_NAME") {
             Some(p) => p,
-            None => hostname().ok_or_else(|| {
-                Reader::err("KUBENURSE_POD_NAME", "", "not set and the hostname cannot be read")
-            })?,
+            None => hostname()
+                .ok_or_else(|| Reader::err("KUBENURSE_POD_NAME", "", "not set and the hostname cannot be read"))?,
         };
         let aggregator_url = r.raw("KUBENURSE_AGGREGATOR_URL");
         if let Some(u) = &aggregator_url {

@@ -83,7 +83,9 @@ impl Discovery {
             let node_api: Api<Node> = Api::all(client.clone());
             let (nodes, node_writer) = reflector::store();
             tokio::spawn(drive(
-                move || watcher::watcher(node_api.clone(), watcher::Config::default().any_semantic()).modify(strip_node),
+                move || {
+                    watcher::watcher(node_api.clone(), watcher::Config::default().any_semantic()).modify(strip_node)
+                },
                 node_writer,
                 status.clone(),
                 |s| &mut s.nodes,
@@ -205,7 +207,8 @@ impl Discovery {
             return waiting("the own node name", own_error);
         };
         let pods = self.pods.state();
-        let candidates = eligible_neighbours(pods.iter().map(AsRef::as_ref), node_map.as_ref(), &self.own_pod, &self.filter);
+        let candidates =
+            eligible_neighbours(pods.iter().map(AsRef::as_ref), node_map.as_ref(), &self.own_pod, &self.filter);
         let neighbours = select_neighbours(&own_node, candidates, self.limit);
         let state = match (pod_error, node_error) {
             (None, None) => "ok".to_string(),
@@ -269,9 +272,7 @@ async fn drive<K, S>(
 
 /// `base` ± up to 25%, so thousands of agents do not retry in lockstep after an outage.
 fn jittered(base: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let spread = base.as_secs_f64() * 0.5 * (f64::from(nanos % 1000) / 1000.0 - 0.5);
     Duration::from_secs_f64((base.as_secs_f64() + spread).max(0.0))
 }

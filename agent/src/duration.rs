@@ -51,18 +51,14 @@ pub fn parse_go_duration(input: &str) -> Result<Duration, DurationError> {
     let mut total_nanos: f64 = 0.0;
     let mut rest = s;
     while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
         let number = &rest[..num_len];
         if number.is_empty() || number == "." || number.matches('.').count() > 1 {
             return Err(DurationError::InvalidNumber);
         }
         let value: f64 = number.parse().map_err(|_| DurationError::InvalidNumber)?;
         rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let scale = match unit {
@@ -106,10 +102,7 @@ mod tests {
         assert_eq!(parse_go_duration(""), Err(DurationError::Empty));
         assert_eq!(parse_go_duration("5"), Err(DurationError::MissingUnit));
         assert_eq!(parse_go_duration("-5s"), Err(DurationError::Negative));
-        assert_eq!(
-            parse_go_duration("5 seconds"),
-            Err(DurationError::UnknownUnit(" seconds".into()))
-        );
+        assert_eq!(parse_go_duration("5 seconds"), Err(DurationError::UnknownUnit(" seconds".into())));
         assert_eq!(parse_go_duration("abc"), Err(DurationError::InvalidNumber));
         assert_eq!(parse_go_duration("1..2s"), Err(DurationError::InvalidNumber));
         assert_eq!(parse_go_duration("99999999999h"), Err(DurationError::Overflow));

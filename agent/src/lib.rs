@@ -86,11 +86,8 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     tls::install_crypto_provider();
     let config = Arc::new(config);
-    let client_tls = tls::client_config(
-        config.insecure,
-        &config.service_account_dir.join("ca.crt"),
-        config.extra_ca.as_deref(),
-    )?;
+    let client_tls =
+        tls::client_config(config.insecure, &config.service_account_dir.join("ca.crt"), config.extra_ca.as_deref())?;
     let server_tls = match (&config.use_tls, &config.cert_file, &config.cert_key) {
         (true, Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(cert, key)?)),
         _ => None,
@@ -126,7 +123,8 @@ pub async fn run(
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let router = server::router(state.clone());
-    let mut servers = vec![tokio::spawn(server::serve(http_listener, router.clone(), None, stop_rx.clone(), DRAIN_TIMEOUT))];
+    let mut servers =
+        vec![tokio::spawn(server::serve(http_listener, router.clone(), None, stop_rx.clone(), DRAIN_TIMEOUT))];
     if let (Some(listener), Some(acceptor)) = (https_listener, server_tls) {
         servers.push(tokio::spawn(server::serve(listener, router, Some(acceptor), stop_rx.clone(), DRAIN_TIMEOUT)));
     }

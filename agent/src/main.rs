@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use kubenurse_agent::config::Config;
 
 fn main() -> ExitCode {
-    for arg in std::env::args().skip(1) {
+    if let Some(arg) = std::env::args().nth(1) {
         match arg.as_str() {
             "-h" | "--help" => {
                 print!("{}", Config::help_text());

@@ -15,11 +15,7 @@ pub const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
 pub fn node_is_unschedulable(node: &Node) -> bool {
     let Some(spec) = &node.spec else { return false };
     spec.unschedulable == Some(true)
-        || spec
-            .taints
-            .iter()
-            .flatten()
-            .any(|t| t.key == UNSCHEDULABLE_TAINT && t.effect == "NoSchedule")
+        || spec.taints.iter().flatten().any(|t| t.key == UNSCHEDULABLE_TAINT && t.effect == "NoSchedule")
 }
 
 /// Neighbour candidates (before the ring filter): Running, not terminating, not `own_pod`,
@@ -47,8 +43,7 @@ pub fn eligible_neighbours<'a>(
             continue;
         }
         let Some(pod_ip) = status.pod_ip.as_deref().filter(|ip| !ip.is_empty()) else { continue };
-        let Some(node_name) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty())
-        else {
+        let Some(node_name) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty()) else {
             continue;
         };
         if let Some(nodes) = nodes {
@@ -165,10 +160,15 @@ mod tests {
 
     #[test]
     fn cordon_and_taint_both_count() {
-        let mut node = Node { spec: Some(NodeSpec { unschedulable: Some(true), ..NodeSpec::default() }), ..Node::default() };
+        let mut node =
+            Node { spec: Some(NodeSpec { unschedulable: Some(true), ..NodeSpec::default() }), ..Node::default() };
         assert!(node_is_unschedulable(&node));
         node.spec = Some(NodeSpec {
-            taints: Some(vec![Taint { key: UNSCHEDULABLE_TAINT.into(), effect: "NoSchedule".into(), ..Taint::default() }]),
+            taints: Some(vec![Taint {
+                key: UNSCHEDULABLE_TAINT.into(),
+                effect: "NoSchedule".into(),
+                ..Taint::default()
+            }]),
             ..NodeSpec::default()
         });
         assert!(node_is_unschedulable(&node));

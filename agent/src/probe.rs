@@ -231,9 +231,8 @@ impl ProbeClient {
         if !self.reuse_connections {
             builder = builder.header(http::header::CONNECTION, "close");
         }
-        let mut request = builder
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| (FailureKind::RoundTrip, format!("GET {uri}: {e}")))?;
+        let mut request =
+            builder.body(Empty::<Bytes>::new()).map_err(|e| (FailureKind::RoundTrip, format!("GET {uri}: {e}")))?;
         request.headers_mut().extend(headers.iter().map(|(k, v)| (k.clone(), v.clone())));
 
         trace.begin(Phase::WroteRequest);
@@ -245,7 +244,8 @@ impl ProbeClient {
         let response = match response {
             Ok(r) => r,
             Err(e) => {
-                let kind = if marks.0.is_none() { FailureKind::Phase(Phase::WroteRequest) } else { FailureKind::RoundTrip };
+                let kind =
+                    if marks.0.is_none() { FailureKind::Phase(Phase::WroteRequest) } else { FailureKind::RoundTrip };
                 return Err((kind, format!("GET {uri}: {}", error_chain(&e))));
             }
         };
@@ -283,10 +283,15 @@ impl ProbeClient {
                 trace.begin(Phase::DnsDone);
                 let found = tokio::net::lookup_host((target.host.as_str(), target.port)).await;
                 let found: Vec<SocketAddr> = found
-                    .map_err(|e| (FailureKind::Phase(Phase::DnsDone), format!("GET {uri}: lookup {}: {e}", target.host)))?
+                    .map_err(|e| {
+                        (FailureKind::Phase(Phase::DnsDone), format!("GET {uri}: lookup {}: {e}", target.host))
+                    })?
                     .collect();
                 if found.is_empty() {
-                    return Err((FailureKind::Phase(Phase::DnsDone), format!("GET {uri}: lookup {}: no addresses", target.host)));
+                    return Err((
+                        FailureKind::Phase(Phase::DnsDone),
+                        format!("GET {uri}: lookup {}: no addresses", target.host),
+                    ));
                 }
                 trace.mark(Phase::DnsDone);
                 found
@@ -317,11 +322,10 @@ impl ProbeClient {
             trace.begin(Phase::TlsHandshakeDone);
             let name = rustls::pki_types::ServerName::try_from(target.host.clone())
                 .map_err(|e| (FailureKind::Phase(Phase::TlsHandshakeDone), format!("GET {uri}: bad TLS name: {e}")))?;
-            let tls = self
-                .tls
-                .connect(name, tcp)
-                .await
-                .map_err(|e| (FailureKind::Phase(Phase::TlsHandshakeDone), format!("GET {uri}: TLS handshake: {e}")))?;
+            let tls =
+                self.tls.connect(name, tcp).await.map_err(|e| {
+                    (FailureKind::Phase(Phase::TlsHandshakeDone), format!("GET {uri}: TLS handshake: {e}"))
+                })?;
             trace.mark(Phase::TlsHandshakeDone);
             Stream::Tls(Box::new(tls))
         } else {

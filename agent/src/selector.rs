@@ -92,11 +92,7 @@ fn split_top_level(input: &str) -> Result<Vec<&str>, SelectorError> {
     for (i, c) in input.char_indices() {
         match c {
             '(' => depth += 1,
-            ')' => {
-                depth = depth
-                    .checked_sub(1)
-                    .ok_or_else(|| SelectorError("unbalanced ')'".into()))?
-            }
+            ')' => depth = depth.checked_sub(1).ok_or_else(|| SelectorError("unbalanced ')'".into()))?,
             ',' if depth == 0 => {
                 parts.push(&input[start..i]);
                 start = i + 1;
@@ -139,16 +135,9 @@ fn parse_requirement(part: &str) -> Result<Requirement, SelectorError> {
         .strip_prefix('(')
         .and_then(|l| l.strip_suffix(')'))
         .ok_or_else(|| SelectorError(format!("expected '(values)' after {op} in {part:?}")))?;
-    let values = inner
-        .split(',')
-        .map(|v| valid_value(v.trim()))
-        .collect::<Result<Vec<_>, _>>()?;
+    let values = inner.split(',').map(|v| valid_value(v.trim())).collect::<Result<Vec<_>, _>>()?;
     let key = valid_key(key)?;
-    Ok(if op == "in" {
-        Requirement::In(key, values)
-    } else {
-        Requirement::NotIn(key, values)
-    })
+    Ok(if op == "in" { Requirement::In(key, values) } else { Requirement::NotIn(key, values) })
 }
 
 /// Label keys: optional DNS-subdomain prefix and a name of `[A-Za-z0-9._-]`, ≤ 63 chars.
@@ -157,9 +146,7 @@ fn valid_key(key: &str) -> Result<String, SelectorError> {
         Some((prefix, name)) => {
             if prefix.is_empty()
                 || prefix.len() > 253
-                || !prefix
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+                || !prefix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
             {
                 return Err(SelectorError(format!("invalid key prefix in {key:?}")));
             }
@@ -182,9 +169,7 @@ fn valid_value(value: &str) -> Result<String, SelectorError> {
 
 fn label_chars(s: &str) -> bool {
     let alnum = |c: char| c.is_ascii_alphanumeric();
-    s.chars().all(|c| alnum(c) || matches!(c, '-' | '_' | '.'))
-        && s.starts_with(alnum)
-        && s.ends_with(alnum)
+    s.chars().all(|c| alnum(c) || matches!(c, '-' | '_' | '.')) && s.starts_with(alnum) && s.ends_with(alnum)
 }
 
 #[cfg(test)]
@@ -200,11 +185,7 @@ mod tests {
         let s = LabelSelector::parse("app.kubernetes.io/name=kubenurse, tier in (a, b),!legacy").unwrap();
         assert!(s.matches(&labels(&[("app.kubernetes.io/name", "kubenurse"), ("tier", "a")])));
         assert!(!s.matches(&labels(&[("app.kubernetes.io/name", "kubenurse"), ("tier", "c")])));
-        assert!(!s.matches(&labels(&[
-            ("app.kubernetes.io/name", "kubenurse"),
-            ("tier", "a"),
-            ("legacy", "")
-        ])));
+        assert!(!s.matches(&labels(&[("app.kubernetes.io/name", "kubenurse"), ("tier", "a"), ("legacy", "")])));
         let ne = LabelSelector::parse("env!=prod,zone notin (x)").unwrap();
         assert!(ne.matches(&labels(&[])));
         assert!(!ne.matches(&labels(&[("env", "prod")])));

@@ -147,7 +147,11 @@ async fn auth_and_faults(State(shared): State<Arc<Shared>>, headers: HeaderMap, 
     }
     if faults.failing {
         shared.count("failed".into());
-        return status(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "fake API server is failing (test fault)");
+        return status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "fake API server is failing (test fault)",
+        );
     }
     next.run(req).await
 }
@@ -202,7 +206,13 @@ async fn list_or_watch(shared: Arc<Shared>, kind: Kind, namespace: Option<String
     }))
 }
 
-fn watch_stream(shared: Arc<Shared>, kind: Kind, namespace: Option<String>, selector: String, params: ListParams) -> Response {
+fn watch_stream(
+    shared: Arc<Shared>,
+    kind: Kind,
+    namespace: Option<String>,
+    selector: String,
+    params: ListParams,
+) -> Response {
     let wanted = move |c: &Change| {
         c.kind == kind
             && namespace.as_deref().is_none_or(|ns| c.namespace.as_deref() == Some(ns))
@@ -217,10 +227,24 @@ fn watch_stream(shared: Arc<Shared>, kind: Kind, namespace: Option<String>, sele
             // "any version": the current objects as ADDED events.
             let mut added = Vec::new();
             for p in store.pods.values() {
-                added.push(change_of(kind_rv(p.metadata.resource_version.as_deref()), Kind::Pods, p.metadata.namespace.clone(), p.metadata.labels.clone(), "ADDED", p));
+                added.push(change_of(
+                    kind_rv(p.metadata.resource_version.as_deref()),
+                    Kind::Pods,
+                    p.metadata.namespace.clone(),
+                    p.metadata.labels.clone(),
+                    "ADDED",
+                    p,
+                ));
             }
             for n in store.nodes.values() {
-                added.push(change_of(kind_rv(n.metadata.resource_version.as_deref()), Kind::Nodes, None, n.metadata.labels.clone(), "ADDED", n));
+                added.push(change_of(
+                    kind_rv(n.metadata.resource_version.as_deref()),
+                    Kind::Nodes,
+                    None,
+                    n.metadata.labels.clone(),
+                    "ADDED",
+                    n,
+                ));
             }
             (added, live, false)
         } else if since < store.compacted {
@@ -301,7 +325,11 @@ fn change_of<T: serde::Serialize>(
     }
 }
 
-async fn pods_in_ns(State(s): State<Arc<Shared>>, UrlPath(ns): UrlPath<String>, Query(p): Query<ListParams>) -> Response {
+async fn pods_in_ns(
+    State(s): State<Arc<Shared>>,
+    UrlPath(ns): UrlPath<String>,
+    Query(p): Query<ListParams>,
+) -> Response {
     list_or_watch(s, Kind::Pods, Some(ns), p).await
 }
 
@@ -412,9 +440,8 @@ impl FakeApiServer {
 
     /// A kube client configuration for in-process agents (no process-wide `KUBECONFIG`).
     pub fn kube_config(&self) -> kube::Config {
-        let mut config = kube::Config::new(
-            format!("https://127.0.0.1:{}", self.addr.port()).parse().unwrap_or_default(),
-        );
+        let mut config =
+            kube::Config::new(format!("https://127.0.0.1:{}", self.addr.port()).parse().unwrap_or_default());
         config.root_cert_file = Some(self.dir.join("ca.crt"));
         config.auth_info.token_file = Some(self.dir.join("token").display().to_string());
         config.default_namespace = "kubenurse".into();
@@ -451,26 +478,46 @@ impl FakeApiServer {
         let name = pod.metadata.name.clone().unwrap_or_default();
         pod.metadata.namespace = Some(ns.clone());
         let labels = pod.metadata.labels.clone();
-        let existed = self.shared.store.lock().unwrap_or_else(|p| p.into_inner()).pods.contains_key(&(ns.clone(), name.clone()));
+        let existed =
+            self.shared.store.lock().unwrap_or_else(|p| p.into_inner()).pods.contains_key(&(ns.clone(), name.clone()));
         let event = if existed { "MODIFIED" } else { "ADDED" };
-        self.commit(Kind::Pods, event, |store, rv| {
-            pod.metadata.resource_version = Some(rv);
-            store.pods.insert((ns.clone(), name), pod.clone());
-            Some(pod)
-        }, Some(ns.clone()), labels);
+        self.commit(
+            Kind::Pods,
+            event,
+            |store, rv| {
+                pod.metadata.resource_version = Some(rv);
+                store.pods.insert((ns.clone(), name), pod.clone());
+                Some(pod)
+            },
+            Some(ns.clone()),
+            labels,
+        );
     }
 
     /// Deletes a pod; returns whether it existed.
     pub fn delete_pod(&self, namespace: &str, name: &str) -> bool {
         let key = (namespace.to_string(), name.to_string());
-        let labels = self.shared.store.lock().unwrap_or_else(|p| p.into_inner()).pods.get(&key).and_then(|p| p.metadata.labels.clone());
+        let labels = self
+            .shared
+            .store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pods
+            .get(&key)
+            .and_then(|p| p.metadata.labels.clone());
         let mut found = false;
-        self.commit(Kind::Pods, "DELETED", |store, rv| {
-            let mut pod = store.pods.remove(&key)?;
-            found = true;
-            pod.metadata.resource_version = Some(rv);
-            Some(pod)
-        }, Some(namespace.to_string()), labels);
+        self.commit(
+            Kind::Pods,
+            "DELETED",
+            |store, rv| {
+                let mut pod = store.pods.remove(&key)?;
+                found = true;
+                pod.metadata.resource_version = Some(rv);
+                Some(pod)
+            },
+            Some(namespace.to_string()),
+            labels,
+        );
         found
     }
 
@@ -480,22 +527,34 @@ impl FakeApiServer {
         let labels = node.metadata.labels.clone();
         let existed = self.shared.store.lock().unwrap_or_else(|p| p.into_inner()).nodes.contains_key(&name);
         let event = if existed { "MODIFIED" } else { "ADDED" };
-        self.commit(Kind::Nodes, event, |store, rv| {
-            node.metadata.resource_version = Some(rv);
-            store.nodes.insert(name, node.clone());
-            Some(node)
-        }, None, labels);
+        self.commit(
+            Kind::Nodes,
+            event,
+            |store, rv| {
+                node.metadata.resource_version = Some(rv);
+                store.nodes.insert(name, node.clone());
+                Some(node)
+            },
+            None,
+            labels,
+        );
     }
 
     /// Deletes a node; returns whether it existed.
     pub fn delete_node(&self, name: &str) -> bool {
         let mut found = false;
-        self.commit(Kind::Nodes, "DELETED", |store, rv| {
-            let mut node = store.nodes.remove(name)?;
-            found = true;
-            node.metadata.resource_version = Some(rv);
-            Some(node)
-        }, None, None);
+        self.commit(
+            Kind::Nodes,
+            "DELETED",
+            |store, rv| {
+                let mut node = store.nodes.remove(name)?;
+                found = true;
+                node.metadata.resource_version = Some(rv);
+                Some(node)
+            },
+            None,
+            None,
+        );
         found
     }
 

@@ -2,12 +2,13 @@
 //! node, each on its own loopback address (127.0.S.N) with the same ports, as in pods.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
+use kubenurse_agent::checks::host_port;
 use kubenurse_agent::config::Config;
 use kubenurse_agent::AgentError;
 use tokio::sync::oneshot;
@@ -28,7 +29,7 @@ pub struct SimNode {
     /// Its kubenurse pod.
     pub pod: String,
     /// Its loopback address.
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// Its zone.
     pub zone: String,
 }
@@ -39,15 +40,21 @@ impl SimNode {
         Self {
             node: format!("node-{i:02}"),
             pod: format!("kubenurse-{i:02}"),
-            ip: Ipv4Addr::new(127, 0, subnet, i),
+            ip: IpAddr::V4(Ipv4Addr::new(127, 0, subnet, i)),
             zone: ZONES[usize::from(i) % ZONES.len()].to_string(),
         }
     }
 }
 
 /// The environment an agent of `sim` gets (the same variables a pod would have).
-pub fn agent_env(api: &FakeApiServer, sim: &SimNode, port: u16, interval: &str, limit: usize) -> HashMap<String, String> {
-    let me = format!("http://{}:{port}", sim.ip);
+pub fn agent_env(
+    api: &FakeApiServer,
+    sim: &SimNode,
+    port: u16,
+    interval: &str,
+    limit: usize,
+) -> HashMap<String, String> {
+    let me = format!("http://{}", host_port(&sim.ip.to_string(), port));
     HashMap::from([
         ("KUBENURSE_INGRESS_URL".into(), me.clone()),
         ("KUBENURSE_SERVICE_URL".into(), me),
@@ -92,7 +99,7 @@ impl LocalAgent {
 
     /// Base URL of its HTTP listener.
     pub fn url(&self) -> String {
-        format!("http://{}:{}", self.sim.ip, self.port)
+        format!("http://{}", host_port(&self.sim.ip.to_string(), self.port))
     }
 
     /// Graceful stop; returns the agent's own result.
@@ -136,6 +143,14 @@ pub struct ClusterSpec {
     pub interval: String,
     /// `KUBENURSE_NEIGHBOUR_LIMIT`.
     pub limit: usize,
+    /// Variables set on every agent on top of the defaults (an empty value removes one).
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        Self { nodes: 5, subnet: 1, port: 8080, interval: "1s".into(), limit: 10, env: Vec::new() }
+    }
 }
 
 impl LocalCluster {
@@ -151,7 +166,14 @@ impl LocalCluster {
             nodes.push(sim);
         }
         for sim in &nodes {
-            let env = agent_env(&api, sim, spec.port, &spec.interval, spec.limit);
+            let mut env = agent_env(&api, sim, spec.port, &spec.interval, spec.limit);
+            for (k, v) in &spec.env {
+                if v.is_empty() {
+                    env.remove(k);
+                } else {
+                    env.insert(k.clone(), v.clone());
+                }
+            }
             agents.push(LocalAgent::start(&api, sim.clone(), spec.port, env)?);
         }
         Ok(Self { api, agents, nodes, dir: dir.to_path_buf() })
@@ -176,14 +198,15 @@ pub async fn http_get(url: &str) -> anyhow::Result<(u16, String)> {
 /// A plain-HTTP GET with extra headers.
 pub async fn http_get_with(url: &str, headers: &[(&str, &str)]) -> anyhow::Result<(u16, String)> {
     let uri: http::Uri = url.parse()?;
-    let host = uri.host().ok_or_else(|| anyhow::anyhow!("no host in {url}"))?.to_string();
+    let host = uri.host().ok_or_else(|| anyhow::anyhow!("no host in {url}"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
     let port = uri.port_u16().unwrap_or(80);
     let fut = async {
         let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
         tokio::spawn(conn);
         let mut req = http::Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
-            .header(http::header::HOST, format!("{host}:{port}"));
+            .header(http::header::HOST, host_port(&host, port));
         for (k, v) in headers {
             req = req.header(*k, *v);
         }

@@ -50,7 +50,7 @@ fn metric_value(metrics: &str, series: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_check_exactly_their_ring_neighbours() -> anyhow::Result<()> {
-    let spec = ClusterSpec { nodes: 6, subnet: 41, port: 18080, interval: "500ms".into(), limit: 3 };
+    let spec = ClusterSpec { nodes: 6, subnet: 41, port: 18080, interval: "500ms".into(), limit: 3, env: Vec::new() };
     let cluster = LocalCluster::start(&spec, &workdir("ring")).await?;
     let all: Vec<&SimNode> = cluster.nodes.iter().collect();
 
@@ -90,7 +90,11 @@ async fn agents_check_exactly_their_ring_neighbours() -> anyhow::Result<()> {
         .await?;
         for path in &want {
             let series = format!("kubenurse_httpclient_requests_total{{code=\"200\",type=\"{path}\"}}");
-            assert!(metric_value(&metrics, &series).is_some_and(|v| v >= 1.0), "{series} missing on {}", agent.sim.node);
+            assert!(
+                metric_value(&metrics, &series).is_some_and(|v| v >= 1.0),
+                "{series} missing on {}",
+                agent.sim.node
+            );
             let trace = format!(
                 "kubenurse_httpclient_trace_request_duration_seconds_count{{event=\"got_first_resp_byte\",type=\"{path}\"}}"
             );
@@ -102,7 +106,11 @@ async fn agents_check_exactly_their_ring_neighbours() -> anyhow::Result<()> {
     let lists_before = cluster.api.requests("list pods");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(cluster.api.requests("list pods"), lists_before, "pods were LISTed again while nothing changed");
-    assert!(lists_before <= 2 * cluster.agents.len() as u64, "{lists_before} pod LISTs for {} agents", cluster.agents.len());
+    assert!(
+        lists_before <= 2 * cluster.agents.len() as u64,
+        "{lists_before} pod LISTs for {} agents",
+        cluster.agents.len()
+    );
 
     // A pod deleted: nobody checks its node any more, and its series are gone.
     let gone = cluster.nodes[1].clone();
@@ -132,14 +140,19 @@ async fn agents_check_exactly_their_ring_neighbours() -> anyhow::Result<()> {
     for agent in cluster.agents.iter().filter(|a| a.sim.node != gone.node && a.sim.node != cordoned.node) {
         let want = expected_paths(&agent.sim, &present, spec.limit);
         let url = agent.url();
-        eventually(&format!("{} stops checking cordoned {}", agent.sim.node, cordoned.node), Duration::from_secs(20), || {
-            let url = url.clone();
-            let want = want.clone();
-            async move { (path_keys(&alive(&url).await?.1) == want).then_some(()) }
-        })
+        eventually(
+            &format!("{} stops checking cordoned {}", agent.sim.node, cordoned.node),
+            Duration::from_secs(20),
+            || {
+                let url = url.clone();
+                let want = want.clone();
+                async move { (path_keys(&alive(&url).await?.1) == want).then_some(()) }
+            },
+        )
         .await?;
     }
-    let cordoned_agent = cluster.agents.iter().find(|a| a.sim.node == cordoned.node).map(|a| a.url()).unwrap_or_default();
+    let cordoned_agent =
+        cluster.agents.iter().find(|a| a.sim.node == cordoned.node).map(|a| a.url()).unwrap_or_default();
     eventually("cordoned node's /ready is 503", Duration::from_secs(10), || {
         let url = cordoned_agent.clone();
         async move { (http_get(&format!("{url}/ready")).await.ok()?.0 == 503).then_some(()) }
@@ -151,7 +164,7 @@ async fn agents_check_exactly_their_ring_neighbours() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_server_outage_keeps_path_checks_going() -> anyhow::Result<()> {
-    let spec = ClusterSpec { nodes: 3, subnet: 42, port: 18080, interval: "300ms".into(), limit: 10 };
+    let spec = ClusterSpec { nodes: 3, subnet: 42, port: 18080, interval: "300ms".into(), limit: 10, env: Vec::new() };
     let cluster = LocalCluster::start(&spec, &workdir("outage")).await?;
     let url = cluster.agents[0].url();
     let all_ok = |url: String| async move { (alive(&url).await?.0 == 200).then_some(()) };
@@ -183,7 +196,7 @@ async fn api_server_outage_keeps_path_checks_going() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_api_server_is_a_slow_check_not_a_failure() -> anyhow::Result<()> {
-    let spec = ClusterSpec { nodes: 2, subnet: 43, port: 18080, interval: "500ms".into(), limit: 10 };
+    let spec = ClusterSpec { nodes: 2, subnet: 43, port: 18080, interval: "500ms".into(), limit: 10, env: Vec::new() };
     let cluster = LocalCluster::start(&spec, &workdir("slow")).await?;
     let url = cluster.agents[0].url();
     eventually("healthy start", Duration::from_secs(20), || {
@@ -197,13 +210,60 @@ async fn slow_api_server_is_a_slow_check_not_a_failure() -> anyhow::Result<()> {
         let metrics_url = metrics_url.clone();
         async move {
             let (_, m) = http_get(&metrics_url).await.ok()?;
-            let le = metric_value(&m, "kubenurse_httpclient_request_duration_seconds_bucket{type=\"api_server_direct\",le=\"0.25\"}")?;
-            let all = metric_value(&m, "kubenurse_httpclient_request_duration_seconds_count{type=\"api_server_direct\"}")?;
+            let le = metric_value(
+                &m,
+                "kubenurse_httpclient_request_duration_seconds_bucket{type=\"api_server_direct\",le=\"0.25\"}",
+            )?;
+            let all =
+                metric_value(&m, "kubenurse_httpclient_request_duration_seconds_count{type=\"api_server_direct\"}")?;
             (all > le).then_some(())
         }
     })
     .await?;
     let (code, _) = alive(&url).await.ok_or_else(|| anyhow::anyhow!("no /alive"))?;
     assert_eq!(code, 200, "a slow API server within the timeout is still ok");
+    cluster.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_pod_ip_and_node_name_from_own_pod() -> anyhow::Result<()> {
+    use kubenurse_tests::apiserver::{kubenurse_pod, node};
+    use kubenurse_tests::cluster::{agent_env, LocalAgent};
+    // No KUBENURSE_NODE_NAME: each agent finds its node from its own pod.
+    let spec = ClusterSpec {
+        nodes: 2,
+        subnet: 44,
+        port: 18080,
+        interval: "300ms".into(),
+        limit: 10,
+        env: vec![("KUBENURSE_NODE_NAME".into(), String::new())],
+    };
+    let cluster = LocalCluster::start(&spec, &workdir("ipv6")).await?;
+    // A third node whose pod has an IPv6 address (::1), its agent listening there.
+    let v6 = SimNode { node: "node-v6".into(), pod: "kubenurse-v6".into(), ip: "::1".parse()?, zone: "zone-a".into() };
+    cluster.api.apply_node(node(&v6.node, &v6.zone));
+    cluster.api.apply_pod(kubenurse_pod(NAMESPACE, &v6.pod, &v6.node, "::1"));
+    let mut env = agent_env(&cluster.api, &v6, spec.port, &spec.interval, spec.limit);
+    env.remove("KUBENURSE_NODE_NAME");
+    let v6_agent = LocalAgent::start(&cluster.api, v6.clone(), spec.port, env)?;
+
+    let url = cluster.agents[0].url();
+    let body = eventually("node-01 checks node-v6 over IPv6", Duration::from_secs(20), || {
+        let url = url.clone();
+        async move {
+            let (code, body) = alive(&url).await?;
+            (code == 200 && body["last_check_result"]["path_node-v6"] == "ok").then_some(body)
+        }
+    })
+    .await?;
+    assert_eq!(body["last_check_result"]["path_node-02"], "ok");
+    let v6_url = v6_agent.url();
+    assert!(v6_url.contains("[::1]"));
+    eventually("the IPv6 agent checks the others", Duration::from_secs(20), || {
+        let url = v6_url.clone();
+        async move { (alive(&url).await?.0 == 200).then_some(()) }
+    })
+    .await?;
+    v6_agent.stop().await?;
     cluster.stop().await
 }
