@@ -176,6 +176,14 @@ impl LocalCluster {
             }
             agents.push(LocalAgent::start(&api, sim.clone(), spec.port, env)?);
         }
+        for a in &agents {
+            let url = format!("{}/ready", a.url());
+            eventually(&format!("{} listening", a.sim.node), Duration::from_secs(20), || {
+                let url = url.clone();
+                async move { http_get(&url).await.ok().map(|_| ()) }
+            })
+            .await?;
+        }
         Ok(Self { api, agents, nodes, dir: dir.to_path_buf() })
     }
 
