@@ -101,6 +101,8 @@ async fn sigterm_makes_ready_503_before_the_listener_closes() {
     }
     let alive = http_get(&format!("http://{ip}:{port}/alive")).await.expect("alive answers");
     assert_eq!(alive.0, 200, "{}", alive.1);
+    let root = http_get(&format!("http://{ip}:{port}/")).await.expect("/ answers");
+    assert_eq!(root.0, 301, "/ redirects to /alive");
 
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill runs");
     assert!(status.success());

@@ -99,6 +99,14 @@ async fn agents_check_exactly_their_ring_neighbours() -> anyhow::Result<()> {
                 "kubenurse_httpclient_trace_request_duration_seconds_count{{event=\"got_first_resp_byte\",type=\"{path}\"}}"
             );
             assert!(metric_value(&metrics, &trace).is_some_and(|v| v >= 1.0), "{trace} missing");
+            // Keep-alive is off by default: every request had its own connection.
+            let count = |event: &str| {
+                metric_value(
+                    &metrics,
+                    &format!("kubenurse_httpclient_trace_request_duration_seconds_count{{event=\"{event}\",type=\"{path}\"}}"),
+                )
+            };
+            assert_eq!(count("got_conn"), count("connect_done"), "{path}: a connection was reused");
         }
     }
 
@@ -265,5 +273,58 @@ async fn ipv6_pod_ip_and_node_name_from_own_pod() -> anyhow::Result<()> {
     })
     .await?;
     v6_agent.stop().await?;
+    cluster.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_unschedulable_never_watches_nodes() -> anyhow::Result<()> {
+    let spec = ClusterSpec {
+        nodes: 3,
+        subnet: 45,
+        port: 18080,
+        interval: "300ms".into(),
+        limit: 10,
+        env: vec![("KUBENURSE_ALLOW_UNSCHEDULABLE".into(), "true".into())],
+    };
+    let cluster = LocalCluster::start(&spec, &workdir("allow-unschedulable")).await?;
+    assert!(cluster.api.cordon("node-02", true));
+    let url = cluster.agents[0].url();
+    // Several rounds after the cordon, node-02 is still checked and /ready stays 200.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (code, body) = alive(&url).await.ok_or_else(|| anyhow::anyhow!("no /alive"))?;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["last_check_result"]["path_node-02"], "ok");
+    let node02 = cluster.agents[1].url();
+    assert_eq!(http_get(&format!("{node02}/ready")).await?.0, 200);
+    assert_eq!(cluster.api.requests("list nodes") + cluster.api.requests("watch nodes"), 0, "nodes were read");
+    cluster.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reuse_connections_keeps_them_alive() -> anyhow::Result<()> {
+    let spec = ClusterSpec {
+        nodes: 2,
+        subnet: 46,
+        port: 18080,
+        interval: "200ms".into(),
+        limit: 10,
+        env: vec![("KUBENURSE_REUSE_CONNECTIONS".into(), "true".into())],
+    };
+    let cluster = LocalCluster::start(&spec, &workdir("reuse")).await?;
+    let url = format!("{}/metrics", cluster.agents[0].url());
+    let series = |event: &str| {
+        format!("kubenurse_httpclient_trace_request_duration_seconds_count{{event=\"{event}\",type=\"path_node-02\"}}")
+    };
+    eventually("requests reuse one connection", Duration::from_secs(20), || {
+        let url = url.clone();
+        let (got, connected) = (series("got_conn"), series("connect_done"));
+        async move {
+            let (_, m) = http_get(&url).await.ok()?;
+            let got = metric_value(&m, &got)?;
+            let connected = metric_value(&m, &connected)?;
+            (got >= 5.0 && connected <= 2.0).then_some(())
+        }
+    })
+    .await?;
     cluster.stop().await
 }

@@ -150,3 +150,51 @@ async fn agents_check_each_other_over_https() -> anyhow::Result<()> {
     );
     cluster.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_verification_is_on_unless_insecure() -> anyhow::Result<()> {
+    let dir = workdir("tls-verify");
+    let ca = TestCa::new("untrusted-ca")?;
+    let leaf = ca.leaf(&["127.0.54.1", "127.0.54.2"])?;
+    let cert = write_file(&dir, "agent.crt", &leaf.cert_pem)?;
+    let key = write_file(&dir, "agent.key", &leaf.key_pem)?;
+    let spec = |insecure: &str| ClusterSpec {
+        nodes: 2,
+        subnet: 54,
+        port: 18080,
+        interval: "300ms".into(),
+        env: vec![
+            ("KUBENURSE_USE_TLS".into(), "true".into()),
+            ("KUBENURSE_HTTPS_PORT".into(), "18443".into()),
+            ("KUBENURSE_CERT_FILE".into(), cert.display().to_string()),
+            ("KUBENURSE_CERT_KEY".into(), key.display().to_string()),
+            ("KUBENURSE_INSECURE".into(), insecure.into()),
+        ],
+        ..ClusterSpec::default()
+    };
+    // The agents' CA is trusted by nobody: the handshake must fail.
+    let cluster = LocalCluster::start(&spec("false"), &dir).await?;
+    let url = cluster.agents[0].url();
+    let r = eventually("path check fails TLS verification", Duration::from_secs(20), || {
+        let url = url.clone();
+        async move {
+            let (_, r) = last_result(&url).await?;
+            r["path_node-02"].as_str().is_some_and(|v| v != "ok").then_some(r)
+        }
+    })
+    .await?;
+    assert!(r["path_node-02"].as_str().is_some_and(|v| v.contains("TLS handshake")), "{r}");
+    let (_, metrics) = http_get(&format!("{url}/metrics")).await?;
+    assert!(metrics.contains(r#"kubenurse_errors_total{event="tls_handshake_done",type="path_node-02"}"#));
+    cluster.stop().await?;
+
+    // KUBENURSE_INSECURE=true: the same certificates are accepted.
+    let cluster = LocalCluster::start(&spec("true"), &dir).await?;
+    let url = cluster.agents[0].url();
+    eventually("insecure path check ok", Duration::from_secs(20), || {
+        let url = url.clone();
+        async move { (last_result(&url).await?.1["path_node-02"] == "ok").then_some(()) }
+    })
+    .await?;
+    cluster.stop().await
+}

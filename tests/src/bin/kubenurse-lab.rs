@@ -67,6 +67,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(spec: ClusterSpec) -> anyhow::Result<()> {
+    init_logs();
     let dir = std::env::temp_dir().join(format!("kubenurse-lab-{}", std::process::id()));
     let cluster = LocalCluster::start(&spec, &dir).await?;
     let first = &cluster.agents[0];
@@ -104,4 +105,18 @@ async fn run(spec: ClusterSpec) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     println!("stopped.");
     Ok(())
+}
+
+/// Agents' warnings (failed checks, watch errors) on stderr; `RUST_LOG` (e.g. `info`) for more.
+fn init_logs() {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::WARN));
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(std::io::stderr))
+        .with(filter)
+        .init();
 }
