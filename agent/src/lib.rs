@@ -5,7 +5,8 @@
 pub mod checks;
 pub mod config;
 pub mod discovery;
-pub mod duration;
+/// Go duration strings, shared with the aggregator.
+pub use kubenurse_proto::duration;
 pub mod incoming;
 pub mod metrics;
 pub mod neighbourhood;

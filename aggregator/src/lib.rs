@@ -1,1 +1,103 @@
-//! The aggregator tier. Not written yet: issue 3 builds gRPC ingest, the matrix and fault localisation here.
+//! kubenurse-aggregator: receives every agent's results over gRPC (`nurse.v1`), keeps the
+//! cluster-wide source × destination matrix, names fault suspects, and serves it all over HTTP.
+
+pub mod api;
+pub mod cell;
+pub mod config;
+pub mod ingest;
+pub mod metrics;
+pub mod owner;
+pub mod sketch;
+pub mod state;
+pub mod suspects;
+pub mod validate;
+pub mod views;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use kubenurse_proto::v1::nurse_server::NurseServer;
+use kubenurse_proto::MAX_MESSAGE_BYTES;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::config::Config;
+use crate::metrics::AggregatorMetrics;
+use crate::owner::StateHandle;
+
+/// Why the aggregator stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AggregatorError {
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    /// The HTTP server failed.
+    #[error("HTTP server: {0}")]
+    Http(std::io::Error),
+    /// Metric registration failed.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// The gRPC service for `state`, with message size bounds (also used by in-process tests).
+pub fn grpc_service(
+    state: StateHandle,
+    metrics: Arc<AggregatorMetrics>,
+    shutdown: watch::Receiver<bool>,
+) -> NurseServer<ingest::Ingest> {
+    NurseServer::new(ingest::Ingest::new(state, metrics, shutdown))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// Runs until `shutdown` resolves: then `/ready` 503, GoAway to every stream, stop.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AggregatorError> {
+    let metrics = Arc::new(AggregatorMetrics::new()?);
+    let state = StateHandle::spawn(config.settings.clone(), metrics.clone());
+    let ready = Arc::new(AtomicBool::new(true));
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let http = TcpListener::bind(config.http_address)
+        .await
+        .map_err(|source| AggregatorError::Bind { addr: config.http_address, source })?;
+    let grpc = TcpListener::bind(config.grpc_address)
+        .await
+        .map_err(|source| AggregatorError::Bind { addr: config.grpc_address, source })?;
+    info!(grpc = %config.grpc_address, http = %config.http_address, "kubenurse aggregator started");
+
+    let router = api::router(api::ApiState { state: state.clone(), metrics: metrics.clone(), ready: ready.clone() });
+    let mut http_stop = stop_rx.clone();
+    let http_task = tokio::spawn(async move {
+        axum::serve(http, router).with_graceful_shutdown(async move { ingest::stopped(&mut http_stop).await }).await
+    });
+    let service = grpc_service(state, metrics, stop_rx.clone());
+    let mut grpc_stop = stop_rx.clone();
+    let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
+    let grpc_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, async move { ingest::stopped(&mut grpc_stop).await }),
+    );
+
+    shutdown.await;
+    info!("shutting down: telling agents to go away");
+    ready.store(false, Ordering::SeqCst);
+    let _ = stop_tx.send(true);
+    if let Ok(r) = grpc_task.await {
+        r?;
+    }
+    if let Ok(r) = http_task.await {
+        r.map_err(AggregatorError::Http)?;
+    }
+    Ok(())
+}

@@ -1,1 +1,20 @@
-//! The gRPC contract (`nurse.v1`) between agents and the aggregator. Not written yet: issue 3 adds the `.proto` files and the generated code.
+//! The gRPC contract (`nurse.v1`) between kubenurse agents and the aggregator, generated from
+//! `nurse/v1/nurse.proto` at build time without a system `protoc`; plus the Go duration syntax
+//! both tiers accept in their configuration.
+
+pub mod duration;
+
+/// Generated messages, client and server of package `nurse.v1`.
+#[allow(missing_docs, clippy::unwrap_used, clippy::default_trait_access)]
+pub mod v1 {
+    tonic::include_proto!("nurse.v1");
+}
+
+/// Protocol revision within v1 that this build speaks.
+pub const PROTOCOL_REVISION: u32 = 1;
+
+/// Largest message either side accepts (a batch of a few thousand results fits easily).
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
+/// Most results in one batch.
+pub const MAX_RESULTS_PER_BATCH: usize = 4096;

@@ -1,0 +1,98 @@
+//! The aggregator's own metrics, plus per-cell gauges refreshed at scrape time (bounded by the
+//! cells agents currently target: at most nodes × limit series).
+
+use prometheus::{Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+use crate::state::ClusterState;
+use crate::views::{matrix_cells, Stat};
+
+/// Metric families of the aggregator.
+pub struct AggregatorMetrics {
+    registry: Registry,
+    /// Agents streaming now.
+    pub connected_agents: IntGauge,
+    /// Results recorded.
+    pub ingested: IntCounter,
+    /// Results or streams refused, by reason.
+    pub ingest_errors: IntCounterVec,
+    /// Matrix cells held.
+    pub cells: IntGauge,
+    /// Current suspects by kind and cause.
+    pub suspects: GaugeVec,
+    p50: GaugeVec,
+    p99: GaugeVec,
+    error_ratio: GaugeVec,
+}
+
+impl AggregatorMetrics {
+    /// Registers every family.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let connected_agents = IntGauge::new("kubenurse_aggregator_connected_agents", "Agents streaming results now.")?;
+        let ingested = IntCounter::new("kubenurse_aggregator_results_ingested_total", "Check results recorded.")?;
+        let ingest_errors = IntCounterVec::new(
+            Opts::new("kubenurse_aggregator_ingest_errors_total", "Results or streams refused, by reason."),
+            &["reason"],
+        )?;
+        let cells = IntGauge::new("kubenurse_aggregator_matrix_cells", "Source-destination cells in the matrix.")?;
+        let suspects = GaugeVec::new(
+            Opts::new("kubenurse_aggregator_suspects", "Current fault suspects by kind and cause."),
+            &["kind", "cause"],
+        )?;
+        let cell_gauge = |name: &str, help: &str| GaugeVec::new(Opts::new(name, help), &["src", "dst"]);
+        let p50 = cell_gauge("kubenurse_matrix_p50_seconds", "Median path-check latency over the window.")?;
+        let p99 = cell_gauge("kubenurse_matrix_p99_seconds", "99th percentile path-check latency over the window.")?;
+        let error_ratio = cell_gauge("kubenurse_matrix_error_ratio", "Failed share of path checks over the window.")?;
+        for c in [
+            Box::new(connected_agents.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(ingested.clone()),
+            Box::new(ingest_errors.clone()),
+            Box::new(cells.clone()),
+            Box::new(suspects.clone()),
+            Box::new(p50.clone()),
+            Box::new(p99.clone()),
+            Box::new(error_ratio.clone()),
+        ] {
+            registry.register(c)?;
+        }
+        Ok(Self { registry, connected_agents, ingested, ingest_errors, cells, suspects, p50, p99, error_ratio })
+    }
+
+    /// Refreshes the gauges that mirror the state (run inside the state owner).
+    pub fn refresh(&self, state: &ClusterState, now: i64) {
+        self.connected_agents.set(state.nodes.values().filter(|n| n.connected()).count() as i64);
+        self.cells.set(state.matrix.values().map(|r| r.len() as i64).sum());
+        self.suspects.reset();
+        for s in &state.suspects {
+            let kind = serde_json::to_value(s.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+            let cause =
+                serde_json::to_value(s.cause).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+            self.suspects.with_label_values(&[kind.as_str(), cause.as_str()]).inc();
+        }
+        self.p50.reset();
+        self.p99.reset();
+        self.error_ratio.reset();
+        for c in matrix_cells(state, now, state.settings.window_micros, Stat::P99) {
+            let targeted =
+                state.nodes.get(&c.src).and_then(|n| n.hello.as_ref()).is_some_and(|h| h.targets.contains(&c.dst));
+            if !targeted {
+                continue;
+            }
+            let labels = [c.src.as_str(), c.dst.as_str()];
+            if let Some(v) = c.p50_ms {
+                self.p50.with_label_values(&labels).set(v / 1000.0);
+            }
+            if let Some(v) = c.p99_ms {
+                self.p99.with_label_values(&labels).set(v / 1000.0);
+            }
+            self.error_ratio.with_label_values(&labels).set(c.error_ratio);
+        }
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> Result<String, prometheus::Error> {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
+        String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}

@@ -1,0 +1,103 @@
+//! The one task that owns the state: ingest streams and HTTP handlers send it commands over a
+//! bounded channel; it never awaits while holding the state, so no lock exists at all.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kubenurse_proto::v1::{Hello, ResultBatch};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::AggregatorMetrics;
+use crate::state::{BatchOutcome, ClusterState, Settings};
+use crate::validate::Rejection;
+
+/// Commands queued to the owner; bounded so a flood slows its senders instead of growing memory.
+pub const COMMAND_QUEUE: usize = 4096;
+
+type Query = Box<dyn FnOnce(&ClusterState, i64) + Send>;
+
+enum Command {
+    Hello { hello: Hello, new_stream: bool, reply: oneshot::Sender<Result<(), Rejection>> },
+    Batch { node: String, batch: ResultBatch, reply: Option<oneshot::Sender<BatchOutcome>> },
+    Disconnect { node: String },
+    Query(Query),
+}
+
+/// Now, unix µs.
+pub fn now_micros() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
+
+/// A cloneable handle to the owner task.
+#[derive(Clone)]
+pub struct StateHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl StateHandle {
+    /// Starts the owner with `settings`, refreshing `metrics`' counters as it goes.
+    pub fn spawn(settings: Settings, metrics: Arc<AggregatorMetrics>) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Command>(COMMAND_QUEUE);
+        tokio::spawn(async move {
+            let mut state = ClusterState::new(settings);
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    cmd = rx.recv() => match cmd {
+                        None => return,
+                        Some(Command::Hello { hello, new_stream, reply }) => {
+                            let _ = reply.send(state.hello(hello, now_micros(), new_stream));
+                        }
+                        Some(Command::Batch { node, batch, reply }) => {
+                            let out = state.batch(&node, &batch, now_micros());
+                            metrics.ingested.inc_by(out.accepted);
+                            for (reason, n) in &out.rejected {
+                                metrics.ingest_errors.with_label_values(&[&reason.to_string()]).inc_by(*n);
+                            }
+                            if let Some(reply) = reply {
+                                let _ = reply.send(out);
+                            }
+                        }
+                        Some(Command::Disconnect { node }) => state.disconnect(&node, now_micros()),
+                        Some(Command::Query(f)) => f(&state, now_micros()),
+                    },
+                    _ = tick.tick() => state.tick(now_micros()),
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    /// Registers a hello; `new_stream` for a stream's first.
+    pub async fn hello(&self, hello: Hello, new_stream: bool) -> Result<(), Rejection> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Hello { hello, new_stream, reply }).await.map_err(|_| Rejection::Overloaded)?;
+        rx.await.map_err(|_| Rejection::Overloaded)?
+    }
+
+    /// Records a batch and reports what happened to it.
+    pub async fn batch(&self, node: String, batch: ResultBatch) -> Option<BatchOutcome> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Batch { node, batch, reply: Some(reply) }).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Notes that a stream of `node` ended.
+    pub async fn disconnect(&self, node: String) {
+        let _ = self.tx.send(Command::Disconnect { node }).await;
+    }
+
+    /// Runs `f` on the state; `None` if the owner is gone.
+    pub async fn query<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&ClusterState, i64) -> T + Send + 'static,
+    ) -> Option<T> {
+        let (reply, rx) = oneshot::channel();
+        let job: Query = Box::new(move |s, now| {
+            let _ = reply.send(f(s, now));
+        });
+        self.tx.send(Command::Query(job)).await.ok()?;
+        rx.await.ok()
+    }
+}

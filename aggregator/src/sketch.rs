@@ -1,0 +1,112 @@
+//! A mergeable latency sketch: logarithmic buckets (10 % wide), stored sparsely, so a cell of
+//! the matrix keeps a few bytes per time slot instead of every sample, and windows merge by
+//! adding counts.
+
+/// Bucket growth factor: quantiles are exact to within ±5 %.
+const GROWTH: f64 = 1.1;
+/// Buckets cover 1 µs .. ~190 s; longer durations land in the last bucket.
+pub const BUCKETS: usize = 200;
+
+/// The bucket of a duration in microseconds.
+pub fn bucket_of(micros: u64) -> u8 {
+    if micros <= 1 {
+        return 0;
+    }
+    let idx = ((micros as f64).ln() / GROWTH.ln()).floor() as usize;
+    idx.min(BUCKETS - 1) as u8
+}
+
+/// A representative value of a bucket (its geometric middle), microseconds.
+pub fn bucket_value(bucket: u8) -> f64 {
+    GROWTH.powf(f64::from(bucket) + 0.5)
+}
+
+/// Sparse bucket counts of one time slot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SparseSketch {
+    counts: Vec<(u8, u32)>,
+}
+
+impl SparseSketch {
+    /// Adds one sample.
+    pub fn add(&mut self, micros: u64) {
+        let b = bucket_of(micros);
+        match self.counts.binary_search_by_key(&b, |(k, _)| *k) {
+            Ok(i) => self.counts[i].1 = self.counts[i].1.saturating_add(1),
+            Err(i) => self.counts.insert(i, (b, 1)),
+        }
+    }
+
+    /// Adds these counts into a dense merge buffer.
+    pub fn merge_into(&self, dense: &mut DenseSketch) {
+        for &(b, c) in &self.counts {
+            dense.counts[usize::from(b)] += u64::from(c);
+            dense.total += u64::from(c);
+        }
+    }
+}
+
+/// A merge buffer over all buckets, for computing quantiles of a window.
+#[derive(Debug, Clone)]
+pub struct DenseSketch {
+    counts: [u64; BUCKETS],
+    total: u64,
+}
+
+impl Default for DenseSketch {
+    fn default() -> Self {
+        Self { counts: [0; BUCKETS], total: 0 }
+    }
+}
+
+impl DenseSketch {
+    /// Samples merged so far.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// The `q` quantile (0..=1) in microseconds; `None` when empty.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * self.total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (b, &c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(bucket_value(b as u8));
+            }
+        }
+        Some(bucket_value((BUCKETS - 1) as u8))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_within_five_percent() {
+        let mut s = SparseSketch::default();
+        for micros in 1..=10_000u64 {
+            s.add(micros * 10);
+        }
+        let mut d = DenseSketch::default();
+        s.merge_into(&mut d);
+        for (q, exact) in [(0.5, 50_000.0), (0.9, 90_000.0), (0.99, 99_000.0)] {
+            let got = d.quantile(q).unwrap();
+            assert!((got / exact - 1.0).abs() < 0.06, "q{q}: {got} vs {exact}");
+        }
+        assert_eq!(DenseSketch::default().quantile(0.5), None);
+    }
+
+    #[test]
+    fn sub_millisecond_resolution() {
+        // Loopback checks take 100-500 µs: they must not collapse into one bucket.
+        assert_ne!(bucket_of(150), bucket_of(300));
+        let v = bucket_value(bucket_of(250));
+        assert!((v / 250.0 - 1.0).abs() < 0.06, "{v}");
+        assert_eq!(bucket_of(u64::MAX), (BUCKETS - 1) as u8);
+    }
+}

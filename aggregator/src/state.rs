@@ -1,0 +1,315 @@
+//! The aggregator's whole state, pure (no I/O, time passed in): nodes from hellos, the
+//! source × destination matrix of path checks, per-node own checks, hysteresis verdicts and
+//! the current suspects. One task owns it (see `owner.rs`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use kubenurse_proto::v1::{CheckResult, Hello, ResultBatch};
+
+use crate::cell::Cell;
+use crate::suspects::{find_suspects, CellView, NodeView, Suspect};
+use crate::validate::{check_hello, check_result, Rejection, MAX_ERROR_LEN};
+
+/// Tunables; defaults in `Settings::default`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Sliding window of the matrix, µs.
+    pub window_micros: i64,
+    /// Slots per window.
+    pub slots: usize,
+    /// Consecutive bad rounds before a cell is failing (and good ones before it recovers).
+    pub hysteresis: u32,
+    /// A cell is stale after this many of its source's intervals without a result.
+    pub stale_intervals: i64,
+    /// A disconnected agent's node is marked gone after this long, µs.
+    pub gone_after_micros: i64,
+    /// ...and forgotten after this long (when nobody targets it any more), µs.
+    pub drop_after_micros: i64,
+    /// A check is slow above max(factor × cluster median, median + floor).
+    pub slow_factor: f64,
+    /// Absolute floor of slowness, µs: sub-millisecond jitter never makes a suspect.
+    pub slow_floor_micros: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            window_micros: 300_000_000,
+            slots: 10,
+            hysteresis: 2,
+            stale_intervals: 3,
+            gone_after_micros: 60_000_000,
+            drop_after_micros: 600_000_000,
+            slow_factor: 3.0,
+            slow_floor_micros: 20_000,
+        }
+    }
+}
+
+impl Settings {
+    /// Length of one slot, µs.
+    pub fn slot_micros(&self) -> i64 {
+        (self.window_micros / self.slots.max(1) as i64).max(1)
+    }
+}
+
+/// The last complete round of an agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundSummary {
+    /// The agent's round number.
+    pub round: u64,
+    /// All checks ok or skipped.
+    pub all_ok: bool,
+    /// The agent's neighbourhood_state.
+    pub neighbourhood_state: String,
+    /// Arrival time, unix µs.
+    pub at: i64,
+}
+
+/// What the aggregator knows of a node.
+#[derive(Debug, Clone, Default)]
+pub struct NodeState {
+    /// The agent's last hello, if it ever connected.
+    pub hello: Option<Hello>,
+    /// Open streams from its agent (one per agent normally).
+    pub streams: u32,
+    /// When its last stream closed, unix µs.
+    pub disconnected_at: Option<i64>,
+    /// Last message from its agent, unix µs.
+    pub last_seen: i64,
+    /// The last round its agent completed.
+    pub last_round: Option<RoundSummary>,
+    /// Its own checks (API server, ingress, service, extra), by check type.
+    pub checks: BTreeMap<String, Cell>,
+}
+
+impl NodeState {
+    /// Whether its agent is streaming now.
+    pub fn connected(&self) -> bool {
+        self.streams > 0
+    }
+
+    fn interval_micros(&self) -> i64 {
+        self.hello.as_ref().map_or(5_000_000, |h| h.interval_micros as i64)
+    }
+}
+
+/// Counts of one batch's fate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Results recorded.
+    pub accepted: u64,
+    /// Results refused, by reason.
+    pub rejected: BTreeMap<Rejection, u64>,
+}
+
+/// The state.
+#[derive(Debug, Default)]
+pub struct ClusterState {
+    /// Tunables.
+    pub settings: Settings,
+    /// Nodes by name: agents that said hello, and nodes agents target.
+    pub nodes: BTreeMap<String, NodeState>,
+    /// Path-check cells: source → destination → cell.
+    pub matrix: HashMap<String, HashMap<String, Cell>>,
+    /// Current slowness threshold, µs (from the cluster median).
+    pub slow_threshold_micros: u64,
+    /// Suspects as of the last tick.
+    pub suspects: Vec<Suspect>,
+    /// Results recorded since start.
+    pub ingested: u64,
+}
+
+impl ClusterState {
+    /// An empty state with `settings`.
+    pub fn new(settings: Settings) -> Self {
+        Self { settings, slow_threshold_micros: u64::MAX, ..Self::default() }
+    }
+
+    /// An agent's stream said hello (first, or again with new targets).
+    pub fn hello(&mut self, hello: Hello, now: i64, new_stream: bool) -> Result<(), Rejection> {
+        check_hello(&hello)?;
+        for t in &hello.targets {
+            self.nodes.entry(t.clone()).or_default();
+        }
+        let node = self.nodes.entry(hello.node.clone()).or_default();
+        if new_stream {
+            node.streams += 1;
+        }
+        node.disconnected_at = None;
+        node.last_seen = now;
+        node.hello = Some(hello);
+        Ok(())
+    }
+
+    /// An agent's stream ended.
+    pub fn disconnect(&mut self, node: &str, now: i64) {
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.streams = n.streams.saturating_sub(1);
+            if n.streams == 0 {
+                n.disconnected_at = Some(now);
+            }
+        }
+    }
+
+    /// Records a batch from `node` (which must have said hello).
+    pub fn batch(&mut self, node: &str, batch: &ResultBatch, now: i64) -> BatchOutcome {
+        let mut out = BatchOutcome::default();
+        let Some(targets) = self.nodes.get(node).and_then(|n| n.hello.as_ref()).map(|h| h.targets.clone()) else {
+            out.rejected.insert(Rejection::NoHello, batch.results.len() as u64);
+            return out;
+        };
+        for r in &batch.results {
+            match check_result(r, &targets) {
+                Ok(()) => {
+                    self.record(node, r, now);
+                    out.accepted += 1;
+                }
+                Err(e) => *out.rejected.entry(e).or_default() += 1,
+            }
+        }
+        self.ingested += out.accepted;
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.last_seen = now;
+            if let Some(end) = batch.round_ends.iter().max_by_key(|e| e.round) {
+                let mut state = end.neighbourhood_state.clone();
+                state.truncate(MAX_ERROR_LEN);
+                n.last_round =
+                    Some(RoundSummary { round: end.round, all_ok: end.all_ok, neighbourhood_state: state, at: now });
+            }
+        }
+        out
+    }
+
+    fn record(&mut self, node: &str, r: &CheckResult, now: i64) {
+        let (slot, retention, k) = (self.settings.slot_micros(), self.settings.slots, self.settings.hysteresis);
+        let failed = r.outcome == 2;
+        let cell = if r.check_type.starts_with("path_") {
+            self.matrix.entry(node.to_string()).or_default().entry(r.target_node.clone()).or_default()
+        } else {
+            match self.nodes.get_mut(node) {
+                Some(n) => n.checks.entry(r.check_type.clone()).or_default(),
+                None => return,
+            }
+        };
+        cell.record(now, slot, retention, r.duration_micros, failed);
+        cell.last_micros = r.duration_micros;
+        cell.last_failed = failed;
+        cell.last_seen = now;
+        if failed {
+            let mut text = if r.error.is_empty() { r.error_kind.clone() } else { r.error.clone() };
+            if text.len() > MAX_ERROR_LEN {
+                let mut cut = MAX_ERROR_LEN;
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                text.truncate(cut);
+            }
+            cell.last_error = Some(text);
+        }
+        cell.health.observe(failed, k);
+        cell.latency.observe(!failed && r.duration_micros > self.slow_threshold_micros, k);
+    }
+
+    /// Whether a cell of `src` is fresh at `now`.
+    pub fn fresh(&self, src: &str, cell: &Cell, now: i64) -> bool {
+        let interval = self.nodes.get(src).map_or(5_000_000, NodeState::interval_micros);
+        now - cell.last_seen <= self.settings.stale_intervals * interval
+    }
+
+    /// Whether a node's agent has been away longer than the grace period.
+    pub fn gone(&self, node: &NodeState, now: i64) -> bool {
+        node.disconnected_at.is_some_and(|t| now - t > self.settings.gone_after_micros)
+    }
+
+    /// Periodic upkeep: slowness threshold, expiry of old cells and nodes, suspects.
+    pub fn tick(&mut self, now: i64) {
+        let mut latencies: Vec<u64> = Vec::new();
+        for (src, row) in &self.matrix {
+            for cell in row.values() {
+                if !cell.last_failed && self.fresh(src, cell, now) {
+                    latencies.push(cell.last_micros);
+                }
+            }
+        }
+        self.slow_threshold_micros = if latencies.is_empty() {
+            u64::MAX
+        } else {
+            let mid = latencies.len() / 2;
+            let median = *latencies.select_nth_unstable(mid).1;
+            ((median as f64 * self.settings.slow_factor) as u64).max(median + self.settings.slow_floor_micros)
+        };
+
+        let window = self.settings.window_micros;
+        for row in self.matrix.values_mut() {
+            row.retain(|_, c| now - c.last_seen <= window);
+        }
+        self.matrix.retain(|_, row| !row.is_empty());
+        let targeted: BTreeSet<String> =
+            self.nodes.values().filter_map(|n| n.hello.as_ref()).flat_map(|h| h.targets.iter().cloned()).collect();
+        let drop_after = self.settings.drop_after_micros;
+        let dropped: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(name, n)| {
+                !targeted.contains(*name)
+                    && match n.disconnected_at {
+                        Some(t) => now - t > drop_after,
+                        None => n.hello.is_none(),
+                    }
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in dropped {
+            self.nodes.remove(&name);
+            self.matrix.remove(&name);
+        }
+        self.suspects = self.compute_suspects(now);
+    }
+
+    fn compute_suspects(&self, now: i64) -> Vec<Suspect> {
+        let names: Vec<&String> = self.nodes.keys().collect();
+        let index: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+        let views: Vec<NodeView> = self
+            .nodes
+            .iter()
+            .map(|(name, n)| NodeView {
+                name: name.clone(),
+                zone: n.hello.as_ref().map(|h| h.zone.clone()).unwrap_or_default(),
+                agent_connected: n.connected(),
+            })
+            .collect();
+        let mut cells = Vec::new();
+        for (src, row) in &self.matrix {
+            let Some(&s) = index.get(src.as_str()) else { continue };
+            for (dst, cell) in row {
+                let Some(&d) = index.get(dst.as_str()) else { continue };
+                if self.fresh(src, cell, now) {
+                    cells.push(CellView { src: s, dst: d, failing: cell.health.bad, slow: cell.latency.bad });
+                }
+            }
+        }
+        find_suspects(&views, &cells)
+    }
+
+    /// Nodes checked by fewer live peers than they should be: (node, checkers, expected).
+    pub fn coverage(&self) -> Vec<(String, usize, usize)> {
+        let live: Vec<&Hello> =
+            self.nodes.values().filter(|n| n.connected()).filter_map(|n| n.hello.as_ref()).collect();
+        let mut checkers: BTreeMap<&str, usize> = BTreeMap::new();
+        for h in &live {
+            for t in &h.targets {
+                *checkers.entry(t.as_str()).or_default() += 1;
+            }
+        }
+        let peers = live.len().saturating_sub(1);
+        self.nodes
+            .keys()
+            .map(|name| {
+                let limit = live.iter().map(|h| h.neighbour_limit as usize).max().unwrap_or(0);
+                let expected = if limit == 0 { peers } else { limit.min(peers) };
+                (name.clone(), checkers.get(name.as_str()).copied().unwrap_or(0), expected)
+            })
+            .collect()
+    }
+}

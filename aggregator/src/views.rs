@@ -1,0 +1,268 @@
+//! JSON answers of the HTTP API, computed from the state (pure).
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::cell::{Cell, CellStats};
+use crate::state::{ClusterState, NodeState};
+
+/// Which number the matrix colours by (`?stat=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stat {
+    /// Median latency.
+    P50,
+    /// 90th percentile.
+    P90,
+    /// 99th percentile.
+    P99,
+    /// Failed share.
+    ErrorRatio,
+}
+
+impl Stat {
+    /// Parses `p50|p90|p99|error_ratio`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "p50" => Some(Self::P50),
+            "p90" => Some(Self::P90),
+            "p99" => Some(Self::P99),
+            "error_ratio" => Some(Self::ErrorRatio),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::P50 => "p50",
+            Self::P90 => "p90",
+            Self::P99 => "p99",
+            Self::ErrorRatio => "error_ratio",
+        }
+    }
+}
+
+/// One matrix cell as JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct CellJson {
+    /// Source node.
+    pub src: String,
+    /// Destination node.
+    pub dst: String,
+    /// Results in the window.
+    pub count: u64,
+    /// Failures in the window.
+    pub errors: u64,
+    /// errors / count.
+    pub error_ratio: f64,
+    /// Latency quantiles, ms (µs precision).
+    pub p50_ms: Option<f64>,
+    /// 90th percentile, ms.
+    pub p90_ms: Option<f64>,
+    /// 99th percentile, ms.
+    pub p99_ms: Option<f64>,
+    /// Last result's latency, ms.
+    pub last_ms: f64,
+    /// Last failure text.
+    pub last_error: Option<String>,
+    /// Last result, RFC 3339.
+    pub last_seen: String,
+    /// No result for 3 × interval.
+    pub stale: bool,
+    /// Failing per hysteresis.
+    pub failing: bool,
+    /// Slow per hysteresis.
+    pub slow: bool,
+    /// The requested statistic, for colouring.
+    pub value: Option<f64>,
+}
+
+fn ms(micros: f64) -> f64 {
+    (micros / 1000.0 * 1000.0).round() / 1000.0
+}
+
+/// Formats unix µs as RFC 3339 (UTC).
+pub fn rfc3339(micros: i64) -> String {
+    let secs = micros.div_euclid(1_000_000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        micros.rem_euclid(1_000_000)
+    )
+}
+
+fn cell_json(src: &str, dst: &str, cell: &Cell, stats: &CellStats, stale: bool, stat: Stat) -> CellJson {
+    let value = match stat {
+        Stat::P50 => stats.p50_micros.map(ms),
+        Stat::P90 => stats.p90_micros.map(ms),
+        Stat::P99 => stats.p99_micros.map(ms),
+        Stat::ErrorRatio => Some(stats.error_ratio()),
+    };
+    CellJson {
+        src: src.to_string(),
+        dst: dst.to_string(),
+        count: stats.count,
+        errors: stats.errors,
+        error_ratio: stats.error_ratio(),
+        p50_ms: stats.p50_micros.map(ms),
+        p90_ms: stats.p90_micros.map(ms),
+        p99_ms: stats.p99_micros.map(ms),
+        last_ms: ms(cell.last_micros as f64),
+        last_error: cell.last_error.clone(),
+        last_seen: rfc3339(cell.last_seen),
+        stale,
+        failing: cell.health.bad,
+        slow: cell.latency.bad,
+        value,
+    }
+}
+
+/// Window in slots for `window_micros` (at least one, at most the kept ones).
+pub fn window_slots(state: &ClusterState, window_micros: i64) -> usize {
+    let slot = state.settings.slot_micros();
+    (((window_micros + slot - 1) / slot).max(1) as usize).min(state.settings.slots)
+}
+
+/// Every matrix cell over the window.
+pub fn matrix_cells(state: &ClusterState, now: i64, window_micros: i64, stat: Stat) -> Vec<CellJson> {
+    let slots = window_slots(state, window_micros);
+    let slot = state.settings.slot_micros();
+    let mut cells = Vec::new();
+    for (src, row) in &state.matrix {
+        for (dst, cell) in row {
+            let stats = cell.stats(now, slot, slots);
+            cells.push(cell_json(src, dst, cell, &stats, !state.fresh(src, cell, now), stat));
+        }
+    }
+    cells.sort_by(|a, b| (&a.src, &a.dst).cmp(&(&b.src, &b.dst)));
+    cells
+}
+
+/// `/api/v1/matrix`.
+pub fn matrix(state: &ClusterState, now: i64, window_micros: i64, stat: Stat) -> Value {
+    let nodes: Vec<Value> = state
+        .nodes
+        .iter()
+        .map(|(name, n)| json!({"name": name, "zone": zone(n), "connected": n.connected(), "gone": state.gone(n, now)}))
+        .collect();
+    json!({
+        "window_seconds": window_micros as f64 / 1e6,
+        "stat": stat.name(),
+        "nodes": nodes,
+        "cells": matrix_cells(state, now, window_micros, stat),
+    })
+}
+
+fn zone(n: &NodeState) -> String {
+    n.hello.as_ref().map(|h| h.zone.clone()).unwrap_or_default()
+}
+
+/// One node's summary (`/api/v1/nodes`, and the head of `/api/v1/nodes/{name}`).
+pub fn node_summary(state: &ClusterState, name: &str, n: &NodeState, now: i64) -> Value {
+    let h = n.hello.as_ref();
+    json!({
+        "name": name,
+        "zone": zone(n),
+        "pod": h.map(|h| h.pod.clone()),
+        "pod_ip": h.map(|h| h.pod_ip.clone()),
+        "host_ip": h.map(|h| h.host_ip.clone()),
+        "agent_version": h.map(|h| h.agent_version.clone()),
+        "interval_seconds": h.map(|h| h.interval_micros as f64 / 1e6),
+        "neighbour_limit": h.map(|h| h.neighbour_limit),
+        "targets": h.map(|h| h.targets.clone()).unwrap_or_default(),
+        "connected": n.connected(),
+        "gone": state.gone(n, now),
+        "last_seen": (n.last_seen > 0).then(|| rfc3339(n.last_seen)),
+        "last_round": n.last_round.as_ref().map(|r| json!({
+            "round": r.round, "all_ok": r.all_ok, "neighbourhood_state": r.neighbourhood_state, "at": rfc3339(r.at),
+        })),
+    })
+}
+
+/// `/api/v1/nodes/{name}`: summary, own checks, row and column.
+pub fn node_detail(state: &ClusterState, name: &str, now: i64) -> Option<Value> {
+    let n = state.nodes.get(name)?;
+    let slot = state.settings.slot_micros();
+    let slots = state.settings.slots;
+    let checks: Vec<CellJson> = n
+        .checks
+        .iter()
+        .map(|(t, c)| cell_json(name, t, c, &c.stats(now, slot, slots), !state.fresh(name, c, now), Stat::P99))
+        .collect();
+    let cells = matrix_cells(state, now, state.settings.window_micros, Stat::P99);
+    let (row, column): (Vec<CellJson>, Vec<CellJson>) =
+        cells.into_iter().filter(|c| c.src == name || c.dst == name).partition(|c| c.src == name);
+    let mut v = node_summary(state, name, n, now);
+    v["checks"] = json!(checks);
+    v["outgoing"] = json!(row);
+    v["incoming"] = json!(column);
+    Some(v)
+}
+
+/// `/api/v1/coverage`.
+pub fn coverage(state: &ClusterState) -> Value {
+    let rows = state.coverage();
+    let under: Vec<Value> = rows
+        .iter()
+        .filter(|(_, have, want)| have < want)
+        .map(|(n, have, want)| json!({"node": n, "checkers": have, "expected": want}))
+        .collect();
+    json!({
+        "complete": under.is_empty(),
+        "under_covered": under,
+        "nodes": rows.iter().map(|(n, have, want)| json!({"node": n, "checkers": have, "expected": want})).collect::<Vec<_>>(),
+    })
+}
+
+/// Merged `/alive`: 200 when every live agent's last round was all ok.
+pub fn alive(state: &ClusterState, now: i64) -> (bool, Value) {
+    let mut all_ok = true;
+    let mut live = 0;
+    let mut nodes = serde_json::Map::new();
+    for (name, n) in &state.nodes {
+        if n.hello.is_none() {
+            continue;
+        }
+        let ok = n.last_round.as_ref().is_some_and(|r| r.all_ok);
+        if n.connected() {
+            live += 1;
+            all_ok &= ok;
+        }
+        nodes.insert(
+            name.clone(),
+            json!({
+                "connected": n.connected(),
+                "gone": state.gone(n, now),
+                "all_ok": ok,
+                "neighbourhood_state": n.last_round.as_ref().map(|r| r.neighbourhood_state.clone()),
+                "failing_checks": n.checks.iter().filter(|(_, c)| c.last_failed).map(|(t, _)| t.clone()).collect::<Vec<_>>(),
+            }),
+        );
+    }
+    let ok = all_ok && live > 0;
+    (ok, json!({"all_ok": ok, "live_agents": live, "nodes": nodes}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(rfc3339(1_795_000_000_123_456), "2026-11-18T11:06:40.123456Z");
+    }
+}
