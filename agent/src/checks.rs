@@ -179,8 +179,13 @@ impl Checker {
         (specs, skipped)
     }
 
-    /// Runs one round over `view` (or no neighbours when the neighbourhood check is off).
-    pub async fn run_round(&self, view: Option<NeighbourhoodView>) -> RoundResult {
+    /// Runs one round over `view` (or no neighbours when the neighbourhood check is off),
+    /// calling `on_done` as each check finishes.
+    pub async fn run_round(
+        &self,
+        view: Option<NeighbourhoodView>,
+        on_done: &(dyn Fn(&CheckOutcome) + Sync),
+    ) -> RoundResult {
         let started_at = SystemTime::now();
         let start = std::time::Instant::now();
         let (neighbourhood_state, neighbourhood) = match view {
@@ -188,7 +193,12 @@ impl Checker {
             None => (SKIPPED.to_string(), Vec::new()),
         };
         let (specs, skipped) = self.plan(&neighbourhood);
-        let outcomes = join_all(specs.into_iter().map(|spec| self.run_check(spec))).await;
+        let outcomes = join_all(specs.into_iter().map(|spec| async move {
+            let outcome = self.run_check(spec).await;
+            on_done(&outcome);
+            outcome
+        }))
+        .await;
         let mut values: BTreeMap<String, String> =
             skipped.into_iter().map(|name| (name.to_string(), SKIPPED.to_string())).collect();
         for o in &outcomes {

@@ -51,7 +51,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ("KUBENURSE_BIND_ADDRESS", "(all, IPv4 and IPv6)", "address the HTTP(S) listeners bind to"),
     ("KUBENURSE_HTTP_PORT", "8080", "HTTP port, also the port path checks use"),
     ("KUBENURSE_HTTPS_PORT", "8443", "HTTPS port, used by path checks with USE_TLS"),
-    ("KUBENURSE_AGGREGATOR_URL", "", "aggregator gRPC URL (empty: off; streaming arrives with the aggregator)"),
+    (
+        "KUBENURSE_AGGREGATOR_URL",
+        "",
+        "aggregator gRPC URL, http://host:port (empty: off); a name with several addresses streams to each",
+    ),
     ("KUBECONFIG", "", "kubeconfig for discovery (else in-cluster config)"),
 ];
 
@@ -144,7 +148,7 @@ pub struct Config {
     pub http_port: u16,
     /// `KUBENURSE_HTTPS_PORT`.
     pub https_port: u16,
-    /// `KUBENURSE_AGGREGATOR_URL` (accepted now, used once the aggregator exists).
+    /// `KUBENURSE_AGGREGATOR_URL`: stream results there (empty: off, the agent is then exactly a kubenurse).
     pub aggregator_url: Option<String>,
 }
 
@@ -342,7 +346,13 @@ impl Config {
         };
         let aggregator_url = r.raw("KUBENURSE_AGGREGATOR_URL");
         if let Some(u) = &aggregator_url {
-            parse_url("KUBENURSE_AGGREGATOR_URL", u)?;
+            if parse_url("KUBENURSE_AGGREGATOR_URL", u)?.scheme_str() != Some("http") {
+                return Err(Reader::err(
+                    "KUBENURSE_AGGREGATOR_URL",
+                    u,
+                    "only http:// is supported (TLS for the stream is not built yet)",
+                ));
+            }
         }
         Ok(Self {
             ingress_url,
@@ -465,6 +475,8 @@ mod tests {
             ("KUBENURSE_HTTP_PORT", "70000"),
             ("KUBENURSE_BIND_ADDRESS", "localhost"),
             ("KUBENURSE_INGRESS_URL", "not a url"),
+            ("KUBENURSE_AGGREGATOR_URL", "https://aggregator:50051"),
+            ("KUBENURSE_AGGREGATOR_URL", "aggregator:50051"),
             ("KUBERNETES_SERVICE_PORT", "https"),
         ];
         for (var, value) in cases {

@@ -165,6 +165,26 @@ impl Discovery {
         self.status().own_node.clone()
     }
 
+    /// The own pod's IP and host IP, from the cache (when the own pod matches the filter).
+    pub fn own_addresses(&self) -> (String, String) {
+        self.pods
+            .state()
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(self.own_pod.as_str()))
+            .and_then(|p| p.status.as_ref())
+            .map(|s| (s.pod_ip.clone().unwrap_or_default(), s.host_ip.clone().unwrap_or_default()))
+            .unwrap_or_default()
+    }
+
+    /// The own node's `topology.kubernetes.io/zone` label (empty without a node watch).
+    pub fn own_zone(&self) -> String {
+        let (Some(nodes), Some(own)) = (&self.nodes, self.own_node()) else { return String::new() };
+        nodes
+            .get(&ObjectRef::new(&own))
+            .and_then(|n| n.metadata.labels.as_ref()?.get("topology.kubernetes.io/zone").cloned())
+            .unwrap_or_default()
+    }
+
     /// False when the own node is cordoned or tainted unschedulable (then `/ready` is 503).
     pub fn own_node_schedulable(&self) -> bool {
         let (Some(nodes), Some(own)) = (&self.nodes, self.own_node()) else { return true };

@@ -16,6 +16,7 @@ pub mod selector;
 pub mod server;
 pub mod tls;
 pub mod trace;
+pub mod uplink;
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -23,6 +24,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kubenurse_proto::v1::{Hello, RoundEnd};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
@@ -55,6 +57,9 @@ pub enum AgentError {
     /// No kubeconfig and no in-cluster configuration.
     #[error("KUBECONFIG: cannot configure the Kubernetes client: {0}")]
     KubeConfig(String),
+    /// `KUBENURSE_AGGREGATOR_URL` could not be used.
+    #[error("KUBENURSE_AGGREGATOR_URL: {0}")]
+    AggregatorUrl(String),
     /// Metric registration failed (a bug, reported instead of a panic).
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -131,8 +136,17 @@ pub async fn run(
     }
     info!(pod = %config.pod_name, http_port = config.http_port, tls = config.use_tls, "kubenurse agent started");
 
+    let uplink = match &config.aggregator_url {
+        Some(url) => {
+            let (dropped, connected) = metrics.register_aggregator()?;
+            let uri: http::Uri =
+                url.parse().map_err(|e: http::uri::InvalidUri| AgentError::AggregatorUrl(e.to_string()))?;
+            Some(uplink::Uplink::start(&uri, dropped, connected))
+        }
+        None => None,
+    };
     let checker = Checker::new(config.clone(), ProbeClient::new(client_tls, config.reuse_connections), metrics.clone());
-    let rounds = tokio::spawn(round_loop(checker, state.clone(), discovery, config.check_interval, stop_rx));
+    let rounds = tokio::spawn(round_loop(checker, state.clone(), discovery, config.clone(), uplink.clone(), stop_rx));
 
     shutdown.await;
     info!(wait = ?config.shutdown_duration, "shutting down: /ready now answers 503");
@@ -145,6 +159,9 @@ pub async fn run(
         }
     }
     rounds.abort();
+    if let Some(up) = uplink {
+        up.stop();
+    }
     info!("kubenurse agent stopped");
     Ok(())
 }
@@ -155,14 +172,33 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+fn hello(config: &Config, discovery: Option<&Discovery>, targets: Vec<String>) -> Option<Hello> {
+    let node = config.node_name.clone().or_else(|| discovery.and_then(Discovery::own_node))?;
+    let (pod_ip, host_ip) = discovery.map(Discovery::own_addresses).unwrap_or_default();
+    Some(Hello {
+        protocol: kubenurse_proto::PROTOCOL_REVISION,
+        node,
+        pod: config.pod_name.clone(),
+        pod_ip,
+        host_ip,
+        zone: discovery.map(Discovery::own_zone).unwrap_or_default(),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        interval_micros: config.check_interval.as_micros() as u64,
+        neighbour_limit: u32::try_from(config.neighbour_limit).unwrap_or(u32::MAX),
+        targets,
+    })
+}
+
 async fn round_loop(
     checker: Checker,
     state: Arc<AgentState>,
     discovery: Option<Discovery>,
-    interval: Duration,
+    config: Arc<Config>,
+    uplink: Option<Arc<uplink::Uplink>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut ticker = tokio::time::interval(interval);
+    let mut ticker = tokio::time::interval(config.check_interval);
+    let mut round_no: u64 = 0;
     // A slow round delays the next one; rounds never overlap.
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -172,7 +208,31 @@ async fn round_loop(
         }
         let view = discovery.as_ref().map(Discovery::view);
         let known = view.as_ref().is_none_or(|v| v.known);
-        let round = checker.run_round(view).await;
+        round_no += 1;
+        if let Some(up) = &uplink {
+            let targets =
+                view.as_ref().map(|v| v.neighbours.iter().map(|n| n.node_name.clone()).collect()).unwrap_or_default();
+            match hello(&config, discovery.as_ref(), targets) {
+                Some(h) => up.set_hello(h),
+                None => warn!("own node name not known yet: not streaming to the aggregator"),
+            }
+        }
+        let on_done = |o: &checks::CheckOutcome| {
+            if let Some(up) = &uplink {
+                up.push_result(uplink::to_wire(o, round_no));
+            }
+        };
+        let round = checker.run_round(view, &on_done).await;
+        if let Some(up) = &uplink {
+            up.push_round_end(RoundEnd {
+                round: round_no,
+                all_ok: round.all_ok(),
+                neighbourhood_state: round.neighbourhood_state.clone(),
+                end_unix_micros: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros() as i64),
+            });
+        }
         if known {
             // Series of neighbours no longer checked go away (upstream leaks them).
             for old in state.metrics.known_types() {

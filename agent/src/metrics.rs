@@ -4,7 +4,9 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 use crate::probe::ProbeResult;
 use crate::trace::FailureKind;
@@ -128,6 +130,20 @@ impl Metrics {
     /// Sets the incoming-checks gauge.
     pub fn set_incoming(&self, distinct_origins: usize) {
         self.incoming.set(i64::try_from(distinct_origins).unwrap_or(i64::MAX));
+    }
+
+    /// Registers the stream metrics (only when an aggregator is configured, so a plain
+    /// kubenurse exposes exactly upstream's families): dropped results and connected streams.
+    pub fn register_aggregator(&self) -> Result<(IntCounter, IntGauge), prometheus::Error> {
+        let dropped = IntCounter::new(
+            "kubenurse_aggregator_dropped_results_total",
+            "Check results dropped because the queue to the aggregator was full.",
+        )?;
+        let connected =
+            IntGauge::new("kubenurse_aggregator_connected", "Streams to aggregator replicas that are connected now.")?;
+        self.registry.register(Box::new(dropped.clone()))?;
+        self.registry.register(Box::new(connected.clone()))?;
+        Ok((dropped, connected))
     }
 
     /// The Prometheus text exposition.

@@ -39,8 +39,9 @@ impl StateHandle {
     pub fn spawn(settings: Settings, metrics: Arc<AggregatorMetrics>) -> Self {
         let (tx, mut rx) = mpsc::channel::<Command>(COMMAND_QUEUE);
         tokio::spawn(async move {
+            let tick_every = Duration::from_micros(settings.tick_micros.max(10_000) as u64);
             let mut state = ClusterState::new(settings);
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut tick = tokio::time::interval(tick_every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {

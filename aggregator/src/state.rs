@@ -29,6 +29,8 @@ pub struct Settings {
     pub slow_factor: f64,
     /// Absolute floor of slowness, µs: sub-millisecond jitter never makes a suspect.
     pub slow_floor_micros: u64,
+    /// How often verdicts, expiry and suspects are recomputed, µs.
+    pub tick_micros: i64,
 }
 
 impl Default for Settings {
@@ -42,6 +44,7 @@ impl Default for Settings {
             drop_after_micros: 600_000_000,
             slow_factor: 3.0,
             slow_floor_micros: 20_000,
+            tick_micros: 1_000_000,
         }
     }
 }

@@ -1,0 +1,301 @@
+//! The stream to the aggregator(s): results are queued as checks complete and streamed over
+//! gRPC (`nurse.v1`). The agent never waits for it: each replica has a bounded queue that
+//! drops its oldest entries when full (counted), and connections retry with capped, jittered
+//! backoff. A DNS name resolving to several addresses (a headless Service) gets one stream per
+//! address, so every aggregator replica sees every result.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kubenurse_proto::v1::nurse_client::NurseClient;
+use kubenurse_proto::v1::{
+    agent_message, aggregator_message, AgentMessage, CheckResult, Hello, Phase, ResultBatch, RoundEnd,
+};
+use kubenurse_proto::{MAX_MESSAGE_BYTES, MAX_RESULTS_PER_BATCH};
+use prometheus::{IntCounter, IntGauge};
+use tokio::sync::{mpsc, watch, Notify};
+use tracing::{debug, info, warn};
+
+use crate::checks::CheckOutcome;
+
+/// Entries one replica's queue holds before dropping the oldest.
+pub const QUEUE_CAPACITY: usize = 20_000;
+/// Backoff cap: a restarted aggregator has every agent back within about two intervals.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How often queued results are flushed at the latest.
+const FLUSH_EVERY: Duration = Duration::from_millis(250);
+/// How often a DNS name is resolved again for new or removed replicas.
+const RESOLVE_EVERY: Duration = Duration::from_secs(15);
+
+enum Item {
+    Result(CheckResult),
+    RoundEnd(RoundEnd),
+}
+
+struct Queue {
+    items: Mutex<VecDeque<Item>>,
+    notify: Notify,
+}
+
+/// One aggregator replica: its queue and the task streaming it.
+type Replica = (Arc<Queue>, tokio::task::JoinHandle<()>);
+
+/// The agent's side of the stream.
+pub struct Uplink {
+    queues: Mutex<HashMap<SocketAddr, Replica>>,
+    resolver: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    hello: watch::Sender<Option<Hello>>,
+    dropped: IntCounter,
+    connected: IntGauge,
+}
+
+/// Converts a finished check into its wire form.
+pub fn to_wire(o: &CheckOutcome, round: u64) -> CheckResult {
+    let mut r = CheckResult {
+        check_type: o.spec.name.clone(),
+        target_node: o.spec.target_node.clone().unwrap_or_default(),
+        round,
+        ..CheckResult::default()
+    };
+    match &o.probe {
+        Some(p) => {
+            r.start_unix_micros =
+                p.trace.started_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+            r.duration_micros = p.duration.as_micros() as u64;
+            r.phases = p
+                .trace
+                .events()
+                .map(|(ph, at)| Phase { event: ph.as_str().into(), micros: at.as_micros() as u64 })
+                .collect();
+            r.status_code = p.status.map_or(0, |s| u32::from(s.as_u16()));
+            match &p.failure {
+                None => r.outcome = 1,
+                Some((kind, message)) => {
+                    r.outcome = 2;
+                    r.error_kind = kind.event_label();
+                    r.error = message.clone();
+                }
+            }
+        }
+        None => {
+            r.outcome = 2;
+            r.error_kind = "token_error".into();
+            r.error = o.value.clone();
+        }
+    }
+    r
+}
+
+impl Uplink {
+    /// Starts streaming to `url` (`http://host:port`); `host` may resolve to several replicas.
+    pub fn start(url: &http::Uri, dropped: IntCounter, connected: IntGauge) -> Arc<Self> {
+        let uplink = Arc::new(Self {
+            queues: Mutex::new(HashMap::new()),
+            resolver: Mutex::new(None),
+            hello: watch::channel(None).0,
+            dropped,
+            connected,
+        });
+        let host = url.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
+        let port = url.port_u16().unwrap_or(50051);
+        let u = Arc::downgrade(&uplink);
+        let resolver = tokio::spawn(async move {
+            loop {
+                let found = tokio::net::lookup_host((host.as_str(), port)).await;
+                let Some(u) = u.upgrade() else { return };
+                match found {
+                    Ok(addrs) => u.set_replicas(addrs.collect()),
+                    Err(e) => warn!(%host, error = %e, "cannot resolve the aggregator"),
+                }
+                drop(u);
+                tokio::time::sleep(RESOLVE_EVERY).await;
+            }
+        });
+        *uplink.resolver.lock().unwrap_or_else(|p| p.into_inner()) = Some(resolver);
+        uplink
+    }
+
+    /// Stops every stream (agent shutdown).
+    pub fn stop(&self) {
+        if let Some(r) = self.resolver.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            r.abort();
+        }
+        for (_, (_, task)) in self.queues.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+            task.abort();
+        }
+        self.connected.set(0);
+    }
+
+    fn set_replicas(self: &Arc<Self>, addrs: Vec<SocketAddr>) {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        queues.retain(|addr, (_, task)| {
+            let keep = addrs.contains(addr);
+            if !keep {
+                info!(%addr, "aggregator replica gone");
+                task.abort();
+            }
+            keep
+        });
+        for addr in addrs {
+            queues.entry(addr).or_insert_with(|| {
+                info!(%addr, "streaming to aggregator replica");
+                let queue = Arc::new(Queue { items: Mutex::new(VecDeque::new()), notify: Notify::new() });
+                let task =
+                    tokio::spawn(stream_forever(addr, queue.clone(), self.hello.subscribe(), self.connected.clone()));
+                (queue, task)
+            });
+        }
+    }
+
+    /// Sets who we are and what we check; sent again on every change.
+    pub fn set_hello(&self, hello: Hello) {
+        self.hello.send_if_modified(|current| {
+            let changed = current.as_ref() != Some(&hello);
+            if changed {
+                *current = Some(hello);
+            }
+            changed
+        });
+    }
+
+    fn push(&self, make: impl Fn() -> Item) {
+        let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        for (queue, _) in queues.values() {
+            let mut items = queue.items.lock().unwrap_or_else(|p| p.into_inner());
+            if items.len() >= QUEUE_CAPACITY {
+                items.pop_front();
+                self.dropped.inc();
+            }
+            items.push_back(make());
+            drop(items);
+            queue.notify.notify_one();
+        }
+    }
+
+    /// Queues a finished check (never blocks).
+    pub fn push_result(&self, result: CheckResult) {
+        self.push(|| Item::Result(result.clone()));
+    }
+
+    /// Queues the end of a round.
+    pub fn push_round_end(&self, end: RoundEnd) {
+        self.push(|| Item::RoundEnd(end.clone()));
+    }
+}
+
+fn jittered(base: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    base.mul_f64(0.75 + f64::from(nanos % 1000) / 2000.0)
+}
+
+async fn stream_forever(
+    addr: SocketAddr,
+    queue: Arc<Queue>,
+    mut hello: watch::Receiver<Option<Hello>>,
+    connected: IntGauge,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        // Nothing to say before we know who we are.
+        if hello.wait_for(Option::is_some).await.is_err() {
+            return;
+        }
+        let started = Instant::now();
+        let mut up = false;
+        let result = stream_once(addr, &queue, &mut hello, &connected, &mut up).await;
+        if up {
+            connected.dec();
+        }
+        match result {
+            Ok(reason) => info!(%addr, %reason, "aggregator stream ended, reconnecting"),
+            Err(e) => debug!(%addr, error = %e, "aggregator stream failed"),
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = Duration::from_millis(100);
+        }
+        tokio::time::sleep(jittered(backoff)).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn stream_once(
+    addr: SocketAddr,
+    queue: &Queue,
+    hello: &mut watch::Receiver<Option<Hello>>,
+    connected: &IntGauge,
+    up: &mut bool,
+) -> Result<String, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let channel = endpoint.connect().await.map_err(|e| format!("connect: {e}"))?;
+    let mut client = NurseClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let (tx, rx) = mpsc::channel::<AgentMessage>(8);
+    let first = hello.borrow_and_update().clone().ok_or("no hello yet")?;
+    tx.send(AgentMessage { msg: Some(agent_message::Msg::Hello(first)) }).await.map_err(|e| e.to_string())?;
+    let outbound = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let mut inbound = client.report(outbound).await.map_err(|e| format!("report: {e}"))?.into_inner();
+    *up = true;
+    connected.inc();
+    let mut flush = tokio::time::interval(FLUSH_EVERY);
+    loop {
+        tokio::select! {
+            _ = queue.notify.notified() => {}
+            _ = flush.tick() => {}
+            changed = hello.changed() => {
+                if changed.is_err() {
+                    return Ok("agent stopping".into());
+                }
+                let h = hello.borrow_and_update().clone();
+                if let Some(h) = h {
+                    tx.send(AgentMessage { msg: Some(agent_message::Msg::Hello(h)) }).await.map_err(|e| e.to_string())?;
+                }
+            }
+            msg = inbound.message() => match msg {
+                Ok(Some(m)) => match m.msg {
+                    Some(aggregator_message::Msg::GoAway(g)) => return Ok(format!("go away: {}", g.reason)),
+                    Some(aggregator_message::Msg::Ack(a)) if a.rejected > 0 => {
+                        debug!(%addr, rejected = a.rejected, last = %a.last_rejection, "aggregator rejected results");
+                    }
+                    _ => {}
+                },
+                Ok(None) => return Ok("closed by the aggregator".into()),
+                Err(status) => return Err(status.to_string()),
+            },
+        }
+        // Send everything queued, in bounded batches; on failure put the batch back.
+        loop {
+            let items: Vec<Item> = {
+                let mut q = queue.items.lock().unwrap_or_else(|p| p.into_inner());
+                let n = q.len().min(MAX_RESULTS_PER_BATCH);
+                q.drain(..n).collect()
+            };
+            if items.is_empty() {
+                break;
+            }
+            let mut batch = ResultBatch::default();
+            for item in &items {
+                match item {
+                    Item::Result(r) => batch.results.push(r.clone()),
+                    Item::RoundEnd(e) => batch.round_ends.push(e.clone()),
+                }
+            }
+            if tx.send(AgentMessage { msg: Some(agent_message::Msg::Batch(batch)) }).await.is_err() {
+                let mut q = queue.items.lock().unwrap_or_else(|p| p.into_inner());
+                for item in items.into_iter().rev() {
+                    if q.len() < QUEUE_CAPACITY {
+                        q.push_front(item);
+                    }
+                }
+                return Err("stream closed while sending".into());
+            }
+        }
+    }
+}

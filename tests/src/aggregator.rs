@@ -1,0 +1,73 @@
+//! An aggregator running in this process, on loopback ports, for end-to-end tests and the lab.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use kubenurse_aggregator::config::Config;
+use kubenurse_aggregator::state::Settings;
+use kubenurse_aggregator::AggregatorError;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::cluster::{eventually, http_get};
+
+/// A running aggregator.
+pub struct LocalAggregator {
+    /// gRPC address agents stream to.
+    pub grpc: SocketAddr,
+    /// HTTP address of its API.
+    pub http: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), AggregatorError>>,
+}
+
+impl LocalAggregator {
+    /// Starts on the given addresses and waits until its HTTP API answers.
+    pub async fn start(grpc: SocketAddr, http: SocketAddr, settings: Settings) -> anyhow::Result<Self> {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let config = Config { grpc_address: grpc, http_address: http, settings };
+        let task = tokio::spawn(kubenurse_aggregator::run(config, async move {
+            let _ = stopped.await;
+        }));
+        let url = format!("http://{http}/healthz");
+        eventually("aggregator listening", Duration::from_secs(10), || {
+            let url = url.clone();
+            async move { http_get(&url).await.ok().map(|_| ()) }
+        })
+        .await?;
+        Ok(Self { grpc, http, stop: Some(stop), task })
+    }
+
+    /// `http://…` base of its HTTP API.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    /// What agents put in `KUBENURSE_AGGREGATOR_URL`.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// GET a JSON document of its API.
+    pub async fn get_json(&self, path: &str) -> anyhow::Result<(u16, serde_json::Value)> {
+        let (code, body) = http_get(&format!("{}{path}", self.url())).await?;
+        Ok((code, serde_json::from_str(&body)?))
+    }
+
+    /// Graceful stop (GoAway to every agent).
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await??;
+        Ok(())
+    }
+}
+
+impl Drop for LocalAggregator {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

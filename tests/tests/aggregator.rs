@@ -1,0 +1,173 @@
+//! End to end with the aggregator: 8 agents on 127.0.S.N stream to an in-process aggregator;
+//! the matrix holds exactly the ring's pairs; a dead node becomes the top suspect; a restarted
+//! aggregator fills up again; agents do not care whether it runs.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use kubenurse_agent::neighbours::{node_hash, select_neighbours, Neighbour};
+use kubenurse_aggregator::state::Settings;
+use kubenurse_tests::aggregator::LocalAggregator;
+use kubenurse_tests::cluster::{eventually, http_get, ClusterSpec, LocalCluster, SimNode};
+use serde_json::Value;
+
+const LIMIT: usize = 3;
+
+fn workdir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn ring_pairs(nodes: &[SimNode]) -> BTreeSet<(String, String)> {
+    let mut pairs = BTreeSet::new();
+    for own in nodes {
+        let others = nodes
+            .iter()
+            .filter(|n| n.node != own.node)
+            .map(|n| Neighbour {
+                pod_name: n.pod.clone(),
+                pod_ip: n.ip.to_string(),
+                host_ip: n.ip.to_string(),
+                node_name: n.node.clone(),
+                node_hash: node_hash(&n.node),
+            })
+            .collect();
+        for n in select_neighbours(&own.node, others, LIMIT) {
+            pairs.insert((own.node.clone(), n.node_name));
+        }
+    }
+    pairs
+}
+
+fn fresh_pairs(matrix: &Value) -> BTreeSet<(String, String)> {
+    matrix["cells"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["stale"] == false && c["count"].as_u64().unwrap_or(0) > 0)
+        .map(|c| (c["src"].as_str().unwrap_or_default().to_string(), c["dst"].as_str().unwrap_or_default().to_string()))
+        .collect()
+}
+
+fn settings() -> Settings {
+    Settings { tick_micros: 200_000, ..Settings::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_suspects_and_restarts() -> anyhow::Result<()> {
+    let interval = Duration::from_secs(1);
+    let grpc = "127.0.0.1:18051".parse()?;
+    let http = "127.0.0.1:18052".parse()?;
+    let aggregator = LocalAggregator::start(grpc, http, settings()).await?;
+    let spec = ClusterSpec {
+        nodes: 8,
+        subnet: 81,
+        port: 18080,
+        interval: "1s".into(),
+        limit: LIMIT,
+        env: vec![("KUBENURSE_AGGREGATOR_URL".into(), aggregator.grpc_url())],
+    };
+    let mut cluster = LocalCluster::start(&spec, &workdir("aggregator-e2e")).await?;
+    let want = ring_pairs(&cluster.nodes);
+    assert_eq!(want.len(), 8 * LIMIT);
+
+    // The matrix fills with exactly the pairs the neighbour filter selects.
+    let agg_url = aggregator.url();
+    eventually("matrix = ring pairs", Duration::from_secs(20), || {
+        let url = agg_url.clone();
+        let want = want.clone();
+        async move {
+            let (_, body) = http_get(&format!("{url}/api/v1/matrix")).await.ok()?;
+            let m: Value = serde_json::from_str(&body).ok()?;
+            (fresh_pairs(&m) == want).then_some(())
+        }
+    })
+    .await?;
+    let (code, m) = aggregator.get_json("/api/v1/matrix?stat=p50&window=1m").await?;
+    assert_eq!(code, 200);
+    let cell = &m["cells"][0];
+    for field in [
+        "src",
+        "dst",
+        "count",
+        "errors",
+        "error_ratio",
+        "p50_ms",
+        "p90_ms",
+        "p99_ms",
+        "last_ms",
+        "last_error",
+        "last_seen",
+        "stale",
+    ] {
+        assert!(cell.get(field).is_some(), "cell lacks {field}: {cell}");
+    }
+    assert!(cell["p50_ms"].as_f64().is_some_and(|v| v > 0.0 && v < 100.0), "{cell}");
+    let (_, suspects) = aggregator.get_json("/api/v1/suspects").await?;
+    assert_eq!(suspects["suspects"], serde_json::json!([]), "healthy cluster has suspects: {suspects}");
+    let (_, coverage) = aggregator.get_json("/api/v1/coverage").await?;
+    assert_eq!(coverage["complete"], true, "{coverage}");
+    eventually("merged /alive is 200", Duration::from_secs(10), || {
+        let url = agg_url.clone();
+        async move { (http_get(&format!("{url}/alive")).await.ok()?.0 == 200).then_some(()) }
+    })
+    .await?;
+    let (_, metrics) = http_get(&format!("{agg_url}/metrics")).await?;
+    let cell_series = metrics.lines().filter(|l| l.starts_with("kubenurse_matrix_p99_seconds{")).count();
+    assert_eq!(cell_series, 8 * LIMIT, "per-cell gauges must stay <= nodes x limit");
+    assert!(metrics.contains("kubenurse_aggregator_connected_agents 8"), "{metrics}");
+
+    // One node dies (its agent and listener stop): top suspect within 3 intervals.
+    let victim = cluster.agents.remove(4);
+    let victim_node = victim.sim.node.clone();
+    victim.stop().await?;
+    let start = Instant::now();
+    let top = eventually("the dead node is the top suspect", interval * 6, || {
+        let url = agg_url.clone();
+        let victim_node = victim_node.clone();
+        async move {
+            let (_, body) = http_get(&format!("{url}/api/v1/suspects")).await.ok()?;
+            let s: Value = serde_json::from_str(&body).ok()?;
+            let top = s["suspects"].get(0)?.clone();
+            (top["node"] == victim_node.as_str()).then_some(top)
+        }
+    })
+    .await?;
+    let took = start.elapsed();
+    println!("dead node {victim_node} top suspect after {took:?}: {top}");
+    assert!(took <= interval * 3 + Duration::from_millis(500), "took {took:?}");
+    assert!(top["kind"] == "node" || top["kind"] == "destination", "{top}");
+    let (code, _) = aggregator.get_json("/alive").await?;
+    assert_eq!(code, 500, "merged /alive must show the failing checks into the dead node");
+
+    // Aggregator restarted: the matrix refills within 2 intervals of it being back.
+    aggregator.stop().await?;
+    // Agents do not care: /alive and /metrics keep answering.
+    let agent = cluster.agents[0].url();
+    tokio::time::sleep(interval * 2).await;
+    assert!(http_get(&format!("{agent}/alive")).await.is_ok());
+    let (_, agent_metrics) = http_get(&format!("{agent}/metrics")).await?;
+    assert!(agent_metrics.contains("kubenurse_aggregator_connected 0"), "{agent_metrics}");
+    let aggregator = LocalAggregator::start(grpc, http, settings()).await?;
+    let restart = Instant::now();
+    let alive_pairs: BTreeSet<(String, String)> = want.iter().filter(|(s, _)| *s != victim_node).cloned().collect();
+    let agg_url = aggregator.url();
+    eventually("matrix refilled after restart", interval * 6, || {
+        let url = agg_url.clone();
+        let alive_pairs = alive_pairs.clone();
+        async move {
+            let (_, body) = http_get(&format!("{url}/api/v1/matrix")).await.ok()?;
+            let m: Value = serde_json::from_str(&body).ok()?;
+            let have = fresh_pairs(&m);
+            alive_pairs.is_subset(&have).then_some(())
+        }
+    })
+    .await?;
+    let refill = restart.elapsed();
+    println!("matrix refilled {refill:?} after the aggregator restarted");
+    assert!(refill <= interval * 2 + Duration::from_millis(500), "refill took {refill:?}");
+    aggregator.stop().await?;
+    cluster.stop().await
+}
