@@ -345,13 +345,15 @@ impl Config {
                 .ok_or_else(|| Reader::err("KUBENURSE_POD_NAME", "", "not set and the hostname cannot be read"))?,
         };
         let aggregator_url = r.raw("KUBENURSE_AGGREGATOR_URL");
-        if let Some(u) = &aggregator_url {
-            if parse_url("KUBENURSE_AGGREGATOR_URL", u)?.scheme_str() != Some("http") {
-                return Err(Reader::err(
-                    "KUBENURSE_AGGREGATOR_URL",
-                    u,
-                    "only http:// is supported (TLS for the stream is not built yet)",
-                ));
+        if let Some(list) = &aggregator_url {
+            for u in list.split(',') {
+                if parse_url("KUBENURSE_AGGREGATOR_URL", u.trim())?.scheme_str() != Some("http") {
+                    return Err(Reader::err(
+                        "KUBENURSE_AGGREGATOR_URL",
+                        list,
+                        "only http:// is supported (TLS for the stream is not built yet)",
+                    ));
+                }
             }
         }
         Ok(Self {

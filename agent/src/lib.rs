@@ -139,9 +139,12 @@ pub async fn run(
     let uplink = match &config.aggregator_url {
         Some(url) => {
             let (dropped, connected) = metrics.register_aggregator()?;
-            let uri: http::Uri =
-                url.parse().map_err(|e: http::uri::InvalidUri| AgentError::AggregatorUrl(e.to_string()))?;
-            Some(uplink::Uplink::start(&uri, dropped, connected))
+            let uris = url
+                .split(',')
+                .map(|u| u.trim().parse::<http::Uri>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| AgentError::AggregatorUrl(e.to_string()))?;
+            Some(uplink::Uplink::start(uris, dropped, connected))
         }
         None => None,
     };

@@ -89,8 +89,9 @@ pub fn to_wire(o: &CheckOutcome, round: u64) -> CheckResult {
 }
 
 impl Uplink {
-    /// Starts streaming to `url` (`http://host:port`); `host` may resolve to several replicas.
-    pub fn start(url: &http::Uri, dropped: IntCounter, connected: IntGauge) -> Arc<Self> {
+    /// Starts streaming to every address of every URL (`http://host:port`; a host may
+    /// resolve to several replicas, as a headless Service does).
+    pub fn start(urls: Vec<http::Uri>, dropped: IntCounter, connected: IntGauge) -> Arc<Self> {
         let uplink = Arc::new(Self {
             queues: Mutex::new(HashMap::new()),
             resolver: Mutex::new(None),
@@ -98,16 +99,31 @@ impl Uplink {
             dropped,
             connected,
         });
-        let host = url.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
-        let port = url.port_u16().unwrap_or(50051);
+        let targets: Vec<(String, u16)> = urls
+            .iter()
+            .map(|u| {
+                let host = u.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
+                (host, u.port_u16().unwrap_or(50051))
+            })
+            .collect();
         let u = Arc::downgrade(&uplink);
         let resolver = tokio::spawn(async move {
             loop {
-                let found = tokio::net::lookup_host((host.as_str(), port)).await;
+                let mut addrs = Vec::new();
+                let mut complete = true;
+                for (host, port) in &targets {
+                    match tokio::net::lookup_host((host.as_str(), *port)).await {
+                        Ok(found) => addrs.extend(found),
+                        Err(e) => {
+                            complete = false;
+                            warn!(%host, error = %e, "cannot resolve the aggregator");
+                        }
+                    }
+                }
                 let Some(u) = u.upgrade() else { return };
-                match found {
-                    Ok(addrs) => u.set_replicas(addrs.collect()),
-                    Err(e) => warn!(%host, error = %e, "cannot resolve the aggregator"),
+                // A failed lookup keeps the replicas we have rather than dropping them.
+                if complete || !addrs.is_empty() {
+                    u.set_replicas(addrs);
                 }
                 drop(u);
                 tokio::time::sleep(RESOLVE_EVERY).await;

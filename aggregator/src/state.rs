@@ -316,3 +316,112 @@ impl ClusterState {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kubenurse_proto::v1::RoundEnd;
+
+    fn hello(node: &str, targets: &[&str], limit: u32) -> Hello {
+        Hello {
+            node: node.into(),
+            interval_micros: 1_000_000,
+            neighbour_limit: limit,
+            targets: targets.iter().map(|t| t.to_string()).collect(),
+            ..Hello::default()
+        }
+    }
+
+    fn result(target: &str, micros: u64, ok: bool) -> CheckResult {
+        CheckResult {
+            check_type: format!("path_{target}"),
+            target_node: target.into(),
+            duration_micros: micros,
+            outcome: if ok { 1 } else { 2 },
+            ..CheckResult::default()
+        }
+    }
+
+    fn batch(results: Vec<CheckResult>) -> ResultBatch {
+        ResultBatch { results, round_ends: vec![RoundEnd { round: 1, all_ok: true, ..RoundEnd::default() }] }
+    }
+
+    /// Three nodes all checking each other; `bad` receives failures from everyone `rounds` times.
+    fn run_rounds(state: &mut ClusterState, bad: Option<&str>, rounds: i64, t0: i64) -> i64 {
+        let names = ["a", "b", "c"];
+        let mut now = t0;
+        for _ in 0..rounds {
+            for src in names {
+                let results = names.iter().filter(|d| **d != src).map(|d| result(d, 300, Some(*d) != bad)).collect();
+                state.batch(src, &batch(results), now);
+            }
+            state.tick(now);
+            now += 1_000_000;
+        }
+        now
+    }
+
+    fn cluster() -> ClusterState {
+        let mut s = ClusterState::new(Settings::default());
+        for (n, t) in [("a", ["b", "c"]), ("b", ["a", "c"]), ("c", ["a", "b"])] {
+            s.hello(hello(n, &t, 10), 0, true).unwrap();
+        }
+        s
+    }
+
+    #[test]
+    fn one_bad_round_pages_nobody_two_do() {
+        let mut s = cluster();
+        let now = run_rounds(&mut s, None, 3, 1_000_000);
+        assert!(s.suspects.is_empty());
+        let now = run_rounds(&mut s, Some("c"), 1, now);
+        assert!(s.suspects.is_empty(), "{:?}", s.suspects);
+        let now = run_rounds(&mut s, Some("c"), 1, now);
+        assert_eq!(s.suspects.len(), 1, "{:?}", s.suspects);
+        assert_eq!(s.suspects[0].node.as_deref(), Some("c"));
+        // Recovery takes two good rounds as well.
+        let now = run_rounds(&mut s, None, 1, now);
+        assert_eq!(s.suspects.len(), 1);
+        run_rounds(&mut s, None, 1, now);
+        assert!(s.suspects.is_empty());
+    }
+
+    #[test]
+    fn sub_millisecond_jitter_is_never_slow() {
+        let mut s = cluster();
+        let now = run_rounds(&mut s, None, 3, 1_000_000);
+        assert_eq!(s.slow_threshold_micros, 300 + 20_000);
+        for _ in 0..3 {
+            s.batch("a", &batch(vec![result("b", 900, true), result("c", 300, true)]), now);
+        }
+        s.tick(now);
+        assert!(s.suspects.is_empty());
+    }
+
+    #[test]
+    fn disconnected_agents_go_and_are_forgotten() {
+        let mut s = cluster();
+        run_rounds(&mut s, None, 2, 1_000_000);
+        s.disconnect("c", 3_000_000);
+        s.tick(3_000_000 + s.settings.gone_after_micros + 1);
+        let c = &s.nodes["c"];
+        assert!(!c.connected() && s.gone(c, 3_000_000 + s.settings.gone_after_micros + 1));
+        // Still targeted by a and b: kept. Once nobody targets it, dropped after the grace.
+        s.hello(hello("a", &["b"], 10), 4_000_000, false).unwrap();
+        s.hello(hello("b", &["a"], 10), 4_000_000, false).unwrap();
+        s.tick(3_000_000 + s.settings.drop_after_micros + 1);
+        assert!(!s.nodes.contains_key("c"));
+    }
+
+    #[test]
+    fn coverage_counts_live_checkers() {
+        let mut s = ClusterState::new(Settings::default());
+        s.hello(hello("a", &["b"], 2), 0, true).unwrap();
+        s.hello(hello("b", &["a", "c"], 2), 0, true).unwrap();
+        s.hello(hello("c", &["a", "b"], 2), 0, true).unwrap();
+        let cov: BTreeMap<String, (usize, usize)> = s.coverage().into_iter().map(|(n, h, w)| (n, (h, w))).collect();
+        assert_eq!(cov["a"], (2, 2));
+        assert_eq!(cov["b"], (2, 2));
+        assert_eq!(cov["c"], (1, 2), "c is checked only by b");
+    }
+}

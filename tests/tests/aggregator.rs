@@ -171,3 +171,38 @@ async fn matrix_suspects_and_restarts() -> anyhow::Result<()> {
     aggregator.stop().await?;
     cluster.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_gets_every_stream() -> anyhow::Result<()> {
+    // Two replicas; each must receive every agent's results. (A headless Service name resolving
+    // to both addresses takes the same path: every resolved address gets a stream.)
+    let v4 = LocalAggregator::start("127.0.0.1:18061".parse()?, "127.0.0.1:18062".parse()?, settings()).await?;
+    let v6 = LocalAggregator::start("[::1]:18061".parse()?, "[::1]:18062".parse()?, settings()).await?;
+    let spec = ClusterSpec {
+        nodes: 3,
+        subnet: 82,
+        port: 18080,
+        interval: "500ms".into(),
+        limit: LIMIT,
+        env: vec![("KUBENURSE_AGGREGATOR_URL".into(), "http://127.0.0.1:18061,http://[::1]:18061".into())],
+    };
+    let cluster = LocalCluster::start(&spec, &workdir("aggregator-ha")).await?;
+    let want = ring_pairs(&cluster.nodes);
+    for replica in [&v4, &v6] {
+        let url = replica.url();
+        eventually(&format!("replica {} has the whole matrix", replica.http), Duration::from_secs(20), || {
+            let url = url.clone();
+            let want = want.clone();
+            async move {
+                let (_, body) = http_get(&format!("{url}/api/v1/matrix")).await.ok()?;
+                (fresh_pairs(&serde_json::from_str(&body).ok()?) == want).then_some(())
+            }
+        })
+        .await?;
+    }
+    let (_, metrics) = http_get(&format!("{}/metrics", cluster.agents[0].url())).await?;
+    assert!(metrics.contains("kubenurse_aggregator_connected 2"), "{metrics}");
+    cluster.stop().await?;
+    v4.stop().await?;
+    v6.stop().await
+}
