@@ -10,9 +10,12 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// Flags, environment, and the name the error must mention.
+type Case = (&'static [&'static str], &'static [(&'static str, &'static str)], &'static str);
+
 #[test]
 fn bad_values_exit_2_naming_flag_and_variable() {
-    let cases: [(&[&str], &[(&str, &str)], &str); 7] = [
+    let cases: [Case; 7] = [
         (&["--window", "five minutes"], &[], "KUBENURSE_AGGREGATOR_WINDOW"),
         (&["--window", "1s"], &[], "--window"),
         (&[], &[("KUBENURSE_AGGREGATOR_WINDOW", "0s")], "KUBENURSE_AGGREGATOR_WINDOW"),
