@@ -2,6 +2,8 @@
 //! the matrix, bad input is refused and counted without ending other streams, oversized
 //! messages are refused, shutdown sends GoAway.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failed setup should abort the test loudly
+
 use std::sync::Arc;
 use std::time::Duration;
 
