@@ -35,6 +35,7 @@ pub fn router(api: ApiState) -> Router {
         .route("/api/v1/nodes/{name}", get(node))
         .route("/api/v1/suspects", get(suspects))
         .route("/api/v1/coverage", get(coverage))
+        .route("/api/v1/status", get(status))
         .route("/alive", get(alive))
         .route("/healthz", get(|| async { "ok" }))
         .route("/ready", get(ready))
@@ -72,12 +73,12 @@ async fn matrix(State(api): State<ApiState>, Query(q): Query<HashMap<String, Str
             let kept = s.settings.window_micros;
             match window {
                 Some(w) if w > kept => Err(format!("window exceeds the kept {}s", kept / 1_000_000)),
-                w => Ok(views::matrix(s, now, w.unwrap_or(kept), stat)),
+                w => Ok(crate::matrix_json::matrix_bytes(s, now, w.unwrap_or(kept), stat)),
             }
         })
         .await;
     match result {
-        Some(Ok(v)) => Json(v).into_response(),
+        Some(Ok(bytes)) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
         Some(Err(e)) => bad_request(e),
         None => unavailable(),
     }
@@ -106,6 +107,10 @@ async fn node(State(api): State<ApiState>, Path(name): Path<String>) -> Response
 async fn suspects(State(api): State<ApiState>) -> Response {
     let v = api.state.query(|s, _| json!({ "suspects": s.suspects })).await;
     v.map_or_else(unavailable, |v| Json(v).into_response())
+}
+
+async fn status(State(api): State<ApiState>) -> Response {
+    api.state.query(|s, _| views::status(s)).await.map_or_else(unavailable, |v| Json(v).into_response())
 }
 
 async fn coverage(State(api): State<ApiState>) -> Response {

@@ -116,20 +116,28 @@ impl Cell {
     pub fn stats(&self, now: i64, slot_micros: i64, window_slots: usize) -> CellStats {
         let current = now.div_euclid(slot_micros.max(1));
         let oldest = current - window_slots as i64 + 1;
-        let mut dense = DenseSketch::default();
         let (mut count, mut errors) = (0u64, 0u64);
-        for s in self.slots.iter().filter(|s| s.index >= oldest) {
-            count += u64::from(s.count);
-            errors += u64::from(s.errors);
-            s.sketch.merge_into(&mut dense);
-        }
-        CellStats {
-            count,
-            errors,
-            p50_micros: dense.quantile(0.5),
-            p90_micros: dense.quantile(0.9),
-            p99_micros: dense.quantile(0.99),
-        }
+        let mut in_window = self.slots.iter().filter(|s| s.index >= oldest).peekable();
+        let first = in_window.next();
+        let [p50_micros, p90_micros, p99_micros] = match (first, in_window.peek()) {
+            (None, _) => [None; 3],
+            // One slot (the common case for short windows): quantiles straight from it.
+            (Some(s), None) => {
+                count += u64::from(s.count);
+                errors += u64::from(s.errors);
+                s.sketch.quantiles([0.5, 0.9, 0.99])
+            }
+            (Some(s), Some(_)) => {
+                let mut dense = DenseSketch::default();
+                for s in std::iter::once(s).chain(in_window) {
+                    count += u64::from(s.count);
+                    errors += u64::from(s.errors);
+                    s.sketch.merge_into(&mut dense);
+                }
+                dense.quantiles([0.5, 0.9, 0.99])
+            }
+        };
+        CellStats { count, errors, p50_micros, p90_micros, p99_micros }
     }
 }
 

@@ -5,6 +5,7 @@ pub mod api;
 pub mod cell;
 pub mod config;
 pub mod ingest;
+pub mod matrix_json;
 pub mod metrics;
 pub mod owner;
 pub mod sketch;
@@ -85,6 +86,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
+            // Small flow-control windows bound what thousands of agents can have in flight.
+            .initial_stream_window_size(Some(64 * 1024))
+            .initial_connection_window_size(Some(256 * 1024))
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, async move { ingest::stopped(&mut grpc_stop).await }),
     );

@@ -7,18 +7,26 @@ const GROWTH: f64 = 1.1;
 /// Buckets cover 1 µs .. ~190 s; longer durations land in the last bucket.
 pub const BUCKETS: usize = 200;
 
-/// The bucket of a duration in microseconds.
+use std::sync::LazyLock;
+
+/// Lower bounds (µs) of every bucket: bucket i holds [GROWTH^i, GROWTH^(i+1)).
+static LOWER: LazyLock<[f64; BUCKETS]> = LazyLock::new(|| std::array::from_fn(|i| GROWTH.powi(i as i32)));
+/// Representative values (geometric middles), computed once instead of per quantile.
+static MIDDLE: LazyLock<[f64; BUCKETS]> = LazyLock::new(|| std::array::from_fn(|i| GROWTH.powf(i as f64 + 0.5)));
+
+/// The bucket of a duration in microseconds (a binary search, no logarithm on the hot path).
 pub fn bucket_of(micros: u64) -> u8 {
     if micros <= 1 {
         return 0;
     }
-    let idx = ((micros as f64).ln() / GROWTH.ln()).floor() as usize;
+    let v = micros as f64;
+    let idx = LOWER.partition_point(|&lower| lower <= v).saturating_sub(1);
     idx.min(BUCKETS - 1) as u8
 }
 
 /// A representative value of a bucket (its geometric middle), microseconds.
 pub fn bucket_value(bucket: u8) -> f64 {
-    GROWTH.powf(f64::from(bucket) + 0.5)
+    MIDDLE[usize::from(bucket).min(BUCKETS - 1)]
 }
 
 /// Sparse bucket counts of one time slot.
@@ -35,6 +43,25 @@ impl SparseSketch {
             Ok(i) => self.counts[i].1 = self.counts[i].1.saturating_add(1),
             Err(i) => self.counts.insert(i, (b, 1)),
         }
+    }
+
+    /// Quantiles of this slot alone (ascending `qs`), microseconds.
+    pub fn quantiles<const N: usize>(&self, qs: [f64; N]) -> [Option<f64>; N] {
+        let total: u64 = self.counts.iter().map(|&(_, c)| u64::from(c)).sum();
+        let mut out = [None; N];
+        if total == 0 {
+            return out;
+        }
+        let ranks = qs.map(|q| ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1));
+        let (mut seen, mut next) = (0u64, 0usize);
+        for &(b, c) in &self.counts {
+            seen += u64::from(c);
+            while next < N && seen >= ranks[next] {
+                out[next] = Some(bucket_value(b));
+                next += 1;
+            }
+        }
+        out
     }
 
     /// Adds these counts into a dense merge buffer.
@@ -63,6 +90,27 @@ impl DenseSketch {
     /// Samples merged so far.
     pub fn total(&self) -> u64 {
         self.total
+    }
+
+    /// Several quantiles (ascending `qs`) in one pass, microseconds; `None`s when empty.
+    pub fn quantiles<const N: usize>(&self, qs: [f64; N]) -> [Option<f64>; N] {
+        let mut out = [None; N];
+        if self.total == 0 {
+            return out;
+        }
+        let ranks = qs.map(|q| ((q.clamp(0.0, 1.0) * self.total as f64).ceil() as u64).max(1));
+        let (mut seen, mut next) = (0u64, 0usize);
+        for (b, &c) in self.counts.iter().enumerate() {
+            seen += c;
+            while next < N && seen >= ranks[next] {
+                out[next] = Some(bucket_value(b as u8));
+                next += 1;
+            }
+            if next == N {
+                break;
+            }
+        }
+        out
     }
 
     /// The `q` quantile (0..=1) in microseconds; `None` when empty.
@@ -94,6 +142,7 @@ mod tests {
         }
         let mut d = DenseSketch::default();
         s.merge_into(&mut d);
+        assert_eq!(s.quantiles([0.5, 0.9, 0.99]), d.quantiles([0.5, 0.9, 0.99]));
         for (q, exact) in [(0.5, 50_000.0), (0.9, 90_000.0), (0.99, 99_000.0)] {
             let got = d.quantile(q).unwrap();
             assert!((got / exact - 1.0).abs() < 0.06, "q{q}: {got} vs {exact}");

@@ -158,18 +158,20 @@ impl ClusterState {
     /// Records a batch from `node` (which must have said hello).
     pub fn batch(&mut self, node: &str, batch: &ResultBatch, now: i64) -> BatchOutcome {
         let mut out = BatchOutcome::default();
-        let Some(targets) = self.nodes.get(node).and_then(|n| n.hello.as_ref()).map(|h| h.targets.clone()) else {
+        let Some(hello) = self.nodes.get(node).and_then(|n| n.hello.as_ref()) else {
             out.rejected.insert(Rejection::NoHello, batch.results.len() as u64);
             return out;
         };
+        let mut valid = Vec::with_capacity(batch.results.len());
         for r in &batch.results {
-            match check_result(r, &targets) {
-                Ok(()) => {
-                    self.record(node, r, now);
-                    out.accepted += 1;
-                }
+            match check_result(r, &hello.targets) {
+                Ok(()) => valid.push(r),
                 Err(e) => *out.rejected.entry(e).or_default() += 1,
             }
+        }
+        for r in valid {
+            self.record(node, r, now);
+            out.accepted += 1;
         }
         self.ingested += out.accepted;
         if let Some(n) = self.nodes.get_mut(node) {
@@ -188,7 +190,16 @@ impl ClusterState {
         let (slot, retention, k) = (self.settings.slot_micros(), self.settings.slots, self.settings.hysteresis);
         let failed = r.outcome == 2;
         let cell = if r.check_type.starts_with("path_") {
-            self.matrix.entry(node.to_string()).or_default().entry(r.target_node.clone()).or_default()
+            // Look up before inserting: no key allocation on the hot path.
+            if !self.matrix.contains_key(node) {
+                self.matrix.insert(node.to_string(), HashMap::new());
+            }
+            let Some(row) = self.matrix.get_mut(node) else { return };
+            if !row.contains_key(&r.target_node) {
+                row.insert(r.target_node.clone(), Cell::default());
+            }
+            let Some(cell) = row.get_mut(&r.target_node) else { return };
+            cell
         } else {
             match self.nodes.get_mut(node) {
                 Some(n) => n.checks.entry(r.check_type.clone()).or_default(),
@@ -214,10 +225,14 @@ impl ClusterState {
         cell.latency.observe(!failed && r.duration_micros > self.slow_threshold_micros, k);
     }
 
+    /// How old a result of `src` may be before its cell is stale, µs.
+    pub fn stale_after(&self, src: &str) -> i64 {
+        self.settings.stale_intervals * self.nodes.get(src).map_or(5_000_000, NodeState::interval_micros)
+    }
+
     /// Whether a cell of `src` is fresh at `now`.
     pub fn fresh(&self, src: &str, cell: &Cell, now: i64) -> bool {
-        let interval = self.nodes.get(src).map_or(5_000_000, NodeState::interval_micros);
-        now - cell.last_seen <= self.settings.stale_intervals * interval
+        now - cell.last_seen <= self.stale_after(src)
     }
 
     /// Whether a node's agent has been away longer than the grace period.
@@ -229,11 +244,10 @@ impl ClusterState {
     pub fn tick(&mut self, now: i64) {
         let mut latencies: Vec<u64> = Vec::new();
         for (src, row) in &self.matrix {
-            for cell in row.values() {
-                if !cell.last_failed && self.fresh(src, cell, now) {
-                    latencies.push(cell.last_micros);
-                }
-            }
+            let stale_after = self.stale_after(src);
+            latencies.extend(
+                row.values().filter(|c| !c.last_failed && now - c.last_seen <= stale_after).map(|c| c.last_micros),
+            );
         }
         self.slow_threshold_micros = if latencies.is_empty() {
             u64::MAX
@@ -285,9 +299,10 @@ impl ClusterState {
         let mut cells = Vec::new();
         for (src, row) in &self.matrix {
             let Some(&s) = index.get(src.as_str()) else { continue };
+            let stale_after = self.stale_after(src);
             for (dst, cell) in row {
                 let Some(&d) = index.get(dst.as_str()) else { continue };
-                if self.fresh(src, cell, now) {
+                if now - cell.last_seen <= stale_after {
                     cells.push(CellView { src: s, dst: d, failing: cell.health.bad, slow: cell.latency.bad });
                 }
             }

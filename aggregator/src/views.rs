@@ -1,5 +1,7 @@
 //! JSON answers of the HTTP API, computed from the state (pure).
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -31,7 +33,8 @@ impl Stat {
         }
     }
 
-    fn name(self) -> &'static str {
+    /// The `?stat=` spelling.
+    pub fn name(self) -> &'static str {
         match self {
             Self::P50 => "p50",
             Self::P90 => "p90",
@@ -82,6 +85,13 @@ fn ms(micros: f64) -> f64 {
 
 /// Formats unix µs as RFC 3339 (UTC).
 pub fn rfc3339(micros: i64) -> String {
+    let mut buf = Vec::with_capacity(27);
+    rfc3339_into(&mut buf, micros);
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+/// Writes unix µs as RFC 3339 (UTC) into `buf` (digit by digit: this runs once per cell).
+pub fn rfc3339_into(buf: &mut Vec<u8>, micros: i64) {
     let secs = micros.div_euclid(1_000_000);
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
@@ -95,13 +105,13 @@ pub fn rfc3339(micros: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        micros.rem_euclid(1_000_000)
-    )
+    let parts = [(y, 4, b'-'), (m, 2, b'-'), (d, 2, b'T'), (rem / 3600, 2, b':'), (rem % 3600 / 60, 2, b':')];
+    for (v, width, sep) in parts.into_iter().chain([(rem % 60, 2, b'.'), (micros.rem_euclid(1_000_000), 6, b'Z')]) {
+        for p in (0..width).rev() {
+            buf.push(b'0' + (v.unsigned_abs() / 10u64.pow(p) % 10) as u8);
+        }
+        buf.push(sep);
+    }
 }
 
 fn cell_json(src: &str, dst: &str, cell: &Cell, stats: &CellStats, stale: bool, stat: Stat) -> CellJson {
@@ -142,28 +152,60 @@ pub fn matrix_cells(state: &ClusterState, now: i64, window_micros: i64, stat: St
     let slot = state.settings.slot_micros();
     let mut cells = Vec::new();
     for (src, row) in &state.matrix {
+        let stale_after = state.stale_after(src);
         for (dst, cell) in row {
             let stats = cell.stats(now, slot, slots);
-            cells.push(cell_json(src, dst, cell, &stats, !state.fresh(src, cell, now), stat));
+            cells.push(cell_json(src, dst, cell, &stats, now - cell.last_seen > stale_after, stat));
         }
     }
-    cells.sort_by(|a, b| (&a.src, &a.dst).cmp(&(&b.src, &b.dst)));
+    cells.sort_unstable_by(|a, b| (a.src.as_str(), a.dst.as_str()).cmp(&(b.src.as_str(), b.dst.as_str())));
     cells
 }
 
+/// A node as the matrix lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MatrixNode {
+    /// Node name.
+    pub name: String,
+    /// Zone label.
+    pub zone: String,
+    /// Agent streaming now.
+    pub connected: bool,
+    /// Agent away longer than the grace period.
+    pub gone: bool,
+}
+
+/// `/api/v1/matrix` (typed, so 100,000 cells serialize without an intermediate tree).
+#[derive(Debug, Clone, Serialize)]
+pub struct MatrixView {
+    /// The window the statistics cover.
+    pub window_seconds: f64,
+    /// The statistic in each cell's `value`.
+    pub stat: &'static str,
+    /// Every known node.
+    pub nodes: Vec<MatrixNode>,
+    /// Every cell.
+    pub cells: Vec<CellJson>,
+}
+
 /// `/api/v1/matrix`.
-pub fn matrix(state: &ClusterState, now: i64, window_micros: i64, stat: Stat) -> Value {
-    let nodes: Vec<Value> = state
+pub fn matrix(state: &ClusterState, now: i64, window_micros: i64, stat: Stat) -> MatrixView {
+    let nodes = state
         .nodes
         .iter()
-        .map(|(name, n)| json!({"name": name, "zone": zone(n), "connected": n.connected(), "gone": state.gone(n, now)}))
+        .map(|(name, n)| MatrixNode {
+            name: name.clone(),
+            zone: zone(n),
+            connected: n.connected(),
+            gone: state.gone(n, now),
+        })
         .collect();
-    json!({
-        "window_seconds": window_micros as f64 / 1e6,
-        "stat": stat.name(),
-        "nodes": nodes,
-        "cells": matrix_cells(state, now, window_micros, stat),
-    })
+    MatrixView {
+        window_seconds: window_micros as f64 / 1e6,
+        stat: stat.name(),
+        nodes,
+        cells: matrix_cells(state, now, window_micros, stat),
+    }
 }
 
 fn zone(n: &NodeState) -> String {
@@ -210,6 +252,17 @@ pub fn node_detail(state: &ClusterState, name: &str, now: i64) -> Option<Value> 
     v["outgoing"] = json!(row);
     v["incoming"] = json!(column);
     Some(v)
+}
+
+/// `/api/v1/status`: a few numbers, cheap to compute (for status lines and load tests).
+pub fn status(state: &ClusterState) -> Value {
+    json!({
+        "nodes": state.nodes.len(),
+        "connected_agents": state.nodes.values().filter(|n| n.connected()).count(),
+        "cells": state.matrix.values().map(HashMap::len).sum::<usize>(),
+        "results_ingested": state.ingested,
+        "suspects": state.suspects.len(),
+    })
 }
 
 /// `/api/v1/coverage`.

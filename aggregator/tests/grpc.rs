@@ -138,7 +138,7 @@ async fn results_reach_the_matrix_with_microsecond_precision() {
         })
         .await
         .unwrap();
-    let v = p50["cells"][0]["p50_ms"].as_f64().unwrap();
+    let v = p50.cells[0].p50_ms.unwrap();
     assert!(v > 0.15 && v < 0.3, "sub-millisecond latency must survive: {v}");
 }
 
