@@ -1,16 +1,19 @@
 //! `kubenurse-lab`: a local demo cluster on loopback — the fake API server, one agent per
-//! simulated node on 127.0.S.N with the standard port — printing the URLs to open.
-//! Ctrl-C stops everything.
+//! simulated node on 127.0.S.N with the standard port, and the aggregator on 127.0.S.254 —
+//! printing the URLs to open and a live status line. Ctrl-C stops everything.
 
 use std::time::Duration;
 
 use anyhow::Context;
+use kubenurse_aggregator::state::Settings;
+use kubenurse_tests::aggregator::LocalAggregator;
 use kubenurse_tests::cluster::{http_get, ClusterSpec, LocalCluster};
 
 const USAGE: &str = "Usage: kubenurse-lab [--nodes N] [--port P] [--interval DURATION] [--limit N] [--subnet S]
 
-Starts a fake Kubernetes API server and N kubenurse agents on 127.0.S.1 … 127.0.S.N (loopback),
-prints the URLs to open and a status line, and stops everything on Ctrl-C.
+Starts a fake Kubernetes API server, N kubenurse agents on 127.0.S.1 … 127.0.S.N and the
+aggregator on 127.0.S.254 (loopback only), prints the URLs to open and a status line, and stops
+everything on Ctrl-C.
 
   --nodes N        simulated nodes, 1-250            (default 5)
   --port P         every agent's HTTP port           (default 8080)
@@ -66,9 +69,17 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(spec: ClusterSpec) -> anyhow::Result<()> {
+async fn run(mut spec: ClusterSpec) -> anyhow::Result<()> {
     init_logs();
     let dir = std::env::temp_dir().join(format!("kubenurse-lab-{}", std::process::id()));
+    let agg_ip = format!("127.0.{}.254", spec.subnet);
+    let aggregator = LocalAggregator::start(
+        format!("{agg_ip}:50051").parse()?,
+        format!("{agg_ip}:{}", spec.port).parse()?,
+        Settings::default(),
+    )
+    .await?;
+    spec.env.push(("KUBENURSE_AGGREGATOR_URL".into(), aggregator.grpc_url()));
     let cluster = LocalCluster::start(&spec, &dir).await?;
     let first = &cluster.agents[0];
     println!("kubenurse lab: {} nodes, interval {}, neighbour limit {}", spec.nodes, spec.interval, spec.limit);
@@ -83,9 +94,14 @@ async fn run(spec: ClusterSpec) -> anyhow::Result<()> {
         "  agents            http://127.0.{}.1:{} … http://127.0.{}.{}:{}",
         spec.subnet, spec.port, spec.subnet, spec.nodes, spec.port
     );
+    let agg = aggregator.url();
+    println!("  aggregator /alive {agg}/alive   (merged over every agent)");
+    println!("  matrix API        {agg}/api/v1/matrix   suspects: {agg}/api/v1/suspects");
+    println!("  aggregator        {agg}/metrics   coverage: {agg}/api/v1/coverage");
     println!("  Ctrl-C stops everything.");
     let interval = kubenurse_agent::duration::parse_go_duration(&spec.interval)?.max(Duration::from_secs(1));
     let mut ticker = tokio::time::interval(interval);
+    let mut last: Option<(std::time::Instant, u64)> = None;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
@@ -96,12 +112,31 @@ async fn run(spec: ClusterSpec) -> anyhow::Result<()> {
                         healthy += 1;
                     }
                 }
-                println!("  status: {healthy}/{} agents report all checks ok", cluster.agents.len());
+                let status = aggregator.get_json("/api/v1/status").await.map(|(_, v)| v).unwrap_or_default();
+                let ingested = status["results_ingested"].as_u64().unwrap_or(0);
+                let now = std::time::Instant::now();
+                let rate = last.map_or(0.0, |(t, n)| ingested.saturating_sub(n) as f64 / now.duration_since(t).as_secs_f64());
+                last = Some((now, ingested));
+                let suspects = aggregator.get_json("/api/v1/suspects").await.map(|(_, v)| v).unwrap_or_default();
+                let names: Vec<String> = suspects["suspects"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|s| format!("{} {} ({})", s["kind"].as_str().unwrap_or("?"),
+                        s["node"].as_str().or(s["zone"].as_str()).unwrap_or("cluster"), s["cause"].as_str().unwrap_or("?")))
+                    .collect();
+                println!(
+                    "  status: {healthy}/{} agents all ok, {} streaming, {rate:.0} results/s, suspects: {}",
+                    cluster.agents.len(),
+                    status["connected_agents"].as_u64().unwrap_or(0),
+                    if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                );
             }
         }
     }
     println!("stopping…");
     cluster.stop().await?;
+    aggregator.stop().await?;
     let _ = std::fs::remove_dir_all(&dir);
     println!("stopped.");
     Ok(())
