@@ -184,8 +184,15 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
         // Ten neighbours in this process; the measured agent runs alone in its own process.
-        let spec =
-            ClusterSpec { nodes: 10, subnet: 71, port: 18080, interval: "1s".into(), limit: 10, env: Vec::new() };
+        let spec = ClusterSpec {
+            nodes: 10,
+            subnet: 71,
+            port: 18080,
+            interval: "1s".into(),
+            limit: 10,
+            env: Vec::new(),
+            proxied: false,
+        };
         let cluster = LocalCluster::start(&spec, &dir).await?;
         overhead(&cluster.nodes[0], requests).await?;
         steady_state(&cluster, &dir, rounds).await?;

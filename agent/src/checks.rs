@@ -181,10 +181,13 @@ impl Checker {
 
     /// Runs one round over `view` (or no neighbours when the neighbourhood check is off),
     /// calling `on_done` as each check finishes.
+    ///
+    /// Each check is its own task, so one check's CPU work (a TLS handshake) never delays when
+    /// another check notices its response: the timings stay per check.
     pub async fn run_round(
-        &self,
+        self: &Arc<Self>,
         view: Option<NeighbourhoodView>,
-        on_done: &(dyn Fn(&CheckOutcome) + Sync),
+        on_done: Arc<dyn Fn(&CheckOutcome) + Send + Sync>,
     ) -> RoundResult {
         let started_at = SystemTime::now();
         let start = std::time::Instant::now();
@@ -193,12 +196,25 @@ impl Checker {
             None => (SKIPPED.to_string(), Vec::new()),
         };
         let (specs, skipped) = self.plan(&neighbourhood);
-        let outcomes = join_all(specs.into_iter().map(|spec| async move {
-            let outcome = self.run_check(spec).await;
-            on_done(&outcome);
-            outcome
-        }))
-        .await;
+        let tasks: Vec<_> = specs
+            .into_iter()
+            .map(|spec| {
+                let (me, on_done) = (self.clone(), on_done.clone());
+                tokio::spawn(async move {
+                    let outcome = me.run_check(spec).await;
+                    on_done(&outcome);
+                    outcome
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::with_capacity(tasks.len());
+        for joined in join_all(tasks).await {
+            match joined {
+                Ok(o) => outcomes.push(o),
+                // A check task can only fail by panicking, a bug: report it, keep the round.
+                Err(e) => warn!(error = %e, "check task failed"),
+            }
+        }
         let mut values: BTreeMap<String, String> =
             skipped.into_iter().map(|name| (name.to_string(), SKIPPED.to_string())).collect();
         for o in &outcomes {

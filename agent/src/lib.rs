@@ -148,7 +148,8 @@ pub async fn run(
         }
         None => None,
     };
-    let checker = Checker::new(config.clone(), ProbeClient::new(client_tls, config.reuse_connections), metrics.clone());
+    let probe = ProbeClient::new(client_tls, config.reuse_connections).with_source(config.bind_address);
+    let checker = Arc::new(Checker::new(config.clone(), probe, metrics.clone()));
     let rounds = tokio::spawn(round_loop(checker, state.clone(), discovery, config.clone(), uplink.clone(), stop_rx));
 
     shutdown.await;
@@ -193,7 +194,7 @@ fn hello(config: &Config, discovery: Option<&Discovery>, targets: Vec<String>) -
 }
 
 async fn round_loop(
-    checker: Checker,
+    checker: Arc<Checker>,
     state: Arc<AgentState>,
     discovery: Option<Discovery>,
     config: Arc<Config>,
@@ -220,12 +221,13 @@ async fn round_loop(
                 None => warn!("own node name not known yet: not streaming to the aggregator"),
             }
         }
-        let on_done = |o: &checks::CheckOutcome| {
-            if let Some(up) = &uplink {
+        let up = uplink.clone();
+        let on_done = Arc::new(move |o: &checks::CheckOutcome| {
+            if let Some(up) = &up {
                 up.push_result(uplink::to_wire(o, round_no));
             }
-        };
-        let round = checker.run_round(view, &on_done).await;
+        });
+        let round = checker.run_round(view, on_done).await;
         if let Some(up) = &uplink {
             up.push_round_end(RoundEnd {
                 round: round_no,

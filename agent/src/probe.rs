@@ -145,6 +145,8 @@ pub struct ProbeClient {
     tls: TlsConnector,
     reuse_connections: bool,
     idle: Mutex<HashMap<String, PooledConn>>,
+    /// Source address of outgoing connections (the pod IP when `KUBENURSE_BIND_ADDRESS` is set).
+    source: Option<IpAddr>,
 }
 
 struct Target {
@@ -172,7 +174,25 @@ fn target(uri: &Uri) -> Result<Target, String> {
 impl ProbeClient {
     /// A client with the given TLS settings (see `tls::client_config`).
     pub fn new(tls: Arc<rustls::ClientConfig>, reuse_connections: bool) -> Self {
-        Self { tls: TlsConnector::from(tls), reuse_connections, idle: Mutex::new(HashMap::new()) }
+        Self { tls: TlsConnector::from(tls), reuse_connections, idle: Mutex::new(HashMap::new()), source: None }
+    }
+
+    /// Sends from `source` (same family destinations only), so a peer sees which node checks it.
+    pub fn with_source(mut self, source: Option<IpAddr>) -> Self {
+        self.source = source.filter(|ip| !ip.is_unspecified());
+        self
+    }
+
+    async fn dial(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+        match self.source {
+            Some(src) if src.is_ipv4() == addr.is_ipv4() => {
+                let socket =
+                    if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+                socket.bind(SocketAddr::new(src, 0))?;
+                socket.connect(addr).await
+            }
+            _ => TcpStream::connect(addr).await,
+        }
     }
 
     /// GETs `uri` with `headers`, giving up after `timeout`; never panics, never hangs.
@@ -302,7 +322,7 @@ impl ProbeClient {
         let mut last_err = None;
         let mut tcp = None;
         for addr in &addrs {
-            match TcpStream::connect(addr).await {
+            match self.dial(*addr).await {
                 Ok(s) => {
                     tcp = Some(s);
                     break;

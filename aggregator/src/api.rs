@@ -30,6 +30,7 @@ pub struct ApiState {
 /// The router.
 pub fn router(api: ApiState) -> Router {
     Router::new()
+        .route("/", get(heatmap_page))
         .route("/api/v1/matrix", get(matrix))
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/nodes/{name}", get(node))
@@ -41,6 +42,14 @@ pub fn router(api: ApiState) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .with_state(api)
+}
+
+/// The heatmap page: one self-contained file (no CDN), compiled into the binary.
+const HEATMAP_PAGE: &str = include_str!("web/index.html");
+
+async fn heatmap_page() -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], HEATMAP_PAGE)
+        .into_response()
 }
 
 fn bad_request(message: String) -> Response {

@@ -73,9 +73,10 @@ impl AggregatorMetrics {
         self.p99.reset();
         self.error_ratio.reset();
         for c in matrix_cells(state, now, state.settings.window_micros, Stat::P99) {
+            // Only what agents check now: no series lingers for departed nodes or old targets.
             let targeted =
                 state.nodes.get(&c.src).and_then(|n| n.hello.as_ref()).is_some_and(|h| h.targets.contains(&c.dst));
-            if !targeted {
+            if !targeted || c.stale {
                 continue;
             }
             let labels = [c.src.as_str(), c.dst.as_str()];

@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::apiserver::{kubenurse_pod, node, FakeApiServer};
+use crate::proxy::{Fault, FaultProxy, Rule};
 
 /// Namespace the simulated kubenurse pods live in.
 pub const NAMESPACE: &str = "kubenurse";
@@ -28,8 +29,10 @@ pub struct SimNode {
     pub node: String,
     /// Its kubenurse pod.
     pub pod: String,
-    /// Its loopback address.
+    /// Its pod address (what neighbours check; a fault proxy's when the cluster is proxied).
     pub ip: IpAddr,
+    /// Where its agent listens (= `ip`, or a second address behind the proxy).
+    pub bind: IpAddr,
     /// Its zone.
     pub zone: String,
 }
@@ -41,6 +44,7 @@ impl SimNode {
             node: format!("node-{i:02}"),
             pod: format!("kubenurse-{i:02}"),
             ip: IpAddr::V4(Ipv4Addr::new(127, 0, subnet, i)),
+            bind: IpAddr::V4(Ipv4Addr::new(127, 0, subnet, i)),
             zone: ZONES[usize::from(i) % ZONES.len()].to_string(),
         }
     }
@@ -70,7 +74,7 @@ pub fn agent_env(
         ("KUBENURSE_SERVICE_ACCOUNT_DIR".into(), api.service_account_dir().display().to_string()),
         ("KUBENURSE_POD_NAME".into(), sim.pod.clone()),
         ("KUBENURSE_NODE_NAME".into(), sim.node.clone()),
-        ("KUBENURSE_BIND_ADDRESS".into(), sim.ip.to_string()),
+        ("KUBENURSE_BIND_ADDRESS".into(), sim.bind.to_string()),
         ("KUBENURSE_HTTP_PORT".into(), port.to_string()),
     ])
 }
@@ -128,6 +132,8 @@ pub struct LocalCluster {
     pub nodes: Vec<SimNode>,
     /// Where the kit's files live.
     pub dir: PathBuf,
+    /// Fault proxies by node position (empty unless the spec asked for them).
+    pub proxies: Vec<FaultProxy>,
 }
 
 /// What a local cluster looks like.
@@ -145,11 +151,13 @@ pub struct ClusterSpec {
     pub limit: usize,
     /// Variables set on every agent on top of the defaults (an empty value removes one).
     pub env: Vec<(String, String)>,
+    /// Put a fault proxy on each pod address (agents then listen on 127.0.(S+100).N).
+    pub proxied: bool,
 }
 
 impl Default for ClusterSpec {
     fn default() -> Self {
-        Self { nodes: 5, subnet: 1, port: 8080, interval: "1s".into(), limit: 10, env: Vec::new() }
+        Self { nodes: 5, subnet: 1, port: 8080, interval: "1s".into(), limit: 10, env: Vec::new(), proxied: false }
     }
 }
 
@@ -159,13 +167,27 @@ impl LocalCluster {
         let api = FakeApiServer::start(dir).await?;
         let mut nodes = Vec::new();
         let mut agents = Vec::new();
+        anyhow::ensure!(!spec.proxied || spec.subnet <= 155, "a proxied cluster needs subnet <= 155");
+        let mut proxies = Vec::new();
         for i in 1..=spec.nodes {
-            let sim = SimNode::new(spec.subnet, i);
+            let mut sim = SimNode::new(spec.subnet, i);
+            if spec.proxied {
+                sim.bind = IpAddr::V4(Ipv4Addr::new(127, 0, spec.subnet + 100, i));
+                let listen = std::net::SocketAddr::new(sim.ip, spec.port);
+                proxies.push(FaultProxy::start(listen, std::net::SocketAddr::new(sim.bind, spec.port)).await?);
+            }
             api.apply_node(node(&sim.node, &sim.zone));
             api.apply_pod(kubenurse_pod(NAMESPACE, &sim.pod, &sim.node, &sim.ip.to_string()));
             nodes.push(sim);
         }
+        // Agents on real nodes do not start their rounds in the same millisecond; here they share
+        // two cores, so spread their starts over one interval to avoid synchronised bursts.
+        let interval = kubenurse_agent::duration::parse_go_duration(&spec.interval).unwrap_or(Duration::from_secs(1));
+        let stagger = (interval / u32::from(spec.nodes.max(1))).min(Duration::from_millis(200));
         for sim in &nodes {
+            if !agents.is_empty() {
+                tokio::time::sleep(stagger).await;
+            }
             let mut env = agent_env(&api, sim, spec.port, &spec.interval, spec.limit);
             for (k, v) in &spec.env {
                 if v.is_empty() {
@@ -184,7 +206,32 @@ impl LocalCluster {
             })
             .await?;
         }
-        Ok(Self { api, agents, nodes, dir: dir.to_path_buf() })
+        Ok(Self { api, agents, nodes, dir: dir.to_path_buf(), proxies })
+    }
+
+    /// Sets the fault on node `node`'s inbound path (proxied clusters only).
+    pub fn fault(&self, node: &str, rule: Rule) -> anyhow::Result<()> {
+        let i = self.nodes.iter().position(|n| n.node == node).ok_or_else(|| anyhow::anyhow!("no node {node}"))?;
+        self.proxies.get(i).ok_or_else(|| anyhow::anyhow!("cluster is not proxied"))?.set(rule);
+        Ok(())
+    }
+
+    /// Cuts `zone` off from the other zones in both directions (connections closed unanswered);
+    /// `None` heals every partition.
+    pub fn partition(&self, zone: Option<&str>) -> anyhow::Result<()> {
+        anyhow::ensure!(self.proxies.len() == self.nodes.len(), "cluster is not proxied");
+        for (sim, proxy) in self.nodes.iter().zip(&self.proxies) {
+            let rule = match zone {
+                None => Rule::default(),
+                Some(z) => {
+                    let inside = sim.zone == z;
+                    let sources = self.nodes.iter().filter(|n| (n.zone == z) != inside).map(|n| n.bind).collect();
+                    Rule { fault: Fault::Refuse, only_from: Some(sources) }
+                }
+            };
+            proxy.set(rule);
+        }
+        Ok(())
     }
 
     /// Stops every agent gracefully.

@@ -4,4 +4,6 @@
 pub mod aggregator;
 pub mod apiserver;
 pub mod cluster;
+pub mod lab;
 pub mod pki;
+pub mod proxy;

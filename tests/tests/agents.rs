@@ -50,7 +50,15 @@ fn metric_value(metrics: &str, series: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_check_exactly_their_ring_neighbours() -> anyhow::Result<()> {
-    let spec = ClusterSpec { nodes: 6, subnet: 41, port: 18080, interval: "500ms".into(), limit: 3, env: Vec::new() };
+    let spec = ClusterSpec {
+        nodes: 6,
+        subnet: 41,
+        port: 18080,
+        interval: "500ms".into(),
+        limit: 3,
+        env: Vec::new(),
+        proxied: false,
+    };
     let cluster = LocalCluster::start(&spec, &workdir("ring")).await?;
     let all: Vec<&SimNode> = cluster.nodes.iter().collect();
 
@@ -172,7 +180,15 @@ async fn agents_check_exactly_their_ring_neighbours() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_server_outage_keeps_path_checks_going() -> anyhow::Result<()> {
-    let spec = ClusterSpec { nodes: 3, subnet: 42, port: 18080, interval: "300ms".into(), limit: 10, env: Vec::new() };
+    let spec = ClusterSpec {
+        nodes: 3,
+        subnet: 42,
+        port: 18080,
+        interval: "300ms".into(),
+        limit: 10,
+        env: Vec::new(),
+        proxied: false,
+    };
     let cluster = LocalCluster::start(&spec, &workdir("outage")).await?;
     let url = cluster.agents[0].url();
     let all_ok = |url: String| async move { (alive(&url).await?.0 == 200).then_some(()) };
@@ -204,7 +220,15 @@ async fn api_server_outage_keeps_path_checks_going() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_api_server_is_a_slow_check_not_a_failure() -> anyhow::Result<()> {
-    let spec = ClusterSpec { nodes: 2, subnet: 43, port: 18080, interval: "500ms".into(), limit: 10, env: Vec::new() };
+    let spec = ClusterSpec {
+        nodes: 2,
+        subnet: 43,
+        port: 18080,
+        interval: "500ms".into(),
+        limit: 10,
+        env: Vec::new(),
+        proxied: false,
+    };
     let cluster = LocalCluster::start(&spec, &workdir("slow")).await?;
     let url = cluster.agents[0].url();
     eventually("healthy start", Duration::from_secs(20), || {
@@ -245,10 +269,17 @@ async fn ipv6_pod_ip_and_node_name_from_own_pod() -> anyhow::Result<()> {
         interval: "300ms".into(),
         limit: 10,
         env: vec![("KUBENURSE_NODE_NAME".into(), String::new())],
+        proxied: false,
     };
     let cluster = LocalCluster::start(&spec, &workdir("ipv6")).await?;
     // A third node whose pod has an IPv6 address (::1), its agent listening there.
-    let v6 = SimNode { node: "node-v6".into(), pod: "kubenurse-v6".into(), ip: "::1".parse()?, zone: "zone-a".into() };
+    let v6 = SimNode {
+        node: "node-v6".into(),
+        pod: "kubenurse-v6".into(),
+        ip: "::1".parse()?,
+        bind: "::1".parse()?,
+        zone: "zone-a".into(),
+    };
     cluster.api.apply_node(node(&v6.node, &v6.zone));
     cluster.api.apply_pod(kubenurse_pod(NAMESPACE, &v6.pod, &v6.node, "::1"));
     let mut env = agent_env(&cluster.api, &v6, spec.port, &spec.interval, spec.limit);
@@ -285,6 +316,7 @@ async fn allow_unschedulable_never_watches_nodes() -> anyhow::Result<()> {
         interval: "300ms".into(),
         limit: 10,
         env: vec![("KUBENURSE_ALLOW_UNSCHEDULABLE".into(), "true".into())],
+        proxied: false,
     };
     let cluster = LocalCluster::start(&spec, &workdir("allow-unschedulable")).await?;
     assert!(cluster.api.cordon("node-02", true));
@@ -309,6 +341,7 @@ async fn reuse_connections_keeps_them_alive() -> anyhow::Result<()> {
         interval: "200ms".into(),
         limit: 10,
         env: vec![("KUBENURSE_REUSE_CONNECTIONS".into(), "true".into())],
+        proxied: false,
     };
     let cluster = LocalCluster::start(&spec, &workdir("reuse")).await?;
     let url = format!("{}/metrics", cluster.agents[0].url());

@@ -68,6 +68,7 @@ async fn matrix_suspects_and_restarts() -> anyhow::Result<()> {
         interval: "1s".into(),
         limit: LIMIT,
         env: vec![("KUBENURSE_AGGREGATOR_URL".into(), aggregator.grpc_url())],
+        proxied: false,
     };
     let mut cluster = LocalCluster::start(&spec, &workdir("aggregator-e2e")).await?;
     let want = ring_pairs(&cluster.nodes);
@@ -185,6 +186,7 @@ async fn every_replica_gets_every_stream() -> anyhow::Result<()> {
         interval: "500ms".into(),
         limit: LIMIT,
         env: vec![("KUBENURSE_AGGREGATOR_URL".into(), "http://127.0.0.1:18061,http://[::1]:18061".into())],
+        proxied: false,
     };
     let cluster = LocalCluster::start(&spec, &workdir("aggregator-ha")).await?;
     let want = ring_pairs(&cluster.nodes);

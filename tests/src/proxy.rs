@@ -1,0 +1,199 @@
+//! A userspace fault proxy in front of one simulated node's agent (the kernel here has no
+//! netem): it listens on the node's pod address and forwards to the agent, passing traffic
+//! through, delaying it, refusing connections (listener closed: RST), or black-holing them
+//! (accepted, never answered) — for every source, or only for sources in a set (a partition).
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::debug;
+
+/// What the proxy does to a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Fault {
+    /// Forward untouched.
+    #[default]
+    Pass,
+    /// Forward after this delay (every request through it takes that much longer).
+    Delay(Duration),
+    /// Close the listener: connections are refused.
+    Refuse,
+    /// Accept and hold the connection without ever forwarding.
+    Blackhole,
+}
+
+/// A fault and the sources it applies to (`None`: everyone).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Rule {
+    /// The fault.
+    pub fault: Fault,
+    /// Source addresses affected; others pass (refusal applies to all: a closed port is closed).
+    pub only_from: Option<BTreeSet<IpAddr>>,
+}
+
+/// A running proxy; stops when dropped.
+pub struct FaultProxy {
+    listen: SocketAddr,
+    rule: watch::Sender<Rule>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    /// Listens on `listen`, forwarding to `upstream`.
+    pub async fn start(listen: SocketAddr, upstream: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(listen).await?;
+        let (rule, rx) = watch::channel(Rule::default());
+        let task = tokio::spawn(run(listener, listen, upstream, rx));
+        Ok(Self { listen, rule, task })
+    }
+
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// Applies `rule` to new connections from now on.
+    pub fn set(&self, rule: Rule) {
+        self.rule.send_replace(rule);
+    }
+
+    /// The rule in force.
+    pub fn rule(&self) -> Rule {
+        self.rule.borrow().clone()
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn run(listener: TcpListener, listen: SocketAddr, upstream: SocketAddr, mut rule: watch::Receiver<Rule>) {
+    let held: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+    let mut listener = Some(listener);
+    loop {
+        let refusing = rule.borrow().fault == Fault::Refuse && rule.borrow().only_from.is_none();
+        match (&listener, refusing) {
+            (Some(_), true) => {
+                listener = None;
+                held.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            }
+            (None, false) => match TcpListener::bind(listen).await {
+                Ok(l) => listener = Some(l),
+                Err(e) => {
+                    debug!(%listen, error = %e, "proxy cannot listen again yet");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ => {}
+        }
+        let Some(l) = &listener else {
+            if rule.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let (client, peer) = tokio::select! {
+            changed = rule.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
+            accepted = l.accept() => match accepted {
+                Ok(a) => a,
+                Err(_) => continue,
+            },
+        };
+        let current = rule.borrow().clone();
+        let applies = current.only_from.as_ref().is_none_or(|set| set.contains(&peer.ip()));
+        let fault = if applies { current.fault } else { Fault::Pass };
+        let held = held.clone();
+        tokio::spawn(async move {
+            match fault {
+                Fault::Blackhole => {
+                    // Keep it open and silent; dropped when the rule changes back or the proxy stops.
+                    held.lock().unwrap_or_else(|p| p.into_inner()).push(client);
+                    return;
+                }
+                // Refusal for some sources only: close at once, before any answer.
+                Fault::Refuse => {
+                    drop(client);
+                    return;
+                }
+                Fault::Delay(d) => tokio::time::sleep(d).await,
+                Fault::Pass => {}
+            }
+            let Ok(mut server) = TcpStream::connect(upstream).await else { return };
+            let mut client = client;
+            let _ = client.set_nodelay(true);
+            let _ = server.set_nodelay(true);
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn echo_server() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 16];
+                    if let Ok(n) = s.read(&mut buf).await {
+                        let _ = s.write_all(&buf[..n]).await;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    async fn roundtrip(addr: SocketAddr) -> std::io::Result<Duration> {
+        let start = std::time::Instant::now();
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(b"ping").await?;
+        let mut buf = [0u8; 4];
+        tokio::time::timeout(Duration::from_millis(500), s.read_exact(&mut buf)).await??;
+        Ok(start.elapsed())
+    }
+
+    #[tokio::test]
+    async fn pass_delay_refuse_blackhole() {
+        let upstream = echo_server().await;
+        let proxy = FaultProxy::start("127.0.0.1:0".parse().unwrap(), upstream).await;
+        // Port 0 cannot be re-bound to the same port after a refusal: bind a concrete one.
+        drop(proxy);
+        let probe = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listen = probe.local_addr().unwrap();
+        drop(probe);
+        let proxy = FaultProxy::start(listen, upstream).await.unwrap();
+        assert!(roundtrip(listen).await.unwrap() < Duration::from_millis(50));
+        proxy.set(Rule { fault: Fault::Delay(Duration::from_millis(80)), only_from: None });
+        assert!(roundtrip(listen).await.unwrap() >= Duration::from_millis(80));
+        proxy.set(Rule { fault: Fault::Refuse, only_from: None });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let refused = TcpStream::connect(listen).await;
+        assert_eq!(refused.err().map(|e| e.kind()), Some(std::io::ErrorKind::ConnectionRefused));
+        proxy.set(Rule { fault: Fault::Blackhole, only_from: None });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(roundtrip(listen).await.is_err(), "black hole must not answer");
+        proxy.set(Rule::default());
+        assert!(roundtrip(listen).await.is_ok());
+        // Only some sources: others pass.
+        let other: IpAddr = "127.0.0.99".parse().unwrap();
+        proxy.set(Rule { fault: Fault::Blackhole, only_from: Some([other].into()) });
+        assert!(roundtrip(listen).await.is_ok());
+    }
+}

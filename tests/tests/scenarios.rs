@@ -1,0 +1,298 @@
+//! The lab's fault scenarios, each asserting what the matrix, `/api/v1/suspects`, the merged
+//! `/alive` and the agents' metrics show within a bounded number of intervals. 12 nodes in 3
+//! zones, every agent behind a fault proxy, 1 s interval. (Scenario 7, the aggregator restart,
+//! is `aggregator.rs::matrix_suspects_and_restarts`.)
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use kubenurse_aggregator::state::Settings;
+use kubenurse_tests::apiserver::{kubenurse_pod, node, Faults};
+use kubenurse_tests::cluster::{agent_env, eventually, http_get, ClusterSpec, LocalAgent, SimNode, NAMESPACE};
+use kubenurse_tests::lab::Lab;
+use kubenurse_tests::proxy::{Fault, Rule};
+use serde_json::Value;
+
+/// One scenario at a time: each runs 12 agents, their proxies and an aggregator, and latency
+/// assertions need the machine's two cores not shared with five other labs.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn lab(subnet: u8, name: &str) -> anyhow::Result<Lab> {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    let spec = ClusterSpec {
+        nodes: 12,
+        subnet,
+        port: 18080,
+        interval: "1s".into(),
+        limit: 10,
+        env: vec![("KUBENURSE_CHECK_TIMEOUT".into(), "500ms".into())],
+        proxied: true,
+    };
+    let lab = Lab::start(spec, Settings { tick_micros: 250_000, ..Settings::default() }, &dir).await?;
+    // Healthy first: every pair present.
+    let agg = lab.aggregator.url();
+    eventually("a full healthy matrix", Duration::from_secs(30), || {
+        let agg = agg.clone();
+        async move {
+            let m = get(&agg, "/api/v1/matrix").await?;
+            let fresh =
+                m["cells"].as_array()?.iter().filter(|c| c["stale"] == false && c["count"].as_u64() > Some(0)).count();
+            (fresh == 12 * 10).then_some(())
+        }
+    })
+    .await?;
+    // Then a few rounds more, so the start-up burst (TLS, LISTs, first rounds) is over.
+    tokio::time::sleep(lab.interval * 3).await;
+    Ok(lab)
+}
+
+async fn get(base: &str, path: &str) -> Option<Value> {
+    let (_, body) = http_get(&format!("{base}{path}")).await.ok()?;
+    serde_json::from_str(&body).ok()
+}
+
+fn cells(m: &Value) -> Vec<Value> {
+    m["cells"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits up to `intervals` check intervals for `check`, returning its value and the time taken.
+async fn within<T, F, Fut>(lab: &Lab, intervals: u32, what: &str, check: F) -> anyhow::Result<(T, Duration)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    let v = eventually(what, lab.interval * intervals, check).await?;
+    let took = start.elapsed();
+    println!("{what}: {took:?}");
+    Ok((v, took))
+}
+
+async fn top_suspect(agg: &str) -> Option<Value> {
+    let s = get(agg, "/api/v1/suspects").await?;
+    if std::env::var("SCENARIO_DEBUG").is_ok() {
+        println!("suspects: {s}");
+    }
+    s["suspects"].get(0).cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s1_healthy_cluster() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let lab = lab(91, "s1").await?;
+    let agg = lab.aggregator.url();
+    // Several more rounds: still no suspects, coverage complete, merged /alive 200.
+    tokio::time::sleep(lab.interval * 3).await;
+    let s = get(&agg, "/api/v1/suspects").await.unwrap_or_default();
+    assert_eq!(s["suspects"], serde_json::json!([]), "{s}");
+    let c = get(&agg, "/api/v1/coverage").await.unwrap_or_default();
+    assert_eq!(c["complete"], true, "{c}");
+    assert_eq!(http_get(&format!("{agg}/alive")).await?.0, 200);
+    let m = get(&agg, "/api/v1/matrix").await.unwrap_or_default();
+    let p99: Vec<f64> = cells(&m).iter().filter_map(|c| c["p99_ms"].as_f64()).collect();
+    println!("healthy: {} cells, p99 max {:.3} ms", p99.len(), p99.iter().copied().fold(0.0, f64::max));
+    lab.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s2_delayed_inbound_is_the_top_latency_suspect() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let lab = lab(92, "s2").await?;
+    let agg = lab.aggregator.url();
+    let victim = lab.cluster.nodes[6].node.clone();
+    let before = get(&agg, "/api/v1/matrix?window=30s").await.unwrap_or_default();
+    // The column's current latency before the fault: the median of its cells' last results
+    // (the window still holds the lab's noisy start-up).
+    let mut last: Vec<f64> =
+        cells(&before).iter().filter(|c| c["dst"] == victim.as_str()).filter_map(|c| c["last_ms"].as_f64()).collect();
+    last.sort_by(f64::total_cmp);
+    let baseline = last.get(last.len() / 2).copied().unwrap_or(0.0);
+    lab.cluster.fault(&victim, Rule { fault: Fault::Delay(Duration::from_millis(80)), only_from: None })?;
+    let (top, _) = within(&lab, 8, "delayed node is the top latency suspect", || {
+        let (agg, victim) = (agg.clone(), victim.clone());
+        async move {
+            if std::env::var("SCENARIO_DEBUG").is_ok() {
+                let m = get(&agg, "/api/v1/matrix").await?;
+                let col: Vec<String> = cells(&m)
+                    .iter()
+                    .filter(|c| c["dst"] == victim.as_str())
+                    .map(|c| format!("{}:{}", c["last_ms"], c["slow"]))
+                    .collect();
+                println!("column {col:?}");
+            }
+            let top = top_suspect(&agg).await?;
+            (top["node"] == victim.as_str() && top["cause"] == "latency").then_some(top)
+        }
+    })
+    .await?;
+    assert_eq!(top["kind"], "destination", "{top}");
+    let m = get(&agg, "/api/v1/matrix?window=30s").await.unwrap_or_default();
+    let (mut column, mut others) = (Vec::new(), Vec::new());
+    for c in cells(&m) {
+        let (p50, p99) = (c["p50_ms"].as_f64().unwrap_or(0.0), c["p99_ms"].as_f64().unwrap_or(0.0));
+        if c["dst"] == victim.as_str() {
+            assert!(p99 >= 70.0 + baseline, "column of {victim} must rise by >= 70 ms over {baseline} ms: {c}");
+            column.push(p99);
+        } else {
+            // Unchanged: this test process runs 12 agents, their proxies and the aggregator on
+            // 2 cores, so single samples see tens of ms of scheduling jitter; medians stay far
+            // below the injected 80 ms.
+            assert!(p50 < 30.0, "other cells unchanged: {c}");
+            others.push(p50);
+        }
+    }
+    println!(
+        "column p99 {:.1}..{:.1} ms (baseline {baseline:.2} ms); other cells' p50 max {:.2} ms",
+        column.iter().copied().fold(f64::MAX, f64::min),
+        column.iter().copied().fold(0.0, f64::max),
+        others.iter().copied().fold(0.0, f64::max)
+    );
+    lab.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_refusing_node_is_a_destination_suspect() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let lab = lab(93, "s3").await?;
+    let agg = lab.aggregator.url();
+    let victim = lab.cluster.nodes[3].node.clone();
+    let checker = lab.cluster.agents.iter().find(|a| a.sim.node != victim).map(|a| a.url()).unwrap_or_default();
+    let series = format!("kubenurse_errors_total{{event=\"connect_done\",type=\"path_{victim}\"}}");
+    lab.cluster.fault(&victim, Rule { fault: Fault::Refuse, only_from: None })?;
+    let (top, _) = within(&lab, 4, "refusing node is the top suspect", || {
+        let (agg, victim) = (agg.clone(), victim.clone());
+        async move {
+            let top = top_suspect(&agg).await?;
+            (top["node"] == victim.as_str() && top["kind"] == "destination").then_some(top)
+        }
+    })
+    .await?;
+    assert_eq!(top["cause"], "errors");
+    let count = |m: &str| m.lines().find_map(|l| l.strip_prefix(series.as_str())?.trim().parse::<f64>().ok());
+    let (_, m1) = http_get(&format!("{checker}/metrics")).await?;
+    tokio::time::sleep(lab.interval * 2).await;
+    let (_, m2) = http_get(&format!("{checker}/metrics")).await?;
+    assert!(count(&m2) > count(&m1) && count(&m1) > Some(0.0), "{series}: {:?} -> {:?}", count(&m1), count(&m2));
+    assert_eq!(http_get(&format!("{agg}/alive")).await?.0, 500);
+    lab.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s4_zone_partition_is_a_zone_suspect() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let lab = lab(94, "s4").await?;
+    let agg = lab.aggregator.url();
+    lab.cluster.partition(Some("zone-b"))?;
+    let (top, _) = within(&lab, 5, "partitioned zone is the top suspect", || {
+        let agg = agg.clone();
+        async move {
+            let top = top_suspect(&agg).await?;
+            (top["kind"] == "zone" && top["zone"] == "zone-b").then_some(top)
+        }
+    })
+    .await?;
+    let s = get(&agg, "/api/v1/suspects").await.unwrap_or_default();
+    assert_eq!(s["suspects"].as_array().map(Vec::len), Some(1), "only the zone: {s}");
+    let zone_of = |n: &str| lab.cluster.nodes.iter().find(|s| s.node == n).map(|s| s.zone.clone()).unwrap_or_default();
+    let m = get(&agg, "/api/v1/matrix").await.unwrap_or_default();
+    for c in cells(&m) {
+        let (zs, zd) = (zone_of(c["src"].as_str().unwrap_or("")), zone_of(c["dst"].as_str().unwrap_or("")));
+        if zs == zd {
+            assert_eq!(c["failing"], false, "intra-zone cell healthy: {c}");
+        }
+    }
+    println!("zone suspect: {top}");
+    lab.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s5_api_server_failing_leaves_the_matrix_alone() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let lab = lab(95, "s5").await?;
+    let agg = lab.aggregator.url();
+    lab.cluster.api.set_faults(Faults { failing: true, ..Faults::default() });
+    within(&lab, 4, "every agent's API checks fail", || {
+        let urls: Vec<String> = lab.cluster.agents.iter().map(|a| a.url()).collect();
+        async move {
+            for url in urls {
+                let v = get(&url, "/alive").await?;
+                let r = &v["last_check_result"];
+                if r["api_server_direct"] == "ok" || r["api_server_dns"] == "ok" {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    })
+    .await?;
+    // The path checks go on and the matrix stays healthy.
+    tokio::time::sleep(lab.interval * 2).await;
+    let s = get(&agg, "/api/v1/suspects").await.unwrap_or_default();
+    assert_eq!(s["suspects"], serde_json::json!([]), "{s}");
+    let m = get(&agg, "/api/v1/matrix").await.unwrap_or_default();
+    let fresh_ok = cells(&m).iter().filter(|c| c["stale"] == false && c["failing"] == false).count();
+    assert_eq!(fresh_ok, 12 * 10);
+    let node = get(&agg, &format!("/api/v1/nodes/{}", lab.cluster.nodes[0].node)).await.unwrap_or_default();
+    let api_check = node["checks"].as_array().and_then(|c| c.iter().find(|c| c["dst"] == "api_server_direct")).cloned();
+    assert!(api_check.is_some_and(|c| c["last_error"].is_string()), "{node}");
+    assert_eq!(http_get(&format!("{agg}/alive")).await?.0, 500, "merged /alive shows the API failure");
+    lab.cluster.api.set_faults(Faults::default());
+    lab.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s6_nodes_come_and_go() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut lab = lab(96, "s6").await?;
+    let agg = lab.aggregator.url();
+    // Delete node-12 (agent, pod, node); add node-13.
+    let gone = lab.cluster.agents.pop().ok_or_else(|| anyhow::anyhow!("no agent"))?;
+    let (gone_node, gone_pod) = (gone.sim.node.clone(), gone.sim.pod.clone());
+    gone.stop().await?;
+    lab.cluster.api.delete_pod(NAMESPACE, &gone_pod);
+    lab.cluster.api.delete_node(&gone_node);
+    let new = SimNode::new(96, 13);
+    lab.cluster.api.apply_node(node(&new.node, &new.zone));
+    lab.cluster.api.apply_pod(kubenurse_pod(NAMESPACE, &new.pod, &new.node, &new.ip.to_string()));
+    let mut env = agent_env(&lab.cluster.api, &new, 18080, "1s", 10);
+    env.insert("KUBENURSE_AGGREGATOR_URL".into(), lab.aggregator.grpc_url());
+    let new_agent = LocalAgent::start(&lab.cluster.api, new.clone(), 18080, env)?;
+    let gone_label = format!("\"{gone_node}\"");
+    let gone_type = format!("path_{gone_node}");
+    within(&lab, 6, "matrix and metrics follow", || {
+        let (agg, new_node, gone_label, gone_type) = (agg.clone(), new.node.clone(), gone_label.clone(), gone_type.clone());
+        let agents: Vec<String> = lab.cluster.agents.iter().map(|a| a.url()).collect();
+        async move {
+            let m = get(&agg, "/api/v1/matrix").await?;
+            let fresh: Vec<&Value> = m["cells"].as_array()?.iter().filter(|c| c["stale"] == false).collect();
+            let into_new = fresh.iter().filter(|c| c["dst"] == new_node.as_str()).count();
+            let from_new = fresh.iter().filter(|c| c["src"] == new_node.as_str()).count();
+            let into_gone = fresh.iter().filter(|c| c["dst"] == gone_label.trim_matches('"')).count();
+            let (_, agg_metrics) = http_get(&format!("{agg}/metrics")).await.ok()?;
+            let in_metrics = agg_metrics.contains(&gone_label);
+            if std::env::var("SCENARIO_DEBUG").is_ok() {
+                println!("into_new {into_new} from_new {from_new} into_gone {into_gone} gone in aggregator metrics {in_metrics}");
+                for l in agg_metrics.lines().filter(|l| l.contains(&gone_label)).take(3) {
+                    println!("  {l}");
+                }
+                for c in m["cells"].as_array()?.iter().filter(|c| c["src"] == gone_label.trim_matches('"')).take(2) {
+                    println!("  cell {c}");
+                }
+            }
+            if into_new != 10 || from_new != 10 || into_gone != 0 || in_metrics {
+                return None;
+            }
+            for a in agents {
+                let (_, m) = http_get(&format!("{a}/metrics")).await.ok()?;
+                if m.contains(&gone_type) {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    })
+    .await?;
+    new_agent.stop().await?;
+    lab.stop().await
+}
