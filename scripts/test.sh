@@ -17,3 +17,5 @@ if ! command -v promtool >/dev/null 2>&1; then
 fi
 
 cargo test --workspace --locked "$@"
+# Helm chart and Grafana dashboards (real Helm engine, Kubernetes schemas, promtool).
+bash scripts/test-chart.sh

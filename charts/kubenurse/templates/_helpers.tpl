@@ -1,0 +1,205 @@
+{{/*
+Names
+*/}}
+{{- define "kubenurse.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "kubenurse.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubenurse.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The aggregator's pods get their own app.kubernetes.io/name, so neither the agents'
+Service nor the default neighbour_filter (app.kubernetes.io/name=kubenurse) selects them. */}}
+{{- define "kubenurse.aggregator.name" -}}
+{{- printf "%s-aggregator" (include "kubenurse.name" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "kubenurse.aggregator.fullname" -}}
+{{- printf "%s-aggregator" (include "kubenurse.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "kubenurse.aggregator.headlessName" -}}
+{{- printf "%s-grpc" (include "kubenurse.aggregator.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Cluster-scoped objects carry the namespace: two releases of the same name in two
+namespaces must not share them. */}}
+{{- define "kubenurse.clusterRoleName" -}}
+{{- printf "%s-%s" .Release.Namespace (include "kubenurse.fullname" .) -}}
+{{- end -}}
+
+{{/*
+Labels
+*/}}
+{{- define "kubenurse.commonLabels" -}}
+helm.sh/chart: {{ include "kubenurse.chart" . | quote }}
+app.kubernetes.io/part-of: kubenurse
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service | quote }}
+{{- end -}}
+
+{{- define "kubenurse.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kubenurse.name" . | quote }}
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
+{{- end -}}
+
+{{- define "kubenurse.labels" -}}
+{{ include "kubenurse.commonLabels" . }}
+{{ include "kubenurse.selectorLabels" . }}
+app.kubernetes.io/component: agent
+{{- end -}}
+
+{{- define "kubenurse.aggregator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kubenurse.aggregator.name" . | quote }}
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
+{{- end -}}
+
+{{- define "kubenurse.aggregator.labels" -}}
+{{ include "kubenurse.commonLabels" . }}
+{{ include "kubenurse.aggregator.selectorLabels" . }}
+app.kubernetes.io/component: aggregator
+{{- end -}}
+
+{{/*
+Service accounts
+*/}}
+{{- define "kubenurse.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "kubenurse.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubenurse.aggregator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- include "kubenurse.aggregator.fullname" . -}}
+{{- else -}}
+default
+{{- end -}}
+{{- end -}}
+
+{{/*
+Images: "repository:tag", the tag defaulting to the chart's appVersion.
+Usage: include "kubenurse.image" (dict "image" .Values.daemonset.image "root" .)
+*/}}
+{{- define "kubenurse.image" -}}
+{{- printf "%s:%s" .image.repository (toString (default .root.Chart.AppVersion .image.tag)) -}}
+{{- end -}}
+
+{{/*
+Booleans given as YAML booleans or as strings (upstream accepted both): "true" or "false".
+Usage: include "kubenurse.bool" .Values.insecure
+*/}}
+{{- define "kubenurse.bool" -}}
+{{- if kindIs "bool" . -}}
+{{- ternary "true" "false" . -}}
+{{- else -}}
+{{- ternary "true" "false" (has (lower (toString .)) (list "true" "t" "1")) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubenurse.useTls" -}}
+{{- include "kubenurse.bool" .Values.use_tls -}}
+{{- end -}}
+
+{{- define "kubenurse.ingressEnabled" -}}
+{{- include "kubenurse.bool" .Values.ingress.enabled -}}
+{{- end -}}
+
+{{- define "kubenurse.aggregatorEnabled" -}}
+{{- include "kubenurse.bool" .Values.aggregator.enabled -}}
+{{- end -}}
+
+{{- define "kubenurse.watchNodes" -}}
+{{- ternary "false" "true" (eq (include "kubenurse.bool" .Values.allow_unschedulable) "true") -}}
+{{- end -}}
+
+{{/* A check is on when its value is true; older upstream charts spelled two of them
+check_api_me_ingress / check_api_me_service, which are honoured too.
+Usage: include "kubenurse.check" (list . "check_me_service" "check_api_me_service") */}}
+{{- define "kubenurse.check" -}}
+{{- $values := (index . 0).Values -}}
+{{- $on := eq (include "kubenurse.bool" (index $values (index . 1))) "true" -}}
+{{- if and (gt (len .) 2) (hasKey $values (index . 2)) -}}
+{{- $on = and $on (eq (include "kubenurse.bool" (index $values (index . 2))) "true") -}}
+{{- end -}}
+{{- ternary "true" "false" $on -}}
+{{- end -}}
+
+{{/* me_ingress needs an Ingress: off whenever ingress.enabled is false. */}}
+{{- define "kubenurse.checkMeIngress" -}}
+{{- $on := and (eq (include "kubenurse.ingressEnabled" .) "true") (eq (include "kubenurse.check" (list . "check_me_ingress" "check_api_me_ingress")) "true") -}}
+{{- ternary "true" "false" $on -}}
+{{- end -}}
+
+{{/*
+URLs
+*/}}
+{{- define "kubenurse.serviceUrl" -}}
+{{- if .Values.service_url -}}
+{{- .Values.service_url -}}
+{{- else -}}
+{{- printf "http://%s.%s.svc.%s:%v" (include "kubenurse.fullname" .) .Release.Namespace .Values.clusterDomain .Values.service.port -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubenurse.aggregatorUrl" -}}
+{{- printf "http://%s.%s.svc.%s:%v" (include "kubenurse.aggregator.headlessName" .) .Release.Namespace .Values.clusterDomain .Values.aggregator.service.grpcPort -}}
+{{- end -}}
+
+{{/* The chart's labels plus extra ones; the chart's win (selectors and neighbour_filter rely on them).
+Usage: include "kubenurse.mergeLabels" (dict "labels" (include "kubenurse.labels" .) "extra" .Values.daemonset.podLabels) */}}
+{{- define "kubenurse.mergeLabels" -}}
+{{- toYaml (merge (fromYaml .labels) (default (dict) .extra)) -}}
+{{- end -}}
+
+{{/* An HTTP probe on the container port named http; settings (periods, thresholds) from values.
+Usage: include "kubenurse.probe" (dict "path" "/ready" "settings" .Values.daemonset.readinessProbe) */}}
+{{- define "kubenurse.probe" -}}
+{{- $get := dict "httpGet" (dict "path" .path "port" "http" "scheme" "HTTP") -}}
+{{- toYaml (merge $get (default (dict) .settings)) -}}
+{{- end -}}
+
+{{/*
+Pod scheduling shared by both tiers: priorityClassName, nodeSelector, affinity, tolerations.
+Usage: include "kubenurse.scheduling" .Values.daemonset
+*/}}
+{{- define "kubenurse.scheduling" -}}
+{{- $s := dict -}}
+{{- range $key := list "priorityClassName" "nodeSelector" "affinity" "tolerations" -}}
+{{- with index $ $key }}{{ $_ := set $s $key . }}{{ end -}}
+{{- end -}}
+{{- if $s }}{{ toYaml $s }}{{ end -}}
+{{- end -}}
+
+{{/*
+Checks of combinations the schema cannot express; included once, by daemonset.yaml (which is
+always rendered), so a bad combination fails the whole release with this message.
+*/}}
+{{- define "kubenurse.validate" -}}
+{{- if eq (include "kubenurse.useTls" .) "true" -}}
+{{- if or (not .Values.cert_file) (not .Values.cert_key) -}}
+{{- fail "use_tls: true needs cert_file and cert_key (paths inside the container; mount the certificate with daemonset.volumes and daemonset.volumeMounts)" -}}
+{{- end -}}
+{{- end -}}
+{{- if and (eq (include "kubenurse.ingressEnabled" .) "true") (not .Values.ingress.url) -}}
+{{- fail "ingress.enabled: true needs ingress.url (the host name of the Ingress)" -}}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,118 @@
+"""Shared helpers for the chart and dashboard tests (run by scripts/test-chart.sh).
+
+The chart is rendered by the real Helm engine: PyPI helm-python-sdk binds Helm's Go SDK
+(v4) through a C ABI. `helm_python.Chart.render` is `helm template`: it coalesces the
+chart's defaults with the given values, validates them against values.schema.json and
+renders offline.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART_DIR = REPO / "charts" / "kubenurse"
+HERE = Path(__file__).resolve().parent
+
+RELEASE = "nurse"
+NAMESPACE = "monitoring"
+
+
+def values_file(name: str) -> dict[str, Any]:
+    """A values file of this directory, parsed by Helm's own YAML reader (as `helm -f`)."""
+    return helm.values_from_yaml((HERE / name).read_text(encoding="utf-8"))
+
+
+class Rendered:
+    """The objects of one `helm template`, with lookups by kind and name."""
+
+    def __init__(self, manifests: dict[str, str]) -> None:
+        self.manifests = manifests
+        self.notes = ""
+        self.objects: list[dict[str, Any]] = []
+        for path, text in sorted(manifests.items()):
+            if path.endswith("NOTES.txt"):
+                self.notes = text
+                continue
+            for doc in yaml.safe_load_all(text):
+                if doc:
+                    self.objects.append(doc)
+
+    def all(self, kind: str) -> list[dict[str, Any]]:
+        return [o for o in self.objects if o["kind"] == kind]
+
+    def one(self, kind: str, name: str | None = None) -> dict[str, Any]:
+        found = [o for o in self.all(kind) if name is None or o["metadata"]["name"] == name]
+        assert len(found) == 1, f"expected one {kind} {name or ''}, found {[o['metadata']['name'] for o in found]}"
+        return found[0]
+
+    def kinds(self) -> list[tuple[str, str]]:
+        return sorted((o["kind"], o["metadata"]["name"]) for o in self.objects)
+
+    # The two workloads and their containers.
+    def agent(self) -> dict[str, Any]:
+        return self.one("DaemonSet")
+
+    def agent_container(self) -> dict[str, Any]:
+        return container(self.agent())
+
+    def aggregator(self) -> dict[str, Any]:
+        return self.one("Deployment")
+
+    def aggregator_container(self) -> dict[str, Any]:
+        return container(self.aggregator())
+
+    def agent_env(self) -> dict[str, Any]:
+        return env_map(self.agent_container())
+
+
+def container(workload: dict[str, Any]) -> dict[str, Any]:
+    containers = workload["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def env_map(c: dict[str, Any]) -> dict[str, Any]:
+    """name → value (a string) or the valueFrom object; duplicate names are an error."""
+    out: dict[str, Any] = {}
+    for e in c.get("env", []):
+        assert e["name"] not in out, f"duplicate env {e['name']}"
+        out[e["name"]] = e["value"] if "value" in e else e["valueFrom"]
+    return out
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+@pytest.fixture(scope="session")
+def chart():
+    with helm.Chart.load(CHART_DIR) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def render(chart):
+    cache: dict[str, Rendered] = {}
+
+    def _render(values: dict[str, Any] | None = None, *, name: str = RELEASE,
+                namespace: str = NAMESPACE) -> Rendered:
+        key = repr((values, name, namespace))
+        if key not in cache:
+            cache[key] = Rendered(chart.render(values or {}, name=name, namespace=namespace))
+        return cache[key]
+
+    return _render
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    path = shutil.which("promtool")
+    assert path, "promtool is missing: install Debian's 'prometheus' package (scripts/test-chart.sh does)"
+    return path
