@@ -114,7 +114,7 @@ impl Nurse for Ingest {
                     Ok(None) => break,
                     Err(status) => {
                         // Malformed or oversized message, or the connection broke.
-                        metrics.ingest_errors.with_label_values(&["malformed_or_broken"]).inc();
+                        metrics.ingest_errors.with_label_values(&[crate::validate::MALFORMED_OR_BROKEN]).inc();
                         warn!(%node, %status, "agent stream failed");
                         break;
                     }

@@ -34,6 +34,11 @@ impl AggregatorMetrics {
             Opts::new("kubenurse_aggregator_ingest_errors_total", "Results or streams refused, by reason."),
             &["reason"],
         )?;
+        // Every reason at 0 from the start: dashboards and alerts see a series, not absence.
+        for reason in crate::validate::Rejection::ALL {
+            ingest_errors.with_label_values(&[&reason.to_string()]);
+        }
+        ingest_errors.with_label_values(&[crate::validate::MALFORMED_OR_BROKEN]);
         let cells = IntGauge::new("kubenurse_aggregator_matrix_cells", "Source-destination cells in the matrix.")?;
         let suspects = GaugeVec::new(
             Opts::new("kubenurse_aggregator_suspects", "Current fault suspects by kind and cause."),

@@ -42,6 +42,24 @@ pub enum Rejection {
     Overloaded,
 }
 
+impl Rejection {
+    /// Every reason, so their counters exist (at 0) before the first rejection.
+    pub const ALL: [Rejection; 9] = [
+        Rejection::NoHello,
+        Rejection::BadName,
+        Rejection::BadHello,
+        Rejection::BadCheckType,
+        Rejection::UnknownTarget,
+        Rejection::AbsurdDuration,
+        Rejection::BadOutcome,
+        Rejection::BatchTooLarge,
+        Rejection::Overloaded,
+    ];
+}
+
+/// The reason label of a stream that ended on a malformed message or a broken connection.
+pub const MALFORMED_OR_BROKEN: &str = "malformed_or_broken";
+
 /// A Kubernetes node name: a DNS subdomain (lowercase alphanumerics, '-', '.'), ≤ 253 chars.
 pub fn valid_node_name(name: &str) -> bool {
     !name.is_empty()

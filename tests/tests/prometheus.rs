@@ -1,0 +1,190 @@
+//! Real Prometheus (Debian package `prometheus`) scrapes a running lab — every agent and the
+//! aggregator — and the test asserts through its HTTP API that every agent's `kubenurse_*`
+//! series are there with the expected labels, that the aggregator's metrics pass
+//! `promtool check metrics`, and that every query of both Grafana dashboards returns data.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use kubenurse_aggregator::state::Settings;
+use kubenurse_tests::cluster::{eventually, http_get, ClusterSpec};
+use kubenurse_tests::lab::Lab;
+use kubenurse_tests::proxy::{Fault, Rule};
+use serde_json::Value;
+
+/// Kills Prometheus however the test ends.
+struct Prometheus(Child);
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const PROM: &str = "127.0.0.1:19099";
+
+async fn query(q: &str) -> anyhow::Result<Vec<Value>> {
+    let encoded: String = q
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let (code, body) = http_get(&format!("http://{PROM}/api/v1/query?query={encoded}")).await?;
+    let v: Value = serde_json::from_str(&body)?;
+    anyhow::ensure!(code == 200 && v["status"] == "success", "query {q} failed: {body}");
+    Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+}
+
+fn dashboard_queries(file: &str) -> anyhow::Result<Vec<String>> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../grafana").join(file);
+    let d: Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+    let mut out = Vec::new();
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(e)) = m.get("expr") {
+                    out.push(e.clone());
+                }
+                m.values().for_each(|x| walk(x, out));
+            }
+            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    walk(&d["panels"], &mut out);
+    // Every variable at "All" (the dashboards' allValue is .*), Grafana's interval built-ins.
+    Ok(out
+        .into_iter()
+        .map(|e| {
+            e.replace("${__rate_interval}", "30s")
+                .replace("$__rate_interval", "30s")
+                .replace("$__interval", "5s")
+                .replace("$zone", ".*")
+                .replace("$node", ".*")
+                .replace("$type", ".*")
+        })
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_the_lab_and_every_dashboard_query_has_data() -> anyhow::Result<()> {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("prometheus-e2e");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let spec = ClusterSpec {
+        nodes: 5,
+        subnet: 99,
+        port: 18080,
+        interval: "1s".into(),
+        limit: 10,
+        // A failing extra check: the error panels have something to show.
+        env: vec![("KUBENURSE_EXTRA_CHECKS".into(), "refused:http://127.0.99.250:9/".into())],
+        proxied: true,
+    };
+    let lab = Lab::start(spec, Settings { tick_micros: 250_000, ..Settings::default() }, &dir).await?;
+    // A refusing node: the suspects panel has something to show.
+    lab.cluster.fault(&lab.cluster.nodes[2].node, Rule { fault: Fault::Refuse, only_from: None })?;
+
+    let mut config = String::from("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n");
+    config.push_str("  - job_name: kubenurse\n    static_configs:\n");
+    for n in &lab.cluster.nodes {
+        // Agents listen behind their proxies; scrape them directly, labelled as the chart's
+        // ServiceMonitor labels them.
+        config.push_str(&format!(
+            "      - targets: ['{}:18080']\n        labels: {{node: '{}', zone: '{}'}}\n",
+            n.bind, n.node, n.zone
+        ));
+    }
+    config.push_str(&format!(
+        "  - job_name: kubenurse-aggregator\n    static_configs:\n      - targets: ['{}']\n",
+        lab.aggregator.http
+    ));
+    let config_path = dir.join("prometheus.yml");
+    std::fs::write(&config_path, config)?;
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", config_path.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address={PROM}"))
+        .arg("--log.level=warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("prometheus.log"))?)
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("prometheus not runnable ({e}); install Debian's prometheus package"))?;
+    let _prometheus = Prometheus(child);
+
+    eventually("every target up", Duration::from_secs(40), || async {
+        let up = query("up == 1").await.ok()?;
+        (up.len() == 6).then_some(())
+    })
+    .await?;
+    // A few scrapes so rate() over 30s has samples.
+    eventually("request counters scraped", Duration::from_secs(40), || async {
+        let r = query("count by (node) (rate(kubenurse_httpclient_requests_total[30s]) > 0)").await.ok()?;
+        (r.len() == 5).then_some(())
+    })
+    .await?;
+
+    // Every agent's families, with their label names.
+    for (family, labels) in [
+        ("kubenurse_httpclient_requests_total", &["type", "code"][..]),
+        ("kubenurse_httpclient_request_duration_seconds_bucket", &["type", "le"][..]),
+        ("kubenurse_httpclient_trace_request_duration_seconds_bucket", &["type", "event", "le"][..]),
+        ("kubenurse_errors_total", &["type", "event"][..]),
+        ("kubenurse_neighbourhood_incoming_checks", &[][..]),
+    ] {
+        let series = query(family).await?;
+        let nodes: std::collections::BTreeSet<&str> =
+            series.iter().filter_map(|s| s["metric"]["node"].as_str()).collect();
+        assert_eq!(nodes.len(), 5, "{family} on every agent: {nodes:?}");
+        for s in &series {
+            for l in labels {
+                assert!(s["metric"].get(*l).is_some(), "{family} lacks label {l}: {s}");
+            }
+        }
+    }
+    let path_types = query("count by (type) (kubenurse_httpclient_requests_total{type=~\"path_.*\"})").await?;
+    assert_eq!(path_types.len(), 5, "a path_<node> type per node: {path_types:?}");
+    let cells = query("count(kubenurse_matrix_p99_seconds)").await?;
+    assert_eq!(
+        cells.first().and_then(|c| c["value"][1].as_str()),
+        Some("16"),
+        "4 live sources x 4 targets (the refusing node has no p99)"
+    );
+
+    // promtool accepts the aggregator's exposition (the agents' are checked in promtool.rs).
+    let (_, text) = http_get(&format!("{}/metrics", lab.aggregator.url())).await?;
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    promtool.stdin.take().ok_or_else(|| anyhow::anyhow!("stdin"))?.write_all(text.as_bytes())?;
+    let out = promtool.wait_with_output()?;
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Every dashboard query returns data from this real Prometheus.
+    let mut empty = Vec::new();
+    let mut total = 0;
+    for file in ["kubenurse.json", "matrix.json"] {
+        for q in dashboard_queries(file)? {
+            total += 1;
+            if query(&q).await?.is_empty() {
+                empty.push(format!("{file}: {q}"));
+            }
+        }
+    }
+    println!("{total} dashboard queries run against Prometheus, {} empty", empty.len());
+    assert!(empty.is_empty(), "dashboard queries without data:\n{}", empty.join("\n"));
+    lab.stop().await
+}
