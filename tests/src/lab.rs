@@ -2,12 +2,67 @@
 //! 127.0.S.254 (gRPC 50051, HTTP on the agents' port). Used by `kubenurse-lab` and the
 //! scenario tests.
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use kubenurse_aggregator::state::Settings;
 
 use crate::aggregator::LocalAggregator;
-use crate::cluster::{ClusterSpec, LocalCluster};
+use crate::apiserver::Faults;
+use crate::cluster::{ClusterSpec, LocalCluster, NAMESPACE};
+use crate::proxy::{Fault, Rule};
+
+/// A fault to inject, as typed on the lab's command line, its stdin or its control endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FaultSpec {
+    /// `delay:NODE:80ms`: the node's inbound path takes that much longer.
+    Delay(String, Duration),
+    /// `refuse:NODE`: connections to the node are refused.
+    Refuse(String),
+    /// `drop:NODE`: connections to the node are black-holed.
+    Drop(String),
+    /// `cordon:NODE` / `uncordon:NODE`.
+    Cordon(String, bool),
+    /// `delete:NODE`: its agent stops, its pod and node are deleted.
+    Delete(String),
+    /// `partition:ZONE`: the zone is cut off from the others.
+    Partition(String),
+    /// `apiserver:slow:500ms`.
+    ApiSlow(Duration),
+    /// `apiserver:fail`.
+    ApiFail,
+    /// `heal`: every fault above cleared (deleted nodes stay deleted).
+    Heal,
+}
+
+/// The accepted forms, for error messages and `--help`.
+pub const FAULT_SYNTAX: &str = "delay:NODE:DURATION | refuse:NODE | drop:NODE | cordon:NODE | uncordon:NODE | \
+delete:NODE | partition:ZONE | apiserver:slow:DURATION | apiserver:fail | heal";
+
+impl FromStr for FaultSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.trim().split(':').collect();
+        let dur = |v: &str| {
+            kubenurse_agent::duration::parse_go_duration(v.trim_start_matches('+')).map_err(|e| format!("{v:?}: {e}"))
+        };
+        let name = |v: &str| if v.is_empty() { Err("empty name".to_string()) } else { Ok(v.to_string()) };
+        match parts.as_slice() {
+            ["delay", n, d] => Ok(Self::Delay(name(n)?, dur(d)?)),
+            ["refuse", n] => Ok(Self::Refuse(name(n)?)),
+            ["drop", n] => Ok(Self::Drop(name(n)?)),
+            ["cordon", n] => Ok(Self::Cordon(name(n)?, true)),
+            ["uncordon", n] => Ok(Self::Cordon(name(n)?, false)),
+            ["delete", n] => Ok(Self::Delete(name(n)?)),
+            ["partition", z] => Ok(Self::Partition(name(z)?)),
+            ["apiserver", "slow", d] => Ok(Self::ApiSlow(dur(d)?)),
+            ["apiserver", "fail"] => Ok(Self::ApiFail),
+            ["heal"] => Ok(Self::Heal),
+            _ => Err(format!("unknown fault {s:?}; expected {FAULT_SYNTAX}")),
+        }
+    }
+}
 
 /// A running lab.
 pub struct Lab {
@@ -32,9 +87,103 @@ impl Lab {
         Ok(Self { cluster, aggregator, interval })
     }
 
+    /// Applies a fault; returns what was done, for the operator.
+    pub async fn apply(&mut self, fault: &FaultSpec) -> anyhow::Result<String> {
+        let c = &mut self.cluster;
+        Ok(match fault {
+            FaultSpec::Delay(n, d) => {
+                c.fault(n, Rule { fault: Fault::Delay(*d), only_from: None })?;
+                format!("{n}: inbound delayed by {d:?}")
+            }
+            FaultSpec::Refuse(n) => {
+                c.fault(n, Rule { fault: Fault::Refuse, only_from: None })?;
+                format!("{n}: refusing connections")
+            }
+            FaultSpec::Drop(n) => {
+                c.fault(n, Rule { fault: Fault::Blackhole, only_from: None })?;
+                format!("{n}: black-holing connections")
+            }
+            FaultSpec::Cordon(n, on) => {
+                anyhow::ensure!(c.api.cordon(n, *on), "no node {n}");
+                format!("{n}: {}", if *on { "cordoned" } else { "uncordoned" })
+            }
+            FaultSpec::Delete(n) => {
+                let i = c
+                    .agents
+                    .iter()
+                    .position(|a| a.sim.node == *n)
+                    .ok_or_else(|| anyhow::anyhow!("no running node {n}"))?;
+                let agent = c.agents.remove(i);
+                let pod = agent.sim.pod.clone();
+                agent.stop().await?;
+                c.api.delete_pod(NAMESPACE, &pod);
+                c.api.delete_node(n);
+                format!("{n}: agent stopped, pod and node deleted")
+            }
+            FaultSpec::Partition(z) => {
+                anyhow::ensure!(c.nodes.iter().any(|s| s.zone == *z), "no zone {z}");
+                c.partition(Some(z))?;
+                format!("{z}: partitioned from the other zones")
+            }
+            FaultSpec::ApiSlow(d) => {
+                c.api.set_faults(Faults { delay: *d, failing: false });
+                format!("API server: every answer delayed by {d:?}")
+            }
+            FaultSpec::ApiFail => {
+                c.api.set_faults(Faults { delay: Duration::ZERO, failing: true });
+                "API server: failing every request (503)".into()
+            }
+            FaultSpec::Heal => {
+                c.partition(None)?;
+                c.api.set_faults(Faults::default());
+                for s in c.nodes.clone() {
+                    let _ = c.api.cordon(&s.node, false);
+                }
+                "healed: proxies pass, API server healthy, nodes uncordoned".into()
+            }
+        })
+    }
+
+    /// A Prometheus configuration scraping every agent (labelled with `node` and `zone`, as the
+    /// chart's ServiceMonitor labels them) and the aggregator, every second.
+    pub fn prometheus_config(&self) -> String {
+        let mut config = String::from("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n");
+        config.push_str("  - job_name: kubenurse\n    static_configs:\n");
+        for a in &self.cluster.agents {
+            let target = kubenurse_agent::checks::host_port(&a.sim.bind.to_string(), a.port);
+            config.push_str(&format!(
+                "      - targets: ['{target}']\n        labels: {{node: '{}', zone: '{}'}}\n",
+                a.sim.node, a.sim.zone
+            ));
+        }
+        config.push_str(&format!(
+            "  - job_name: kubenurse-aggregator\n    static_configs:\n      - targets: ['{}']\n",
+            self.aggregator.http
+        ));
+        config
+    }
+
     /// Stops everything.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.cluster.stop().await?;
         self.aggregator.stop().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_faults() {
+        assert_eq!("delay:node-03:+80ms".parse(), Ok(FaultSpec::Delay("node-03".into(), Duration::from_millis(80))));
+        assert_eq!("refuse:node-01".parse(), Ok(FaultSpec::Refuse("node-01".into())));
+        assert_eq!("partition:zone-b".parse(), Ok(FaultSpec::Partition("zone-b".into())));
+        assert_eq!("apiserver:slow:2s".parse(), Ok(FaultSpec::ApiSlow(Duration::from_secs(2))));
+        assert_eq!("apiserver:fail".parse(), Ok(FaultSpec::ApiFail));
+        assert_eq!("heal".parse(), Ok(FaultSpec::Heal));
+        for bad in ["delay:node-03", "delay:node-03:fast", "refuse:", "explode:node-01", ""] {
+            assert!(bad.parse::<FaultSpec>().is_err(), "{bad:?}");
+        }
     }
 }

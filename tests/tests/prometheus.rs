@@ -90,20 +90,7 @@ async fn prometheus_scrapes_the_lab_and_every_dashboard_query_has_data() -> anyh
     // A refusing node: the suspects panel has something to show.
     lab.cluster.fault(&lab.cluster.nodes[2].node, Rule { fault: Fault::Refuse, only_from: None })?;
 
-    let mut config = String::from("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n");
-    config.push_str("  - job_name: kubenurse\n    static_configs:\n");
-    for n in &lab.cluster.nodes {
-        // Agents listen behind their proxies; scrape them directly, labelled as the chart's
-        // ServiceMonitor labels them.
-        config.push_str(&format!(
-            "      - targets: ['{}:18080']\n        labels: {{node: '{}', zone: '{}'}}\n",
-            n.bind, n.node, n.zone
-        ));
-    }
-    config.push_str(&format!(
-        "  - job_name: kubenurse-aggregator\n    static_configs:\n      - targets: ['{}']\n",
-        lab.aggregator.http
-    ));
+    let config = lab.prometheus_config();
     let config_path = dir.join("prometheus.yml");
     std::fs::write(&config_path, config)?;
     let child = Command::new("prometheus")

@@ -1,29 +1,51 @@
-//! `kubenurse-lab`: a local demo cluster on loopback — the fake API server, one agent per
-//! simulated node on 127.0.S.N with the standard port, and the aggregator on 127.0.S.254 —
-//! printing the URLs to open and a live status line. Ctrl-C stops everything.
+//! `kubenurse-lab`: the whole system on loopback — a fake API server, one agent per simulated
+//! node on 127.0.S.N (behind a fault proxy) with the standard port, and the aggregator on
+//! 127.0.S.254 — printing the URLs to open and a live status line. Faults can be injected at
+//! start (`--fault`), typed on stdin, or sent to the control endpoint. Ctrl-C stops everything.
 
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::extract::{Query, State};
+use axum::routing::get;
+use axum::Router;
 use kubenurse_aggregator::state::Settings;
-use kubenurse_tests::aggregator::LocalAggregator;
-use kubenurse_tests::cluster::{http_get, ClusterSpec, LocalCluster};
+use kubenurse_tests::cluster::{http_get, ClusterSpec};
+use kubenurse_tests::lab::{FaultSpec, Lab, FAULT_SYNTAX};
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::Mutex;
 
 const USAGE: &str = "Usage: kubenurse-lab [--nodes N] [--port P] [--interval DURATION] [--limit N] [--subnet S]
+                     [--fault SPEC]... [--prometheus]
 
-Starts a fake Kubernetes API server, N kubenurse agents on 127.0.S.1 … 127.0.S.N and the
-aggregator on 127.0.S.254 (loopback only), prints the URLs to open and a status line, and stops
-everything on Ctrl-C.
+Starts, on loopback only, a fake Kubernetes API server, N kubenurse agents on 127.0.S.1 … 127.0.S.N
+(each behind a fault proxy, nodes spread over 3 zones) and the aggregator on 127.0.S.254, prints
+the URLs to open and a status line, and stops everything on Ctrl-C.
 
   --nodes N        simulated nodes, 1-250            (default 5)
   --port P         every agent's HTTP port           (default 8080)
   --interval D     KUBENURSE_CHECK_INTERVAL          (default 2s)
   --limit N        KUBENURSE_NEIGHBOUR_LIMIT         (default 10)
-  --subnet S       third octet of the addresses      (default 1)
+  --subnet S       third octet of the addresses, 1-155 (default 1)
+  --fault SPEC     inject a fault at start (repeatable)
+  --prometheus     also start `prometheus` (if on PATH) scraping every agent and the aggregator
+
+Faults (also typed on stdin, or GET http://127.0.S.253:P/fault?spec=SPEC while running):
+  delay:NODE:80ms  refuse:NODE  drop:NODE  cordon:NODE  uncordon:NODE  delete:NODE
+  partition:ZONE  apiserver:slow:500ms  apiserver:fail  heal
 ";
 
-fn parse_args() -> anyhow::Result<Option<ClusterSpec>> {
-    let mut spec = ClusterSpec { interval: "2s".into(), ..ClusterSpec::default() };
+struct Options {
+    spec: ClusterSpec,
+    faults: Vec<FaultSpec>,
+    prometheus: bool,
+}
+
+fn parse_args() -> anyhow::Result<Option<Options>> {
+    let mut spec = ClusterSpec { interval: "2s".into(), proxied: true, ..ClusterSpec::default() };
+    let (mut faults, mut prometheus) = (Vec::new(), false);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
@@ -40,17 +62,24 @@ fn parse_args() -> anyhow::Result<Option<ClusterSpec>> {
                 spec.interval = v;
             }
             "--limit" => spec.limit = value("--limit")?.parse().context("--limit: expected a number")?,
-            "--subnet" => spec.subnet = value("--subnet")?.parse().context("--subnet: expected 0-255")?,
+            "--subnet" => {
+                spec.subnet = value("--subnet")?.parse().context("--subnet: expected 1-155")?;
+                anyhow::ensure!((1..=155).contains(&spec.subnet), "--subnet: expected 1-155");
+            }
+            "--fault" => {
+                faults.push(value("--fault")?.parse::<FaultSpec>().map_err(|e| anyhow::anyhow!("--fault: {e}"))?)
+            }
+            "--prometheus" => prometheus = true,
             other => anyhow::bail!("unknown argument {other:?}\n\n{USAGE}"),
         }
     }
-    Ok(Some(spec))
+    Ok(Some(Options { spec, faults, prometheus }))
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let spec = match parse_args() {
-        Ok(Some(spec)) => spec,
+    let options = match parse_args() {
+        Ok(Some(o)) => o,
         Ok(None) => {
             print!("{USAGE}");
             return std::process::ExitCode::SUCCESS;
@@ -60,7 +89,7 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    match run(spec).await {
+    match run(options).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kubenurse-lab: {e:#}");
@@ -69,65 +98,128 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(mut spec: ClusterSpec) -> anyhow::Result<()> {
+/// Kills Prometheus when the lab stops, however it stops.
+struct Prometheus(Child);
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The running lab, taken out (`None`) when it stops.
+type Shared = Arc<Mutex<Option<Lab>>>;
+
+async fn apply(lab: &Shared, spec: &str) -> String {
+    let fault = match spec.parse::<FaultSpec>() {
+        Ok(f) => f,
+        Err(e) => return format!("fault: {e}"),
+    };
+    let mut guard = lab.lock().await;
+    let Some(lab) = guard.as_mut() else { return "fault: the lab is stopping".into() };
+    match lab.apply(&fault).await {
+        Ok(done) => format!("fault: {done}"),
+        Err(e) => format!("fault {spec:?} failed: {e:#}"),
+    }
+}
+
+async fn control(State(lab): State<Shared>, Query(q): Query<std::collections::HashMap<String, String>>) -> String {
+    match q.get("spec") {
+        Some(spec) => {
+            let out = apply(&lab, spec).await;
+            println!("  {out}");
+            out + "\n"
+        }
+        None => format!("GET /fault?spec=SPEC with SPEC one of: {FAULT_SYNTAX}\n"),
+    }
+}
+
+async fn run(options: Options) -> anyhow::Result<()> {
     init_logs();
+    let spec = options.spec;
     let dir = std::env::temp_dir().join(format!("kubenurse-lab-{}", std::process::id()));
-    let agg_ip = format!("127.0.{}.254", spec.subnet);
-    let aggregator = LocalAggregator::start(
-        format!("{agg_ip}:50051").parse()?,
-        format!("{agg_ip}:{}", spec.port).parse()?,
-        Settings::default(),
-    )
-    .await?;
-    spec.env.push(("KUBENURSE_AGGREGATOR_URL".into(), aggregator.grpc_url()));
-    let cluster = LocalCluster::start(&spec, &dir).await?;
-    let first = &cluster.agents[0];
-    println!("kubenurse lab: {} nodes, interval {}, neighbour limit {}", spec.nodes, spec.interval, spec.limit);
+    let mut lab = Lab::start(spec.clone(), Settings::default(), &dir).await?;
+    for f in &options.faults {
+        println!("  fault: {}", lab.apply(f).await?);
+    }
+    let a = &lab.cluster.agents[0];
+    let (agg, first, first_node, api, kubeconfig) =
+        (lab.aggregator.url(), a.url(), a.sim.node.clone(), lab.cluster.api.addr(), lab.cluster.api.kubeconfig_path());
+    let prometheus_config = lab.prometheus_config();
+    let lab: Shared = Arc::new(Mutex::new(Some(lab)));
+    let control_addr = format!("127.0.{}.253:{}", spec.subnet, spec.port);
+    let listener = tokio::net::TcpListener::bind(&control_addr)
+        .await
+        .with_context(|| format!("control endpoint {control_addr}"))?;
+    let app = Router::new().route("/fault", get(control)).route("/", get(control)).with_state(lab.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let _prometheus = if options.prometheus { start_prometheus(&prometheus_config, &dir, spec.subnet)? } else { None };
+
     println!(
-        "  fake API server   https://{}  (kubeconfig: {})",
-        cluster.api.addr(),
-        cluster.api.kubeconfig_path().display()
+        "kubenurse lab: {} nodes over 3 zones, interval {}, neighbour limit {}",
+        spec.nodes, spec.interval, spec.limit
     );
-    println!("  {} /alive        {}/alive", first.sim.node, first.url());
-    println!("  {} /metrics      {}/metrics", first.sim.node, first.url());
+    println!("  heatmap           {agg}/");
+    println!("  merged /alive     {agg}/alive");
     println!(
-        "  agents            http://127.0.{}.1:{} … http://127.0.{}.{}:{}",
-        spec.subnet, spec.port, spec.subnet, spec.nodes, spec.port
+        "  matrix API        {agg}/api/v1/matrix   suspects: {agg}/api/v1/suspects   coverage: {agg}/api/v1/coverage"
     );
-    let agg = aggregator.url();
-    println!("  aggregator /alive {agg}/alive   (merged over every agent)");
-    println!("  matrix API        {agg}/api/v1/matrix   suspects: {agg}/api/v1/suspects");
-    println!("  aggregator        {agg}/metrics   coverage: {agg}/api/v1/coverage");
+    println!("  aggregator        {agg}/metrics");
+    println!("  {first_node} /alive     {first}/alive");
+    println!("  {first_node} /metrics   {first}/metrics");
+    println!(
+        "  agents            http://127.0.{s}.1:{p} … http://127.0.{s}.{n}:{p}",
+        s = spec.subnet,
+        p = spec.port,
+        n = spec.nodes
+    );
+    println!("  fake API server   https://{api}  (kubeconfig {})", kubeconfig.display());
+    println!("  faults            type e.g. `delay:node-03:80ms`, `refuse:node-02`, `partition:zone-b`, `heal`,");
+    println!("                    or: curl 'http://{control_addr}/fault?spec=refuse:node-02'");
     println!("  Ctrl-C stops everything.");
+
     let interval = kubenurse_agent::duration::parse_go_duration(&spec.interval)?.max(Duration::from_secs(1));
     let mut ticker = tokio::time::interval(interval);
     let mut last: Option<(std::time::Instant, u64)> = None;
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin_open = true;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
+            line = stdin.next_line(), if stdin_open => match line {
+                Ok(Some(l)) if !l.trim().is_empty() => println!("  {}", apply(&lab, l.trim()).await),
+                Ok(Some(_)) => {}
+                _ => stdin_open = false,
+            },
             _ = ticker.tick() => {
+                let urls: Vec<String> =
+                    lab.lock().await.as_ref().map(|l| l.cluster.agents.iter().map(|a| a.url()).collect()).unwrap_or_default();
                 let mut healthy = 0;
-                for a in &cluster.agents {
-                    if matches!(http_get(&format!("{}/alive", a.url())).await, Ok((200, _))) {
+                for u in &urls {
+                    if matches!(http_get(&format!("{u}/alive")).await, Ok((200, _))) {
                         healthy += 1;
                     }
                 }
-                let status = aggregator.get_json("/api/v1/status").await.map(|(_, v)| v).unwrap_or_default();
+                let status = get_json(&agg, "/api/v1/status").await;
                 let ingested = status["results_ingested"].as_u64().unwrap_or(0);
                 let now = std::time::Instant::now();
                 let rate = last.map_or(0.0, |(t, n)| ingested.saturating_sub(n) as f64 / now.duration_since(t).as_secs_f64());
                 last = Some((now, ingested));
-                let suspects = aggregator.get_json("/api/v1/suspects").await.map(|(_, v)| v).unwrap_or_default();
+                let suspects = get_json(&agg, "/api/v1/suspects").await;
                 let names: Vec<String> = suspects["suspects"]
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .map(|s| format!("{} {} ({})", s["kind"].as_str().unwrap_or("?"),
-                        s["node"].as_str().or(s["zone"].as_str()).unwrap_or("cluster"), s["cause"].as_str().unwrap_or("?")))
+                    .map(|s| {
+                        let target = s["node"].as_str().or(s["zone"].as_str()).unwrap_or("cluster");
+                        format!("{} {target} ({})", s["kind"].as_str().unwrap_or("?"), s["cause"].as_str().unwrap_or("?"))
+                    })
                     .collect();
                 println!(
-                    "  status: {healthy}/{} agents all ok, {} streaming, {rate:.0} results/s, suspects: {}",
-                    cluster.agents.len(),
+                    "  status: {healthy}/{} agents all ok · {} streaming · {rate:.0} results/s · suspects: {}",
+                    urls.len(),
                     status["connected_agents"].as_u64().unwrap_or(0),
                     if names.is_empty() { "none".to_string() } else { names.join(", ") }
                 );
@@ -135,11 +227,40 @@ async fn run(mut spec: ClusterSpec) -> anyhow::Result<()> {
         }
     }
     println!("stopping…");
-    cluster.stop().await?;
-    aggregator.stop().await?;
+    let taken = lab.lock().await.take();
+    if let Some(lab) = taken {
+        lab.stop().await?;
+    }
     let _ = std::fs::remove_dir_all(&dir);
     println!("stopped.");
     Ok(())
+}
+
+async fn get_json(base: &str, path: &str) -> serde_json::Value {
+    match http_get(&format!("{base}{path}")).await {
+        Ok((_, body)) => serde_json::from_str(&body).unwrap_or_default(),
+        Err(_) => serde_json::Value::Null,
+    }
+}
+
+fn start_prometheus(config: &str, dir: &std::path::Path, subnet: u8) -> anyhow::Result<Option<Prometheus>> {
+    if Command::new("prometheus").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
+        println!("  --prometheus: no `prometheus` on PATH (Debian package prometheus); continuing without it");
+        return Ok(None);
+    }
+    let path = dir.join("prometheus.yml");
+    std::fs::write(&path, config)?;
+    let listen = format!("127.0.{subnet}.252:9090");
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", path.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("prometheus-data").display()))
+        .arg(format!("--web.listen-address={listen}"))
+        .arg("--log.level=warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("prometheus.log"))?)
+        .spawn()?;
+    println!("  prometheus        http://{listen}/  (config {})", path.display());
+    Ok(Some(Prometheus(child)))
 }
 
 /// Agents' warnings (failed checks, watch errors) on stderr; `RUST_LOG` (e.g. `info`) for more.
@@ -149,7 +270,7 @@ fn init_logs() {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| v.parse::<Targets>().ok())
-        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::WARN));
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::ERROR));
     tracing_subscriber::registry()
         .with(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(std::io::stderr))
         .with(filter)
