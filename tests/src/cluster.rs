@@ -50,6 +50,23 @@ impl SimNode {
     }
 }
 
+/// The nodes the neighbour filter makes `own` check, among `present` (the expected targets).
+pub fn ring_targets<'a>(own: &SimNode, present: impl IntoIterator<Item = &'a SimNode>, limit: usize) -> Vec<String> {
+    use kubenurse_agent::neighbours::{node_hash, select_neighbours, Neighbour};
+    let others = present
+        .into_iter()
+        .filter(|n| n.node != own.node)
+        .map(|n| Neighbour {
+            pod_name: n.pod.clone(),
+            pod_ip: n.ip.to_string(),
+            host_ip: n.ip.to_string(),
+            node_name: n.node.clone(),
+            node_hash: node_hash(&n.node),
+        })
+        .collect();
+    select_neighbours(&own.node, others, limit).into_iter().map(|n| n.node_name).collect()
+}
+
 /// The environment an agent of `sim` gets (the same variables a pod would have).
 pub fn agent_env(
     api: &FakeApiServer,

@@ -5,9 +5,8 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use kubenurse_agent::neighbours::{node_hash, select_neighbours, Neighbour};
 use kubenurse_tests::apiserver::Faults;
-use kubenurse_tests::cluster::{eventually, http_get, ClusterSpec, LocalCluster, SimNode, NAMESPACE};
+use kubenurse_tests::cluster::{eventually, http_get, ring_targets, ClusterSpec, LocalCluster, SimNode, NAMESPACE};
 use serde_json::Value;
 
 fn workdir(name: &str) -> PathBuf {
@@ -18,18 +17,7 @@ fn workdir(name: &str) -> PathBuf {
 
 /// The path checks the ring says `own` must run, among `present` nodes.
 fn expected_paths(own: &SimNode, present: &[&SimNode], limit: usize) -> BTreeSet<String> {
-    let others = present
-        .iter()
-        .filter(|n| n.node != own.node)
-        .map(|n| Neighbour {
-            pod_name: n.pod.clone(),
-            pod_ip: n.ip.to_string(),
-            host_ip: n.ip.to_string(),
-            node_name: n.node.clone(),
-            node_hash: node_hash(&n.node),
-        })
-        .collect();
-    select_neighbours(&own.node, others, limit).into_iter().map(|n| format!("path_{}", n.node_name)).collect()
+    ring_targets(own, present.iter().copied(), limit).into_iter().map(|n| format!("path_{n}")).collect()
 }
 
 async fn alive(url: &str) -> Option<(u16, Value)> {

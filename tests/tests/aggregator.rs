@@ -6,10 +6,9 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use kubenurse_agent::neighbours::{node_hash, select_neighbours, Neighbour};
 use kubenurse_aggregator::state::Settings;
 use kubenurse_tests::aggregator::LocalAggregator;
-use kubenurse_tests::cluster::{eventually, http_get, ClusterSpec, LocalCluster, SimNode};
+use kubenurse_tests::cluster::{eventually, http_get, ring_targets, ClusterSpec, LocalCluster, SimNode};
 use serde_json::Value;
 
 const LIMIT: usize = 3;
@@ -21,24 +20,7 @@ fn workdir(name: &str) -> PathBuf {
 }
 
 fn ring_pairs(nodes: &[SimNode]) -> BTreeSet<(String, String)> {
-    let mut pairs = BTreeSet::new();
-    for own in nodes {
-        let others = nodes
-            .iter()
-            .filter(|n| n.node != own.node)
-            .map(|n| Neighbour {
-                pod_name: n.pod.clone(),
-                pod_ip: n.ip.to_string(),
-                host_ip: n.ip.to_string(),
-                node_name: n.node.clone(),
-                node_hash: node_hash(&n.node),
-            })
-            .collect();
-        for n in select_neighbours(&own.node, others, LIMIT) {
-            pairs.insert((own.node.clone(), n.node_name));
-        }
-    }
-    pairs
+    nodes.iter().flat_map(|own| ring_targets(own, nodes, LIMIT).into_iter().map(|t| (own.node.clone(), t))).collect()
 }
 
 fn fresh_pairs(matrix: &Value) -> BTreeSet<(String, String)> {
