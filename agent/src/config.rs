@@ -150,6 +150,8 @@ pub struct Config {
     pub https_port: u16,
     /// `KUBENURSE_AGGREGATOR_URL`: stream results there (empty: off, the agent is then exactly a kubenurse).
     pub aggregator_url: Option<String>,
+    /// `KUBENURSE_AGGREGATOR_CA`: the CA (PEM) an https:// aggregator's certificate must chain to.
+    pub aggregator_ca: Option<PathBuf>,
 }
 
 struct Reader<'a> {
@@ -345,13 +347,15 @@ impl Config {
                 .ok_or_else(|| Reader::err("KUBENURSE_POD_NAME", "", "not set and the hostname cannot be read"))?,
         };
         let aggregator_url = r.raw("KUBENURSE_AGGREGATOR_URL");
+        let aggregator_ca = r.readable_file("KUBENURSE_AGGREGATOR_CA")?;
         if let Some(list) = &aggregator_url {
             for u in list.split(',') {
-                if parse_url("KUBENURSE_AGGREGATOR_URL", u.trim())?.scheme_str() != Some("http") {
+                let https = parse_url("KUBENURSE_AGGREGATOR_URL", u.trim())?.scheme_str() == Some("https");
+                if https && aggregator_ca.is_none() {
                     return Err(Reader::err(
-                        "KUBENURSE_AGGREGATOR_URL",
-                        list,
-                        "only http:// is supported (TLS for the stream is not built yet)",
+                        "KUBENURSE_AGGREGATOR_CA",
+                        "",
+                        format!("required for the https:// aggregator URL {}", u.trim()),
                     ));
                 }
             }
@@ -393,6 +397,7 @@ impl Config {
             http_port: r.port("KUBENURSE_HTTP_PORT", 8080)?,
             https_port: r.port("KUBENURSE_HTTPS_PORT", 8443)?,
             aggregator_url,
+            aggregator_ca,
         })
         .and_then(|c| {
             // Validated last so the reading order above stays simple.
@@ -477,7 +482,7 @@ mod tests {
             ("KUBENURSE_HTTP_PORT", "70000"),
             ("KUBENURSE_BIND_ADDRESS", "localhost"),
             ("KUBENURSE_INGRESS_URL", "not a url"),
-            ("KUBENURSE_AGGREGATOR_URL", "https://aggregator:50051"),
+            ("KUBENURSE_AGGREGATOR_CA", "/nonexistent/ca.pem"),
             ("KUBENURSE_AGGREGATOR_URL", "aggregator:50051"),
             ("KUBERNETES_SERVICE_PORT", "https"),
         ];
@@ -500,6 +505,8 @@ mod tests {
         assert_eq!(load(&vars).unwrap_err().variable, "KUBENURSE_INGRESS_URL");
         vars.insert("KUBENURSE_CHECK_ME_INGRESS", "false".into());
         assert!(load(&vars).is_ok());
+        vars.insert("KUBENURSE_AGGREGATOR_URL", "https://aggregator.kubenurse.svc:50051".into());
+        assert_eq!(load(&vars).unwrap_err().variable, "KUBENURSE_AGGREGATOR_CA");
     }
 
     #[test]

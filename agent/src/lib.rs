@@ -144,7 +144,13 @@ pub async fn run(
                 .map(|u| u.trim().parse::<http::Uri>())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| AgentError::AggregatorUrl(e.to_string()))?;
-            Some(uplink::Uplink::start(uris, dropped, connected))
+            let ca = match &config.aggregator_ca {
+                Some(path) => Some(std::fs::read(path).map_err(|e| {
+                    AgentError::AggregatorUrl(format!("KUBENURSE_AGGREGATOR_CA {}: {e}", path.display()))
+                })?),
+                None => None,
+            };
+            Some(uplink::Uplink::start(uris, ca, dropped, connected))
         }
         None => None,
     };

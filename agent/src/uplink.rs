@@ -16,6 +16,7 @@ use kubenurse_proto::v1::{
 use kubenurse_proto::{MAX_MESSAGE_BYTES, MAX_RESULTS_PER_BATCH};
 use prometheus::{IntCounter, IntGauge};
 use tokio::sync::{mpsc, watch, Notify};
+use tonic::transport::{Certificate, ClientTlsConfig};
 use tracing::{debug, info, warn};
 
 use crate::checks::CheckOutcome;
@@ -91,7 +92,9 @@ pub fn to_wire(o: &CheckOutcome, round: u64) -> CheckResult {
 impl Uplink {
     /// Starts streaming to every address of every URL (`http://host:port`; a host may
     /// resolve to several replicas, as a headless Service does).
-    pub fn start(urls: Vec<http::Uri>, dropped: IntCounter, connected: IntGauge) -> Arc<Self> {
+    ///
+    /// `https://` URLs use TLS, trusting `ca_pem` and checking the URL's host name.
+    pub fn start(urls: Vec<http::Uri>, ca_pem: Option<Vec<u8>>, dropped: IntCounter, connected: IntGauge) -> Arc<Self> {
         let uplink = Arc::new(Self {
             queues: Mutex::new(HashMap::new()),
             resolver: Mutex::new(None),
@@ -99,11 +102,18 @@ impl Uplink {
             dropped,
             connected,
         });
-        let targets: Vec<(String, u16)> = urls
+        let targets: Vec<(String, u16, Option<ClientTlsConfig>)> = urls
             .iter()
             .map(|u| {
                 let host = u.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
-                (host, u.port_u16().unwrap_or(50051))
+                let tls = (u.scheme_str() == Some("https")).then(|| {
+                    let config = ClientTlsConfig::new().domain_name(host.clone());
+                    match &ca_pem {
+                        Some(ca) => config.ca_certificate(Certificate::from_pem(ca)),
+                        None => config,
+                    }
+                });
+                (host, u.port_u16().unwrap_or(50051), tls)
             })
             .collect();
         let u = Arc::downgrade(&uplink);
@@ -111,9 +121,9 @@ impl Uplink {
             loop {
                 let mut addrs = Vec::new();
                 let mut complete = true;
-                for (host, port) in &targets {
+                for (host, port, tls) in &targets {
                     match tokio::net::lookup_host((host.as_str(), *port)).await {
-                        Ok(found) => addrs.extend(found),
+                        Ok(found) => addrs.extend(found.map(|a| (a, tls.clone()))),
                         Err(e) => {
                             complete = false;
                             warn!(%host, error = %e, "cannot resolve the aggregator");
@@ -144,22 +154,22 @@ impl Uplink {
         self.connected.set(0);
     }
 
-    fn set_replicas(self: &Arc<Self>, addrs: Vec<SocketAddr>) {
+    fn set_replicas(self: &Arc<Self>, addrs: Vec<(SocketAddr, Option<ClientTlsConfig>)>) {
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         queues.retain(|addr, (_, task)| {
-            let keep = addrs.contains(addr);
+            let keep = addrs.iter().any(|(a, _)| a == addr);
             if !keep {
                 info!(%addr, "aggregator replica gone");
                 task.abort();
             }
             keep
         });
-        for addr in addrs {
+        for (addr, tls) in addrs {
             queues.entry(addr).or_insert_with(|| {
-                info!(%addr, "streaming to aggregator replica");
+                info!(%addr, tls = tls.is_some(), "streaming to aggregator replica");
                 let queue = Arc::new(Queue { items: Mutex::new(VecDeque::new()), notify: Notify::new() });
-                let task =
-                    tokio::spawn(stream_forever(addr, queue.clone(), self.hello.subscribe(), self.connected.clone()));
+                let (hello, connected) = (self.hello.subscribe(), self.connected.clone());
+                let task = tokio::spawn(stream_forever(addr, tls, queue.clone(), hello, connected));
                 (queue, task)
             });
         }
@@ -208,6 +218,7 @@ fn jittered(base: Duration) -> Duration {
 
 async fn stream_forever(
     addr: SocketAddr,
+    tls: Option<ClientTlsConfig>,
     queue: Arc<Queue>,
     mut hello: watch::Receiver<Option<Hello>>,
     connected: IntGauge,
@@ -220,7 +231,7 @@ async fn stream_forever(
         }
         let started = Instant::now();
         let mut up = false;
-        let result = stream_once(addr, &queue, &mut hello, &connected, &mut up).await;
+        let result = stream_once(addr, tls.clone(), &queue, &mut hello, &connected, &mut up).await;
         if up {
             connected.dec();
         }
@@ -238,13 +249,19 @@ async fn stream_forever(
 
 async fn stream_once(
     addr: SocketAddr,
+    tls: Option<ClientTlsConfig>,
     queue: &Queue,
     hello: &mut watch::Receiver<Option<Hello>>,
     connected: &IntGauge,
     up: &mut bool,
 ) -> Result<String, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| e.to_string())?
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint =
+        tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|e| e.to_string())?;
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).map_err(|e| format!("TLS: {e}"))?;
+    }
+    let endpoint = endpoint
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(20))

@@ -34,6 +34,12 @@ pub struct Args {
     /// Latency below which no cell is ever slow, however the cluster median looks (Go duration).
     #[arg(long, env = "KUBENURSE_AGGREGATOR_SLOW_FLOOR", default_value = "20ms")]
     pub slow_floor: String,
+    /// PEM certificate chain for TLS on the gRPC port (with --tls-key; without both: plaintext).
+    #[arg(long, env = "KUBENURSE_AGGREGATOR_TLS_CERT")]
+    pub tls_cert: Option<String>,
+    /// PEM private key for TLS on the gRPC port.
+    #[arg(long, env = "KUBENURSE_AGGREGATOR_TLS_KEY")]
+    pub tls_key: Option<String>,
 }
 
 /// A value that cannot be used.
@@ -55,6 +61,8 @@ pub struct Config {
     pub http_address: SocketAddr,
     /// State tunables.
     pub settings: Settings,
+    /// TLS for the gRPC port: (certificate chain PEM, key PEM).
+    pub tls: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Config {
@@ -76,7 +84,50 @@ impl Config {
         })?;
         let gone = dur("--gone-after", "KUBENURSE_AGGREGATOR_GONE_AFTER", &a.gone_after)?;
         let floor = dur("--slow-floor", "KUBENURSE_AGGREGATOR_SLOW_FLOOR", &a.slow_floor)?;
+        let read = |flag, env, path: &str| std::fs::read(path).map_err(|e| err(flag, env, path, e.to_string()));
+        let tls =
+            match (a.tls_cert.as_deref().filter(|v| !v.is_empty()), a.tls_key.as_deref().filter(|v| !v.is_empty())) {
+                (None, None) => None,
+                (Some(cert), Some(key)) => {
+                    let cert_pem = read("--tls-cert", "KUBENURSE_AGGREGATOR_TLS_CERT", cert)?;
+                    let key_pem = read("--tls-key", "KUBENURSE_AGGREGATOR_TLS_KEY", key)?;
+                    if !String::from_utf8_lossy(&cert_pem).contains("BEGIN CERTIFICATE") {
+                        return Err(err(
+                            "--tls-cert",
+                            "KUBENURSE_AGGREGATOR_TLS_CERT",
+                            cert,
+                            "no PEM certificate in file".into(),
+                        ));
+                    }
+                    if !String::from_utf8_lossy(&key_pem).contains("PRIVATE KEY") {
+                        return Err(err(
+                            "--tls-key",
+                            "KUBENURSE_AGGREGATOR_TLS_KEY",
+                            key,
+                            "no PEM private key in file".into(),
+                        ));
+                    }
+                    Some((cert_pem, key_pem))
+                }
+                (Some(cert), None) => {
+                    return Err(err(
+                        "--tls-key",
+                        "KUBENURSE_AGGREGATOR_TLS_KEY",
+                        "",
+                        format!("required with --tls-cert {cert}"),
+                    ))
+                }
+                (None, Some(key)) => {
+                    return Err(err(
+                        "--tls-cert",
+                        "KUBENURSE_AGGREGATOR_TLS_CERT",
+                        "",
+                        format!("required with --tls-key {key}"),
+                    ))
+                }
+            };
         Ok(Self {
+            tls,
             grpc_address: addr("--grpc-address", "KUBENURSE_AGGREGATOR_GRPC_ADDRESS", &a.grpc_address)?,
             http_address: addr("--http-address", "KUBENURSE_AGGREGATOR_HTTP_ADDRESS", &a.http_address)?,
             settings: Settings {

@@ -74,7 +74,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let grpc = TcpListener::bind(config.grpc_address)
         .await
         .map_err(|source| AggregatorError::Bind { addr: config.grpc_address, source })?;
-    info!(grpc = %config.grpc_address, http = %config.http_address, "kubenurse aggregator started");
+    info!(grpc = %config.grpc_address, http = %config.http_address, tls = config.tls.is_some(), "kubenurse aggregator started");
 
     let router = api::router(api::ApiState { state: state.clone(), metrics: metrics.clone(), ready: ready.clone() });
     let mut http_stop = stop_rx.clone();
@@ -84,8 +84,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let service = grpc_service(state, metrics, stop_rx.clone());
     let mut grpc_stop = stop_rx.clone();
     let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((cert, key)) = &config.tls {
+        let identity = tonic::transport::Identity::from_pem(cert, key);
+        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+    }
     let grpc_task = tokio::spawn(
-        tonic::transport::Server::builder()
+        builder
             // Small flow-control windows bound what thousands of agents can have in flight.
             .initial_stream_window_size(Some(64 * 1024))
             .initial_connection_window_size(Some(256 * 1024))

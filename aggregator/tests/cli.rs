@@ -15,7 +15,7 @@ type Case = (&'static [&'static str], &'static [(&'static str, &'static str)], &
 
 #[test]
 fn bad_values_exit_2_naming_flag_and_variable() {
-    let cases: [Case; 7] = [
+    let cases: [Case; 9] = [
         (&["--window", "five minutes"], &[], "KUBENURSE_AGGREGATOR_WINDOW"),
         (&["--window", "1s"], &[], "--window"),
         (&[], &[("KUBENURSE_AGGREGATOR_WINDOW", "0s")], "KUBENURSE_AGGREGATOR_WINDOW"),
@@ -23,6 +23,8 @@ fn bad_values_exit_2_naming_flag_and_variable() {
         (&[], &[("KUBENURSE_AGGREGATOR_GRPC_ADDRESS", "nowhere")], "--grpc-address"),
         (&["--http-address", "127.0.0.1:99999"], &[], "KUBENURSE_AGGREGATOR_HTTP_ADDRESS"),
         (&["--slow-floor=-5ms"], &[], "--slow-floor"),
+        (&["--tls-cert", "/etc/hostname"], &[], "KUBENURSE_AGGREGATOR_TLS_KEY"),
+        (&["--tls-cert", "/etc/hostname", "--tls-key", "/etc/hostname"], &[], "--tls-cert"),
     ];
     for (args, env, named) in cases {
         let (code, stderr) = run(args, env);

@@ -4,6 +4,7 @@ against the Kubernetes schemas, and the facts the agents and the aggregator rely
 from __future__ import annotations
 
 import copy
+import posixpath
 from typing import Any
 
 import helm_python as helm
@@ -28,13 +29,17 @@ TLS_VALUES = {
     },
 }
 
+AGGREGATOR_TLS_VALUES = {"aggregator": {"tls": {"enabled": True, "secretName": "aggregator-tls"}}}
+
 EVERYTHING_VALUES = {
     **TLS_VALUES,
     "serviceMonitor": {"enabled": True, "serviceDiscoveryRole": "EndpointSlice", "scrapeTimeout": "10s"},
     "networkPolicy": {"enabled": True},
     "ingress": {"enabled": True, "url": "nurse.example.com"},
     "allow_unschedulable": True,
-    "aggregator": {"replicas": 3, "extraEnvs": [{"name": "RUST_LOG", "value": "info"}]},
+    "aggregator": {"replicas": 3, "extraEnvs": [{"name": "RUST_LOG", "value": "info"}],
+                   "tls": {"enabled": True, "secretName": "aggregator-tls", "caSecretName": "trust",
+                           "caKey": "bundle.pem"}},
 }
 
 SCENARIOS: dict[str, Any] = {
@@ -42,6 +47,7 @@ SCENARIOS: dict[str, Any] = {
     "upstream": "upstream-values.yaml",
     "aggregator-off": {"aggregator": {"enabled": False}},
     "tls": TLS_VALUES,
+    "aggregator-tls": AGGREGATOR_TLS_VALUES,
     "servicemonitor": {"serviceMonitor": {"enabled": True}},
     "everything": EVERYTHING_VALUES,
 }
@@ -468,6 +474,118 @@ def test_tls_without_certificate_fails(chart):
     assert "use_tls: true needs cert_file and cert_key" in str(e.value)
 
 
+# --- TLS of the agents' stream to the aggregator ---------------------------------------------
+
+AGENT_CA = "/etc/kubenurse/aggregator-ca/ca.crt"
+AGGREGATOR_CERT = "/etc/kubenurse/tls/tls.crt"
+AGGREGATOR_KEY = "/etc/kubenurse/tls/tls.key"
+AGGREGATOR_TLS_ENV = ("KUBENURSE_AGGREGATOR_TLS_CERT", "KUBENURSE_AGGREGATOR_TLS_KEY")
+
+
+def secret_file(workload: dict[str, Any], path: str) -> tuple[str, str]:
+    """(Secret, key) the workload's container reads at `path`, through a read-only mount."""
+    c = container(workload)
+    directory, name = posixpath.split(path)
+    (mount,) = [m for m in c.get("volumeMounts", []) if m["mountPath"].rstrip("/") == directory]
+    assert mount.get("readOnly") is True and "subPath" not in mount, mount
+    (volume,) = [v for v in workload["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+    secret = volume["secret"]
+    (key,) = [i["key"] for i in secret["items"] if i["path"] == name]
+    return secret["secretName"], key
+
+
+def secret_keys(workload: dict[str, Any]) -> set[tuple[str, str]]:
+    """Every (Secret, key) a workload mounts; a Secret mounted whole is (Secret, "*")."""
+    out = set()
+    for v in workload["spec"]["template"]["spec"].get("volumes", []):
+        if "secret" in v:
+            name = v["secret"]["secretName"]
+            out |= {(name, i["key"]) for i in v["secret"].get("items", [{"key": "*"}])}
+    return out
+
+
+def headless_service(r) -> dict[str, Any]:
+    (svc,) = [s for s in r.all("Service") if s["spec"].get("clusterIP") == "None"]
+    return svc
+
+
+@pytest.mark.parametrize("name,namespace", [(RELEASE, NAMESPACE), ("kubenurse", "kube-system")])
+def test_aggregator_tls(render, name, namespace):
+    r = render(AGGREGATOR_TLS_VALUES, name=name, namespace=namespace)
+    svc = headless_service(r)
+    (port,) = svc["spec"]["ports"]
+    env = r.agent_env()
+    assert env["KUBENURSE_AGGREGATOR_URL"] == (
+        f"https://{svc['metadata']['name']}.{namespace}.svc.cluster.local:{port['port']}")
+    assert f"through {env['KUBENURSE_AGGREGATOR_URL']}." in r.notes
+    # The agents trust the CA from the Secret's ca.crt (cert-manager's), and see nothing else of it:
+    # the Secret also holds the aggregator's private key.
+    assert env["KUBENURSE_AGGREGATOR_CA"] == AGENT_CA
+    assert secret_file(r.agent(), AGENT_CA) == ("aggregator-tls", "ca.crt")
+    assert secret_keys(r.agent()) == {("aggregator-tls", "ca.crt")}
+    # The aggregator serves the Secret's certificate and key.
+    agg_env = env_map(r.aggregator_container())
+    assert agg_env["KUBENURSE_AGGREGATOR_TLS_CERT"] == AGGREGATOR_CERT
+    assert agg_env["KUBENURSE_AGGREGATOR_TLS_KEY"] == AGGREGATOR_KEY
+    assert secret_file(r.aggregator(), AGGREGATOR_CERT) == ("aggregator-tls", "tls.crt")
+    assert secret_file(r.aggregator(), AGGREGATOR_KEY) == ("aggregator-tls", "tls.key")
+    assert secret_keys(r.aggregator()) == {("aggregator-tls", "tls.crt"), ("aggregator-tls", "tls.key")}
+    assert "KUBENURSE_AGGREGATOR_CA" not in agg_env
+    assert not set(AGGREGATOR_TLS_ENV) & set(env)
+    # Mounts only: the root filesystems stay read-only, probes stay on plain HTTP.
+    for c in (r.agent_container(), r.aggregator_container()):
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+        assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
+    for workload in (r.agent(), r.aggregator()):
+        for kube_version in KUBE_VERSIONS:
+            kubernetes_validate.validate(workload, kube_version, strict=True)
+
+
+def test_aggregator_tls_with_a_separate_ca(render):
+    r = render({"aggregator": {"tls": {"enabled": "true", "secretName": "aggregator-tls",
+                                       "caSecretName": "trust-bundle", "caKey": "root.pem"}}})
+    assert r.agent_env()["KUBENURSE_AGGREGATOR_CA"] == AGENT_CA
+    assert secret_keys(r.agent()) == {("trust-bundle", "root.pem")}
+    assert secret_file(r.agent(), AGENT_CA) == ("trust-bundle", "root.pem")
+    assert secret_file(r.aggregator(), AGGREGATOR_KEY) == ("aggregator-tls", "tls.key")
+
+
+def test_aggregator_tls_keeps_the_agents_own_volumes(render):
+    r = render({**TLS_VALUES, **AGGREGATOR_TLS_VALUES})
+    env = r.agent_env()
+    assert env["KUBENURSE_CERT_FILE"] == "/etc/kubenurse/tls/tls.crt"  # the agent's own, from daemonset.volumes
+    assert secret_keys(r.agent()) == {("kubenurse-tls", "*"), ("aggregator-tls", "ca.crt")}
+    pod = r.agent()["spec"]["template"]["spec"]
+    assert [v["name"] for v in pod["volumes"]] == ["tls", "aggregator-ca"]
+    assert [m["mountPath"] for m in r.agent_container()["volumeMounts"]] == [
+        "/etc/kubenurse/tls", "/etc/kubenurse/aggregator-ca"]
+    assert secret_file(r.agent(), env["KUBENURSE_AGGREGATOR_CA"]) == ("aggregator-tls", "ca.crt")
+    assert env["KUBENURSE_AGGREGATOR_URL"].startswith("https://")
+
+
+def test_aggregator_tls_without_secret_fails(chart):
+    with pytest.raises(helm.HelmError) as e:
+        chart.render({"aggregator": {"tls": {"enabled": True}}}, name=RELEASE, namespace=NAMESPACE)
+    message = str(e.value)
+    assert "aggregator.tls.enabled: true needs aggregator.tls.secretName" in message, message
+    assert f"{RELEASE}-kubenurse-aggregator-grpc.{NAMESPACE}.svc.cluster.local" in message, message
+
+
+def test_aggregator_tls_is_off_by_default(render):
+    r = render()
+    env = r.agent_env()
+    assert env["KUBENURSE_AGGREGATOR_URL"].startswith("http://")
+    assert "KUBENURSE_AGGREGATOR_CA" not in env
+    assert not set(AGGREGATOR_TLS_ENV) & set(env_map(r.aggregator_container()))
+    for workload in (r.agent(), r.aggregator()):
+        assert "volumes" not in workload["spec"]["template"]["spec"]
+        assert "volumeMounts" not in container(workload)
+    # Without the aggregator there is no stream to protect: nothing to mount, nothing required.
+    r = render({"aggregator": {"enabled": False, "tls": {"enabled": True}}})
+    assert not {"KUBENURSE_AGGREGATOR_URL", "KUBENURSE_AGGREGATOR_CA"} & set(r.agent_env())
+    assert "volumes" not in r.agent()["spec"]["template"]["spec"]
+
+
 # --- ServiceMonitor --------------------------------------------------------------------------
 
 
@@ -557,6 +675,11 @@ def test_wrong_type_fails_with_a_clear_message(chart, tmp_path):
     ({"aggregator": {"window": "forever"}}, "window"),
     ({"aggregator": {"replica": 3}}, "replica"),
     ({"daemonset": {"containerImagePullPolicy": "Sometimes"}}, "containerImagePullPolicy"),
+    ({"aggregator": {"tls": {"enabled": "yes"}}}, "enabled"),
+    ({"aggregator": {"tls": {"secretName": "My_Secret"}}}, "secretName"),
+    ({"aggregator": {"tls": {"caSecretName": 7}}}, "caSecretName"),
+    ({"aggregator": {"tls": {"caKey": ""}}}, "caKey"),
+    ({"aggregator": {"tls": {"secret": "x"}}}, "secret"),
 ])
 def test_schema_rejects(chart, values, key):
     with pytest.raises(helm.HelmValuesError) as e:

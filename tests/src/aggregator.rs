@@ -24,8 +24,18 @@ pub struct LocalAggregator {
 impl LocalAggregator {
     /// Starts on the given addresses and waits until its HTTP API answers.
     pub async fn start(grpc: SocketAddr, http: SocketAddr, settings: Settings) -> anyhow::Result<Self> {
+        Self::start_with_tls(grpc, http, settings, None).await
+    }
+
+    /// Same, with TLS on the gRPC port: (certificate chain PEM, key PEM).
+    pub async fn start_with_tls(
+        grpc: SocketAddr,
+        http: SocketAddr,
+        settings: Settings,
+        tls: Option<(Vec<u8>, Vec<u8>)>,
+    ) -> anyhow::Result<Self> {
         let (stop, stopped) = oneshot::channel::<()>();
-        let config = Config { grpc_address: grpc, http_address: http, settings };
+        let config = Config { grpc_address: grpc, http_address: http, settings, tls };
         let task = tokio::spawn(kubenurse_aggregator::run(config, async move {
             let _ = stopped.await;
         }));

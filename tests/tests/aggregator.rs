@@ -190,3 +190,52 @@ async fn every_replica_gets_every_stream() -> anyhow::Result<()> {
     v4.stop().await?;
     v6.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_over_tls_verifies_the_aggregator() -> anyhow::Result<()> {
+    use kubenurse_tests::pki::{write_file, TestCa};
+    let dir = workdir("aggregator-tls");
+    let ca = TestCa::new("aggregator-ca")?;
+    let leaf = ca.leaf(&["127.0.0.1", "localhost"])?;
+    let ca_file = write_file(&dir, "aggregator-ca.crt", &ca.cert_pem())?;
+    let other_ca_file = write_file(&dir, "other-ca.crt", &TestCa::new("someone-else")?.cert_pem())?;
+    let tls = Some((leaf.cert_pem.into_bytes(), leaf.key_pem.into_bytes()));
+    let aggregator =
+        LocalAggregator::start_with_tls("127.0.0.1:18071".parse()?, "127.0.0.1:18072".parse()?, settings(), tls)
+            .await?;
+    let spec = |subnet: u8, ca: &std::path::Path| ClusterSpec {
+        nodes: 3,
+        subnet,
+        port: 18080,
+        interval: "500ms".into(),
+        limit: LIMIT,
+        env: vec![
+            ("KUBENURSE_AGGREGATOR_URL".into(), "https://127.0.0.1:18071".into()),
+            ("KUBENURSE_AGGREGATOR_CA".into(), ca.display().to_string()),
+        ],
+        proxied: false,
+    };
+    // Agents trusting another CA never connect.
+    let strangers = LocalCluster::start(&spec(84, &other_ca_file), &workdir("aggregator-tls-strangers")).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, status) = aggregator.get_json("/api/v1/status").await?;
+    assert_eq!(status["connected_agents"], 0, "an unverified aggregator must not get results: {status}");
+    let (_, m) = http_get(&format!("{}/metrics", strangers.agents[0].url())).await?;
+    assert!(m.contains("kubenurse_aggregator_connected 0"), "{m}");
+    strangers.stop().await?;
+
+    // Agents trusting the right CA stream over TLS.
+    let cluster = LocalCluster::start(&spec(83, &ca_file), &dir).await?;
+    let want = ring_pairs(&cluster.nodes);
+    let url = aggregator.url();
+    eventually("matrix over TLS", Duration::from_secs(20), || {
+        let (url, want) = (url.clone(), want.clone());
+        async move {
+            let (_, body) = http_get(&format!("{url}/api/v1/matrix")).await.ok()?;
+            (fresh_pairs(&serde_json::from_str(&body).ok()?) == want).then_some(())
+        }
+    })
+    .await?;
+    cluster.stop().await?;
+    aggregator.stop().await
+}

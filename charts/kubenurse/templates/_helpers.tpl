@@ -160,8 +160,55 @@ URLs
 {{- end -}}
 {{- end -}}
 
+{{/* The headless Service's DNS name: the host name of the agents' aggregator URL, which the
+aggregator's certificate must be valid for when aggregator.tls is on. */}}
+{{- define "kubenurse.aggregatorHost" -}}
+{{- printf "%s.%s.svc.%s" (include "kubenurse.aggregator.headlessName" .) .Release.Namespace .Values.clusterDomain -}}
+{{- end -}}
+
 {{- define "kubenurse.aggregatorUrl" -}}
-{{- printf "http://%s.%s.svc.%s:%v" (include "kubenurse.aggregator.headlessName" .) .Release.Namespace .Values.clusterDomain .Values.aggregator.service.grpcPort -}}
+{{- $scheme := ternary "https" "http" (eq (include "kubenurse.aggregatorTls" .) "true") -}}
+{{- printf "%s://%s:%v" $scheme (include "kubenurse.aggregatorHost" .) .Values.aggregator.service.grpcPort -}}
+{{- end -}}
+
+{{/*
+TLS of the agents' gRPC stream to the aggregator (aggregator.tls): on with aggregator.tls.enabled
+while the aggregator is installed.
+*/}}
+{{- define "kubenurse.aggregatorTls" -}}
+{{- $on := and (eq (include "kubenurse.aggregatorEnabled" .) "true") (eq (include "kubenurse.bool" .Values.aggregator.tls.enabled) "true") -}}
+{{- ternary "true" "false" $on -}}
+{{- end -}}
+
+{{/* Keys of a Secret as read-only files in one directory, and a variable with each file's path:
+{volume, mount, env} for a pod template. Only the listed keys are projected.
+Usage: fromYaml (include "kubenurse.secretFiles" (dict "name" "vol" "secretName" "s" "dir" "/d"
+         "files" (list (dict "env" "VAR" "key" "tls.crt" "path" "tls.crt")))) */}}
+{{- define "kubenurse.secretFiles" -}}
+{{- $items := list -}}
+{{- $env := list -}}
+{{- range .files -}}
+{{- $items = append $items (dict "key" .key "path" .path) -}}
+{{- $env = append $env (dict "name" .env "value" (printf "%s/%s" $.dir .path)) -}}
+{{- end -}}
+{{- $volume := dict "name" .name "secret" (dict "secretName" .secretName "items" $items) -}}
+{{- toYaml (dict "volume" $volume "mount" (dict "name" .name "mountPath" .dir "readOnly" true) "env" $env) -}}
+{{- end -}}
+
+{{/* The aggregator's side: tls.crt and tls.key of aggregator.tls.secretName in /etc/kubenurse/tls. */}}
+{{- define "kubenurse.aggregatorTls.serverFiles" -}}
+{{- $files := list
+  (dict "env" "KUBENURSE_AGGREGATOR_TLS_CERT" "key" "tls.crt" "path" "tls.crt")
+  (dict "env" "KUBENURSE_AGGREGATOR_TLS_KEY" "key" "tls.key" "path" "tls.key") -}}
+{{- include "kubenurse.secretFiles" (dict "name" "aggregator-tls" "secretName" .Values.aggregator.tls.secretName "dir" "/etc/kubenurse/tls" "files" $files) -}}
+{{- end -}}
+
+{{/* The agents' side: only the CA key (caSecretName defaults to secretName, which also holds the
+aggregator's private key) as /etc/kubenurse/aggregator-ca/ca.crt, whatever the key's name. */}}
+{{- define "kubenurse.aggregatorTls.agentFiles" -}}
+{{- $tls := .Values.aggregator.tls -}}
+{{- $files := list (dict "env" "KUBENURSE_AGGREGATOR_CA" "key" (default "ca.crt" $tls.caKey) "path" "ca.crt") -}}
+{{- include "kubenurse.secretFiles" (dict "name" "aggregator-ca" "secretName" (default $tls.secretName $tls.caSecretName) "dir" "/etc/kubenurse/aggregator-ca" "files" $files) -}}
 {{- end -}}
 
 {{/* The chart's labels plus extra ones; the chart's win (selectors and neighbour_filter rely on them).
@@ -201,5 +248,8 @@ always rendered), so a bad combination fails the whole release with this message
 {{- end -}}
 {{- if and (eq (include "kubenurse.ingressEnabled" .) "true") (not .Values.ingress.url) -}}
 {{- fail "ingress.enabled: true needs ingress.url (the host name of the Ingress)" -}}
+{{- end -}}
+{{- if and (eq (include "kubenurse.aggregatorTls" .) "true") (not .Values.aggregator.tls.secretName) -}}
+{{- fail (printf "aggregator.tls.enabled: true needs aggregator.tls.secretName (a kubernetes.io/tls Secret with tls.crt and tls.key, the certificate valid for %s)" (include "kubenurse.aggregatorHost" .)) -}}
 {{- end -}}
 {{- end -}}
