@@ -20,6 +20,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-cargo test --workspace --locked "$@"
+cargo test --workspace --locked --no-fail-fast "$@"
 # Helm chart and Grafana dashboards (real Helm engine, Kubernetes schemas, promtool).
 bash scripts/test-chart.sh

@@ -136,12 +136,9 @@ async fn prometheus_scrapes_the_lab_and_every_dashboard_query_has_data() -> anyh
     }
     let path_types = query("count by (type) (kubenurse_httpclient_requests_total{type=~\"path_.*\"})").await?;
     assert_eq!(path_types.len(), 5, "a path_<node> type per node: {path_types:?}");
-    let cells = query("count(kubenurse_matrix_p99_seconds)").await?;
-    assert_eq!(
-        cells.first().and_then(|c| c["value"][1].as_str()),
-        Some("16"),
-        "4 live sources x 4 targets (the refusing node has no p99)"
-    );
+    // Per-cell gauges: one error ratio per checked pair (5 sources x 4 targets), never more.
+    let cells = query("count(kubenurse_matrix_error_ratio)").await?;
+    assert_eq!(cells.first().and_then(|c| c["value"][1].as_str()), Some("20"), "{cells:?}");
 
     // promtool accepts the aggregator's exposition (the agents' are checked in promtool.rs).
     let (_, text) = http_get(&format!("{}/metrics", lab.aggregator.url())).await?;

@@ -175,15 +175,15 @@ async fn tls_verification_is_on_unless_insecure() -> anyhow::Result<()> {
     // The agents' CA is trusted by nobody: the handshake must fail.
     let cluster = LocalCluster::start(&spec("false"), &dir).await?;
     let url = cluster.agents[0].url();
-    let r = eventually("path check fails TLS verification", Duration::from_secs(20), || {
+    // (Until node-02's listener is up its check is refused; what matters is what follows.)
+    eventually("path check fails TLS verification", Duration::from_secs(20), || {
         let url = url.clone();
         async move {
             let (_, r) = last_result(&url).await?;
-            r["path_node-02"].as_str().is_some_and(|v| v != "ok").then_some(r)
+            r["path_node-02"].as_str().is_some_and(|v| v.contains("TLS handshake")).then_some(())
         }
     })
     .await?;
-    assert!(r["path_node-02"].as_str().is_some_and(|v| v.contains("TLS handshake")), "{r}");
     let (_, metrics) = http_get(&format!("{url}/metrics")).await?;
     assert!(metrics.contains(r#"kubenurse_errors_total{event="tls_handshake_done",type="path_node-02"}"#));
     cluster.stop().await?;
