@@ -157,18 +157,29 @@ async fn prometheus_scrapes_the_lab_and_every_dashboard_query_has_data() -> anyh
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // Every dashboard query returns data from this real Prometheus.
-    let mut empty = Vec::new();
-    let mut total = 0;
-    for file in ["kubenurse.json", "matrix.json"] {
-        for q in dashboard_queries(file)? {
-            total += 1;
-            if query(&q).await?.is_empty() {
+    // Every dashboard query returns data from this real Prometheus (rates need a few scrapes of
+    // each target first, so ask again for up to 30 s before naming the empty ones).
+    let queries: Vec<(String, String)> = ["kubenurse.json", "matrix.json"]
+        .into_iter()
+        .map(|f| dashboard_queries(f).map(|qs| qs.into_iter().map(move |q| (f.to_string(), q))))
+        .collect::<anyhow::Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let empty = loop {
+        let mut empty = Vec::new();
+        for (file, q) in &queries {
+            if query(q).await?.is_empty() {
                 empty.push(format!("{file}: {q}"));
             }
         }
-    }
-    println!("{total} dashboard queries run against Prometheus, {} empty", empty.len());
+        if empty.is_empty() || std::time::Instant::now() > deadline {
+            break empty;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    println!("{} dashboard queries run against Prometheus, {} empty", queries.len(), empty.len());
     assert!(empty.is_empty(), "dashboard queries without data:\n{}", empty.join("\n"));
     lab.stop().await
 }
