@@ -12,11 +12,13 @@ use http::{HeaderMap, HeaderValue, Uri};
 use serde_json::Value;
 use tracing::{debug, warn};
 
+use kubenurse_proto::CheckKind;
+
 use crate::config::Config;
 use crate::discovery::NeighbourhoodView;
 use crate::metrics::Metrics;
-use crate::neighbours::Neighbour;
 use crate::probe::{ProbeClient, ProbeResult};
+use crate::ring::Neighbour;
 use crate::trace::FailureKind;
 
 /// Header telling the neighbour who checked it (upstream's name).
@@ -27,16 +29,22 @@ pub const SKIPPED: &str = "skipped";
 /// One check to run this round.
 #[derive(Debug, Clone)]
 pub struct CheckSpec {
-    /// The `type` label: `api_server_direct`, `path_<node>`, …
-    pub name: String,
+    /// What is checked; its label is the metric `type` and the `/alive` key.
+    pub kind: CheckKind,
     /// What to GET.
     pub url: Uri,
-    /// Send the service-account token (API-server checks only).
-    pub with_token: bool,
-    /// Send the origin header (path checks).
-    pub with_origin: bool,
-    /// The node checked, for path checks.
-    pub target_node: Option<String>,
+}
+
+impl CheckSpec {
+    /// Only the API server ever receives the service-account token.
+    pub fn sends_token(&self) -> bool {
+        matches!(self.kind, CheckKind::ApiServerDirect | CheckKind::ApiServerDns)
+    }
+
+    /// Neighbours learn who checked them from the origin header.
+    pub fn sends_origin(&self) -> bool {
+        matches!(self.kind, CheckKind::Path { .. })
+    }
 }
 
 /// A finished check.
@@ -46,8 +54,8 @@ pub struct CheckOutcome {
     pub spec: CheckSpec,
     /// `ok`, a status line, or the error text.
     pub value: String,
-    /// The request, when one was made.
-    pub probe: Option<ProbeResult>,
+    /// The request, or why none was sent (the token could not be read).
+    pub probe: Result<ProbeResult, FailureKind>,
 }
 
 /// A complete round, as `/alive` shows it.
@@ -118,61 +126,39 @@ impl Checker {
     }
 
     /// The checks of a round, given the neighbours to check; disabled checks are listed as skipped.
-    pub fn plan(&self, neighbours: &[Neighbour]) -> (Vec<CheckSpec>, Vec<&'static str>) {
+    pub fn plan(&self, neighbours: &[Neighbour]) -> (Vec<CheckSpec>, Vec<CheckKind>) {
         let c = &self.config;
         let mut specs = Vec::new();
         let mut skipped = Vec::new();
-        let mut add = |name: &str, url: String, with_token: bool| match url.parse::<Uri>() {
-            Ok(url) => {
-                specs.push(CheckSpec { name: name.into(), url, with_token, with_origin: false, target_node: None })
-            }
-            Err(e) => warn!(check = name, url = %url, error = %e, "cannot build check URL"),
+        let mut add = |kind: CheckKind, url: Option<String>| match url.map(|u| (u.parse::<Uri>(), u)) {
+            Some((Ok(url), _)) => specs.push(CheckSpec { kind, url }),
+            Some((Err(e), url)) => warn!(check = %kind, url = %url, error = %e, "cannot build check URL"),
+            None => skipped.push(kind),
         };
-        match (&c.check_api_server_direct, &c.kubernetes_service_host) {
-            (true, Some(host)) => add(
-                "api_server_direct",
-                format!("https://{}/version", host_port(host, c.kubernetes_service_port)),
-                true,
-            ),
-            _ => skipped.push("api_server_direct"),
-        }
-        if c.check_api_server_dns {
-            add(
-                "api_server_dns",
-                format!("https://{}/version", host_port(&c.kubernetes_service_dns, c.kubernetes_service_port)),
-                true,
-            );
-        } else {
-            skipped.push("api_server_dns");
-        }
-        match (&c.check_me_ingress, &c.ingress_url) {
-            (true, Some(url)) => add("me_ingress", join_path(url, "/alwayshappy"), false),
-            _ => skipped.push("me_ingress"),
-        }
-        match (&c.check_me_service, &c.service_url) {
-            (true, Some(url)) => add("me_service", join_path(url, "/alwayshappy"), false),
-            _ => skipped.push("me_service"),
-        }
+        let api_url = |host: &str| format!("https://{}/version", host_port(host, c.kubernetes_service_port));
+        add(
+            CheckKind::ApiServerDirect,
+            c.kubernetes_service_host.as_deref().filter(|_| c.check_api_server_direct).map(api_url),
+        );
+        add(CheckKind::ApiServerDns, c.check_api_server_dns.then(|| api_url(&c.kubernetes_service_dns)));
+        let happy =
+            |url: &Option<String>, on: bool| url.as_deref().filter(|_| on).map(|u| join_path(u, "/alwayshappy"));
+        add(CheckKind::MeIngress, happy(&c.ingress_url, c.check_me_ingress));
+        add(CheckKind::MeService, happy(&c.service_url, c.check_me_service));
         for extra in &c.extra_checks {
-            specs.push(CheckSpec {
-                name: extra.name.clone(),
-                url: extra.url.clone(),
-                with_token: false,
-                with_origin: false,
-                target_node: None,
-            });
+            specs.push(CheckSpec { kind: extra.kind(), url: extra.url.clone() });
         }
         let (scheme, port) = if c.use_tls { ("https", c.https_port) } else { ("http", c.http_port) };
         for n in neighbours {
-            let url = format!("{scheme}://{}/alwayshappy", host_port(&n.pod_ip, port));
-            match url.parse::<Uri>() {
-                Ok(url) => specs.push(CheckSpec {
-                    name: format!("path_{}", n.node_name),
-                    url,
-                    with_token: false,
-                    with_origin: true,
-                    target_node: Some(n.node_name.clone()),
-                }),
+            let kind = match CheckKind::path(&n.node_name) {
+                Ok(k) => k,
+                Err(e) => {
+                    warn!(pod = %n.pod_name, error = %e, "neighbour has an unusable node name");
+                    continue;
+                }
+            };
+            match format!("{scheme}://{}/alwayshappy", host_port(&n.pod_ip, port)).parse::<Uri>() {
+                Ok(url) => specs.push(CheckSpec { kind, url }),
                 Err(e) => warn!(pod = %n.pod_name, ip = %n.pod_ip, error = %e, "neighbour has an unusable pod IP"),
             }
         }
@@ -216,16 +202,16 @@ impl Checker {
             }
         }
         let mut values: BTreeMap<String, String> =
-            skipped.into_iter().map(|name| (name.to_string(), SKIPPED.to_string())).collect();
+            skipped.iter().map(|kind| (kind.label().into_owned(), SKIPPED.to_string())).collect();
         for o in &outcomes {
-            values.insert(o.spec.name.clone(), o.value.clone());
+            values.insert(o.spec.kind.label().into_owned(), o.value.clone());
         }
         RoundResult { started_at, took: start.elapsed(), values, neighbourhood_state, neighbourhood, outcomes }
     }
 
     async fn run_check(&self, spec: CheckSpec) -> CheckOutcome {
         let mut headers = HeaderMap::new();
-        if spec.with_token {
+        if spec.sends_token() {
             // A few hundred bytes on a tmpfs: read in place, cheaper than a blocking-pool hop.
             match std::fs::read_to_string(&self.token_path) {
                 Ok(token) => match HeaderValue::from_str(&format!("Bearer {}", token.trim())) {
@@ -243,26 +229,26 @@ impl Checker {
                 }
             }
         }
-        if spec.with_origin {
+        if spec.sends_origin() {
             if let Ok(v) = HeaderValue::from_str(&self.config.pod_name) {
                 headers.insert(ORIGIN_HEADER, v);
             }
         }
         let probe = self.client.get(&spec.url, &headers, self.config.check_timeout).await;
-        self.metrics.record(&spec.name, &probe);
+        self.metrics.record(&spec.kind, &probe);
         let value = probe.summary();
         if let Some((kind, message)) = &probe.failure {
-            warn!(check = %spec.name, event = %kind.event_label(), error = %message, "check failed");
+            warn!(check = %spec.kind, event = %kind.event_label(), error = %message, "check failed");
         } else {
-            debug!(check = %spec.name, micros = probe.duration.as_micros() as u64, "check ok");
+            debug!(check = %spec.kind, micros = probe.duration.as_micros() as u64, "check ok");
         }
-        CheckOutcome { spec, value, probe: Some(probe) }
+        CheckOutcome { spec, value, probe: Ok(probe) }
     }
 
     fn token_failure(&self, spec: CheckSpec, message: String) -> CheckOutcome {
-        warn!(check = %spec.name, error = %message, "API server check not sent");
-        self.metrics.record_failure(&spec.name, &FailureKind::Token);
-        CheckOutcome { spec, value: message, probe: None }
+        warn!(check = %spec.kind, error = %message, "API server check not sent");
+        self.metrics.record_failure(&spec.kind, &FailureKind::Token);
+        CheckOutcome { spec, value: message, probe: Err(FailureKind::Token) }
     }
 }
 

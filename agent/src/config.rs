@@ -5,8 +5,9 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::duration::parse_go_duration;
 use crate::selector::LabelSelector;
+use kubenurse_common::duration::parse_go_duration;
+use kubenurse_proto::CheckKind;
 
 /// Every variable the agent reads, with its default and meaning; `--help` prints this table.
 pub const VARIABLES: &[(&str, &str, &str)] = &[
@@ -77,10 +78,17 @@ pub struct ConfigError {
 /// An extra check from `KUBENURSE_EXTRA_CHECKS`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtraCheck {
-    /// The check type label.
+    /// The check type label, validated by [`CheckKind::extra`].
     pub name: String,
     /// The URL fetched as is.
     pub url: http::Uri,
+}
+
+impl ExtraCheck {
+    /// Its check kind.
+    pub fn kind(&self) -> CheckKind {
+        CheckKind::Extra { name: self.name.clone() }
+    }
 }
 
 /// The validated agent configuration.
@@ -248,18 +256,12 @@ fn parse_buckets(value: &str) -> Result<Vec<f64>, ConfigError> {
 
 fn parse_extra_checks(value: &str) -> Result<Vec<ExtraCheck>, ConfigError> {
     const VAR: &str = "KUBENURSE_EXTRA_CHECKS";
-    let reserved = ["api_server_direct", "api_server_dns", "me_ingress", "me_service"];
     let mut checks: Vec<ExtraCheck> = Vec::new();
     for entry in value.split('|') {
         let (name, url) =
             entry.split_once(':').ok_or_else(|| Reader::err(VAR, value, format!("entry {entry:?} is not name:url")))?;
         let name = name.trim();
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-            return Err(Reader::err(VAR, value, format!("check name {name:?} must be [A-Za-z0-9_-]+")));
-        }
-        if reserved.contains(&name) || name.starts_with("path_") {
-            return Err(Reader::err(VAR, value, format!("check name {name:?} is reserved")));
-        }
+        CheckKind::extra(name).map_err(|e| Reader::err(VAR, value, e.to_string()))?;
         if checks.iter().any(|c| c.name == name) {
             return Err(Reader::err(VAR, value, format!("check name {name:?} appears twice")));
         }

@@ -12,11 +12,12 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt as _;
 use kube::{Api, Client};
+use kubenurse_common::backoff::Backoff;
 use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::neighbourhood::{eligible_neighbours, node_is_unschedulable, strip_node, strip_pod};
-use crate::neighbours::{select_neighbours, Neighbour};
+use crate::ring::{select_neighbours, Neighbour};
 
 #[derive(Default)]
 struct WatchStatus {
@@ -258,7 +259,7 @@ async fn drive<K, S>(
     K::DynamicType: Eq + std::hash::Hash + Clone,
     S: futures::Stream<Item = Result<Event<K>, watcher::Error>>,
 {
-    let mut delay = FIRST_RETRY_DELAY;
+    let mut backoff = Backoff::new(FIRST_RETRY_DELAY, MAX_RETRY_DELAY);
     loop {
         let stream = make_stream();
         futures::pin_mut!(stream);
@@ -274,25 +275,17 @@ async fn drive<K, S>(
                         }
                         w.synced = true;
                         w.last_error = None;
-                        delay = FIRST_RETRY_DELAY;
+                        backoff.reset();
                     }
                 }
                 Err(e) => {
-                    warn!(resource = what, error = %e, retry_in = ?delay, "watch failed");
+                    warn!(resource = what, error = %e, retry_in = ?backoff.current(), "watch failed");
                     let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
                     pick(&mut s).last_error = Some(format!("{what} watch: {e}"));
                     break;
                 }
             }
         }
-        tokio::time::sleep(jittered(delay)).await;
-        delay = (delay * 2).min(MAX_RETRY_DELAY);
+        tokio::time::sleep(backoff.next_delay()).await;
     }
-}
-
-/// `base` ± up to 25%, so thousands of agents do not retry in lockstep after an outage.
-fn jittered(base: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    let spread = base.as_secs_f64() * 0.5 * (f64::from(nanos % 1000) / 1000.0 - 0.5);
-    Duration::from_secs_f64((base.as_secs_f64() + spread).max(0.0))
 }

@@ -1,9 +1,9 @@
 //! Who checked us lately: distinct `KUBENURSE-NEIGHBOUR-ORIGIN` values of the last minute,
 //! bounded so a flood of made-up origins cannot grow memory.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
 
 /// How long an origin counts after its last check (upstream: one minute).
 pub const WINDOW: Duration = Duration::from_secs(60);
@@ -12,10 +12,11 @@ pub const MAX_ORIGINS: usize = 10_000;
 /// Longest origin header accepted (a pod name is at most 253 bytes).
 pub const MAX_ORIGIN_LEN: usize = 253;
 
-/// Origins seen in the last `WINDOW`.
+/// Origins seen in the last `WINDOW`; sharded, so concurrent neighbour requests never queue on
+/// one lock.
 #[derive(Default)]
 pub struct IncomingChecks {
-    seen: Mutex<HashMap<String, Instant>>,
+    seen: DashMap<String, Instant>,
 }
 
 impl IncomingChecks {
@@ -24,26 +25,24 @@ impl IncomingChecks {
         if origin.is_empty() || origin.len() > MAX_ORIGIN_LEN {
             return false;
         }
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(at) = seen.get_mut(origin) {
+        if let Some(mut at) = self.seen.get_mut(origin) {
             *at = now;
             return true;
         }
-        if seen.len() >= MAX_ORIGINS {
-            seen.retain(|_, at| now.saturating_duration_since(*at) < WINDOW);
-            if seen.len() >= MAX_ORIGINS {
+        if self.seen.len() >= MAX_ORIGINS {
+            self.seen.retain(|_, at| now.saturating_duration_since(*at) < WINDOW);
+            if self.seen.len() >= MAX_ORIGINS {
                 return false;
             }
         }
-        seen.insert(origin.to_string(), now);
+        self.seen.insert(origin.to_string(), now);
         true
     }
 
     /// Distinct origins of the last `WINDOW`, forgetting older ones.
     pub fn count(&self, now: Instant) -> usize {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.retain(|_, at| now.saturating_duration_since(*at) < WINDOW);
-        seen.len()
+        self.seen.retain(|_, at| now.saturating_duration_since(*at) < WINDOW);
+        self.seen.len()
     }
 }
 

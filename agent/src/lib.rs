@@ -5,13 +5,11 @@
 pub mod checks;
 pub mod config;
 pub mod discovery;
-/// Go duration strings, shared with the aggregator.
-pub use kubenurse_proto::duration;
 pub mod incoming;
 pub mod metrics;
 pub mod neighbourhood;
-pub mod neighbours;
 pub mod probe;
+pub mod ring;
 pub mod selector;
 pub mod server;
 pub mod tls;
@@ -246,8 +244,8 @@ async fn round_loop(
         }
         if known {
             // Series of neighbours no longer checked go away (upstream leaks them).
-            for old in state.metrics.known_types() {
-                if old.starts_with("path_") && !round.values.contains_key(&old) {
+            for old in state.metrics.known_paths() {
+                if !round.outcomes.iter().any(|o| o.spec.kind == old) {
                     info!(check = %old, "neighbour left, removing its series");
                     state.metrics.forget(&old);
                 }

@@ -28,7 +28,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing();
+    kubenurse_common::logging::init(tracing::Level::INFO);
     // Two workers: a check's timing must not wait for another check's CPU work.
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(r) => r,
@@ -37,7 +37,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(kubenurse_agent::run(config, None, shutdown_signal())) {
+    match runtime.block_on(kubenurse_agent::run(config, None, kubenurse_common::signal::shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kubenurse-agent: {e}");
@@ -47,35 +47,6 @@ fn main() -> ExitCode {
                 | kubenurse_agent::AgentError::AggregatorUrl(_) => ExitCode::from(2),
                 _ => ExitCode::FAILURE,
             }
-        }
-    }
-}
-
-fn init_tracing() {
-    use tracing_subscriber::filter::Targets;
-    use tracing_subscriber::prelude::*;
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| v.parse::<Targets>().ok())
-        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
-    tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(std::io::stderr))
-        .with(filter)
-        .init();
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            // No signal handling available: run until killed.
-            std::future::pending::<()>().await;
         }
     }
 }

@@ -1,15 +1,14 @@
 //! Upstream's five `kubenurse_*` metric families on a registry of the agent's own, plus the
 //! bookkeeping to remove a neighbour's series when it leaves (upstream leaks them).
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::collections::BTreeSet;
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
-};
+use dashmap::DashMap;
+use kubenurse_proto::CheckKind;
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::probe::ProbeResult;
-use crate::trace::FailureKind;
+use crate::trace::{FailureKind, ROUND_TRIP_ERROR};
 
 /// Label values created per check type, so they can all be removed together.
 #[derive(Default)]
@@ -27,7 +26,8 @@ pub struct Metrics {
     trace: HistogramVec,
     errors: IntCounterVec,
     incoming: IntGauge,
-    series: Mutex<HashMap<String, Series>>,
+    /// Every check task records here at once: sharded, so checks never wait on one lock.
+    series: DashMap<CheckKind, Series>,
 }
 
 impl Metrics {
@@ -67,20 +67,21 @@ impl Metrics {
         registry.register(Box::new(trace.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(incoming.clone()))?;
-        Ok(Self { registry, requests, duration, trace, errors, incoming, series: Mutex::new(HashMap::new()) })
+        Ok(Self { registry, requests, duration, trace, errors, incoming, series: DashMap::new() })
     }
 
-    /// Records one check's request under `check_type`.
-    pub fn record(&self, check_type: &str, result: &ProbeResult) {
-        let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
-        let s = series.entry(check_type.to_string()).or_default();
+    /// Records one check's request under its kind's `type` label.
+    pub fn record(&self, kind: &CheckKind, result: &ProbeResult) {
+        let check_type = kind.label();
+        let check_type = check_type.as_ref();
+        let mut s = self.series.entry(kind.clone()).or_default();
         for (phase, at) in result.trace.events() {
             self.trace.with_label_values(&[check_type, phase.as_str()]).observe(at.as_secs_f64());
             s.trace_events.insert(phase.as_str());
         }
         let code = match result.status {
             Some(status) => status.as_u16().to_string(),
-            None => "round_trip_error".to_string(),
+            None => ROUND_TRIP_ERROR.to_string(),
         };
         self.requests.with_label_values(&[check_type, &code]).inc();
         s.codes.insert(code);
@@ -88,27 +89,27 @@ impl Metrics {
             self.duration.with_label_values(&[check_type]).observe(result.duration.as_secs_f64());
         }
         if let Some((kind, _)) = &result.failure {
-            self.record_failure_locked(s, check_type, kind);
+            self.count_failure(&mut s, check_type, kind);
         }
     }
 
     /// Counts a failure that produced no request (an unreadable token).
-    pub fn record_failure(&self, check_type: &str, kind: &FailureKind) {
-        let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
-        let s = series.entry(check_type.to_string()).or_default();
-        self.record_failure_locked(s, check_type, kind);
+    pub fn record_failure(&self, kind: &CheckKind, failure: &FailureKind) {
+        let mut s = self.series.entry(kind.clone()).or_default();
+        self.count_failure(&mut s, &kind.label(), failure);
     }
 
-    fn record_failure_locked(&self, s: &mut Series, check_type: &str, kind: &FailureKind) {
+    fn count_failure(&self, s: &mut Series, check_type: &str, kind: &FailureKind) {
         let event = kind.event_label();
         self.errors.with_label_values(&[check_type, &event]).inc();
         s.error_events.insert(event);
     }
 
-    /// Removes every series of `check_type` (a neighbour that left).
-    pub fn forget(&self, check_type: &str) {
-        let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(s) = series.remove(check_type) else { return };
+    /// Removes every series of `kind` (a neighbour that left).
+    pub fn forget(&self, kind: &CheckKind) {
+        let Some((_, s)) = self.series.remove(kind) else { return };
+        let check_type = kind.label();
+        let check_type = check_type.as_ref();
         for code in &s.codes {
             let _ = self.requests.remove_label_values(&[check_type, code]);
         }
@@ -121,10 +122,9 @@ impl Metrics {
         let _ = self.duration.remove_label_values(&[check_type]);
     }
 
-    /// Check types that currently have series.
-    pub fn known_types(&self) -> Vec<String> {
-        let series = self.series.lock().unwrap_or_else(|p| p.into_inner());
-        series.keys().cloned().collect()
+    /// Path checks that currently have series.
+    pub fn known_paths(&self) -> Vec<CheckKind> {
+        self.series.iter().map(|e| e.key().clone()).filter(|k| k.target_node().is_some()).collect()
     }
 
     /// Sets the incoming-checks gauge.
@@ -146,11 +146,14 @@ impl Metrics {
         Ok((dropped, connected))
     }
 
+    /// The registry `/metrics` exposes.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> Result<String, prometheus::Error> {
-        let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
-        String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))
+        kubenurse_common::metrics::encode(&self.registry)
     }
 }
 
@@ -174,16 +177,17 @@ mod tests {
     #[test]
     fn records_and_forgets_a_neighbour() {
         let m = Metrics::new(crate::config::DEFAULT_BUCKETS).unwrap();
-        m.record("path_a", &result(Some(200), None));
-        m.record("path_a", &result(Some(503), Some(FailureKind::Status(503))));
-        m.record("path_b", &result(None, Some(FailureKind::Phase(Phase::ConnectDone))));
+        let (a, b) = (CheckKind::path("a").unwrap(), CheckKind::path("b").unwrap());
+        m.record(&a, &result(Some(200), None));
+        m.record(&a, &result(Some(503), Some(FailureKind::Status(503))));
+        m.record(&b, &result(None, Some(FailureKind::Phase(Phase::ConnectDone))));
         let text = m.encode().unwrap();
         assert!(text.contains(r#"kubenurse_httpclient_requests_total{code="503",type="path_a"} 1"#), "{text}");
         assert!(text.contains(r#"kubenurse_errors_total{event="status_code_503",type="path_a"} 1"#));
         assert!(text.contains(r#"kubenurse_errors_total{event="connect_done",type="path_b"} 1"#));
         assert!(text.contains(r#"kubenurse_httpclient_requests_total{code="round_trip_error",type="path_b"} 1"#));
         assert!(text.contains(r#"event="connect_done",type="path_a",le="0.005""#));
-        m.forget("path_a");
+        m.forget(&a);
         let text = m.encode().unwrap();
         assert!(!text.contains("path_a"), "{text}");
         assert!(text.contains("path_b"));

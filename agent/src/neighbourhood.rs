@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::{Node, Pod, PodSpec, PodStatus};
 
-use crate::neighbours::{node_hash, Neighbour};
+use crate::ring::{node_hash, Neighbour};
 use crate::selector::LabelSelector;
 
 /// The taint upstream treats as "cordoned".

@@ -89,10 +89,7 @@ async fn ready(State(state): State<Arc<AgentState>>) -> StatusCode {
 
 async fn metrics(State(state): State<Arc<AgentState>>) -> Response {
     state.metrics.set_incoming(state.incoming.count(Instant::now()));
-    match state.metrics.encode() {
-        Ok(body) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}")).into_response(),
-    }
+    kubenurse_common::metrics::response(state.metrics.registry())
 }
 
 /// Go's canonical header spelling (`accept-encoding` → `Accept-Encoding`), as upstream shows.

@@ -60,6 +60,10 @@ impl Phase {
     }
 }
 
+/// Upstream's label for a request that got no response: the `code` of
+/// `kubenurse_httpclient_requests_total` and the `event` of `kubenurse_errors_total`.
+pub const ROUND_TRIP_ERROR: &str = "round_trip_error";
+
 /// What went wrong with a request, in the terms of upstream's `kubenurse_errors_total{event}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FailureKind {
@@ -78,7 +82,7 @@ impl FailureKind {
     pub fn event_label(&self) -> String {
         match self {
             FailureKind::Phase(p) => p.as_str().to_string(),
-            FailureKind::RoundTrip => "round_trip_error".to_string(),
+            FailureKind::RoundTrip => ROUND_TRIP_ERROR.to_string(),
             FailureKind::Status(code) => format!("status_code_{code}"),
             FailureKind::Token => "token_error".to_string(),
         }

@@ -9,9 +9,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kubenurse_common::backoff::Backoff;
 use kubenurse_proto::v1::nurse_client::NurseClient;
 use kubenurse_proto::v1::{
-    agent_message, aggregator_message, AgentMessage, CheckResult, Hello, Phase, ResultBatch, RoundEnd,
+    agent_message, aggregator_message, AgentMessage, CheckResult, Hello, Outcome, Phase, ResultBatch, RoundEnd,
 };
 use kubenurse_proto::{MAX_MESSAGE_BYTES, MAX_RESULTS_PER_BATCH};
 use prometheus::{IntCounter, IntGauge};
@@ -23,6 +24,8 @@ use crate::checks::CheckOutcome;
 
 /// Entries one replica's queue holds before dropping the oldest.
 pub const QUEUE_CAPACITY: usize = 20_000;
+/// First reconnect delay.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Backoff cap: a restarted aggregator has every agent back within about two intervals.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How often queued results are flushed at the latest.
@@ -54,14 +57,17 @@ pub struct Uplink {
 
 /// Converts a finished check into its wire form.
 pub fn to_wire(o: &CheckOutcome, round: u64) -> CheckResult {
+    let kind = &o.spec.kind;
     let mut r = CheckResult {
-        check_type: o.spec.name.clone(),
-        target_node: o.spec.target_node.clone().unwrap_or_default(),
+        check: Some(kind.to_wire()),
+        // Revision 1's fields, for aggregators of the previous release.
+        check_type: kind.label().into_owned(),
+        target_node: kind.target_node().unwrap_or_default().to_string(),
         round,
         ..CheckResult::default()
     };
     match &o.probe {
-        Some(p) => {
+        Ok(p) => {
             r.start_unix_micros =
                 p.trace.started_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
             r.duration_micros = p.duration.as_micros() as u64;
@@ -72,17 +78,17 @@ pub fn to_wire(o: &CheckOutcome, round: u64) -> CheckResult {
                 .collect();
             r.status_code = p.status.map_or(0, |s| u32::from(s.as_u16()));
             match &p.failure {
-                None => r.outcome = 1,
+                None => r.set_outcome(Outcome::Ok),
                 Some((kind, message)) => {
-                    r.outcome = 2;
+                    r.set_outcome(Outcome::Failed);
                     r.error_kind = kind.event_label();
                     r.error = message.clone();
                 }
             }
         }
-        None => {
-            r.outcome = 2;
-            r.error_kind = "token_error".into();
+        Err(not_sent) => {
+            r.set_outcome(Outcome::Failed);
+            r.error_kind = not_sent.event_label();
             r.error = o.value.clone();
         }
     }
@@ -211,11 +217,6 @@ impl Uplink {
     }
 }
 
-fn jittered(base: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    base.mul_f64(0.75 + f64::from(nanos % 1000) / 2000.0)
-}
-
 async fn stream_forever(
     addr: SocketAddr,
     tls: Option<ClientTlsConfig>,
@@ -223,7 +224,7 @@ async fn stream_forever(
     mut hello: watch::Receiver<Option<Hello>>,
     connected: IntGauge,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     loop {
         // Nothing to say before we know who we are.
         if hello.wait_for(Option::is_some).await.is_err() {
@@ -240,10 +241,9 @@ async fn stream_forever(
             Err(e) => debug!(%addr, error = %e, "aggregator stream failed"),
         }
         if started.elapsed() > Duration::from_secs(10) {
-            backoff = Duration::from_millis(100);
+            backoff.reset();
         }
-        tokio::time::sleep(jittered(backoff)).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 

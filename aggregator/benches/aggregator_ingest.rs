@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kubenurse_proto::v1::nurse_client::NurseClient;
-use kubenurse_proto::v1::{agent_message, AgentMessage, CheckResult, Hello, ResultBatch, RoundEnd};
+use kubenurse_proto::v1::{agent_message, AgentMessage, CheckResult, Hello, Outcome, ResultBatch, RoundEnd};
 use kubenurse_tests::cluster::http_get;
 use tokio::sync::mpsc;
 
@@ -103,7 +103,7 @@ fn main() -> anyhow::Result<()> {
                         target_node: t.clone(),
                         round,
                         duration_micros: 150 + ((i * 7 + k * 13) % 400) as u64,
-                        outcome: 1,
+                        outcome: Outcome::Ok.into(),
                         ..CheckResult::default()
                     })
                     .collect();

@@ -9,7 +9,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use kubenurse_proto::duration::parse_go_duration;
+use kubenurse_common::duration::parse_go_duration;
 use serde_json::{json, Value};
 
 use crate::metrics::AggregatorMetrics;
@@ -147,8 +147,5 @@ async fn metrics(State(api): State<ApiState>) -> Response {
     if api.state.query(move |s, now| m.refresh(s, now)).await.is_none() {
         return unavailable();
     }
-    match api.metrics.encode() {
-        Ok(body) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
+    kubenurse_common::metrics::response(api.metrics.registry())
 }

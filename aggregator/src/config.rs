@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use kubenurse_proto::duration::parse_go_duration;
+use kubenurse_common::duration::parse_go_duration;
 
 use crate::state::Settings;
 

@@ -109,7 +109,7 @@ impl Nurse for Ingest {
                         let _ = tx.try_send(Ok(AggregatorMessage { msg: Some(aggregator_message::Msg::Ack(ack)) }));
                     }
                     Ok(Some(AgentMessage { msg: None })) => {
-                        reject(&metrics, Rejection::BadOutcome, 1);
+                        reject(&metrics, Rejection::EmptyMessage, 1);
                     }
                     Ok(None) => break,
                     Err(status) => {

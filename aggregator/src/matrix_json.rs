@@ -113,13 +113,14 @@ mod tests {
     use super::*;
     use crate::state::Settings;
     use crate::views::matrix;
-    use kubenurse_proto::v1::{CheckResult, Hello, ResultBatch};
+    use kubenurse_proto::v1::{CheckResult, Hello, Outcome, ResultBatch};
 
     #[test]
     fn same_document_as_the_typed_view() {
         let mut s = ClusterState::new(Settings::default());
         for (n, targets) in [("a", vec!["b", "c"]), ("b", vec!["a"]), ("c\"quoted", vec![])] {
             let hello = Hello {
+                protocol: kubenurse_proto::PROTOCOL_REVISION,
                 node: n.replace('"', ""),
                 zone: "z\"1".into(),
                 interval_micros: 1_000_000,
@@ -133,14 +134,14 @@ mod tests {
                 check_type: "path_b".into(),
                 target_node: "b".into(),
                 duration_micros: 333,
-                outcome: 1,
+                outcome: Outcome::Ok.into(),
                 ..Default::default()
             },
             CheckResult {
                 check_type: "path_c".into(),
                 target_node: "c".into(),
                 duration_micros: 0,
-                outcome: 2,
+                outcome: Outcome::Failed.into(),
                 error: "dial tcp: \"refused\"\n".into(),
                 ..Default::default()
             },

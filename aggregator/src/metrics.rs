@@ -1,7 +1,7 @@
 //! The aggregator's own metrics, plus per-cell gauges refreshed at scrape time (bounded by the
 //! cells agents currently target: at most nodes × limit series).
 
-use prometheus::{Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::state::ClusterState;
 use crate::views::{matrix_cells, Stat};
@@ -95,10 +95,8 @@ impl AggregatorMetrics {
         }
     }
 
-    /// The text exposition.
-    pub fn encode(&self) -> Result<String, prometheus::Error> {
-        let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
-        String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    /// The registry `/metrics` exposes.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 }

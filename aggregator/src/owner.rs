@@ -73,8 +73,8 @@ impl StateHandle {
     /// Registers a hello; `new_stream` for a stream's first.
     pub async fn hello(&self, hello: Hello, new_stream: bool) -> Result<(), Rejection> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Hello { hello, new_stream, reply }).await.map_err(|_| Rejection::Overloaded)?;
-        rx.await.map_err(|_| Rejection::Overloaded)?
+        self.tx.send(Command::Hello { hello, new_stream, reply }).await.map_err(|_| Rejection::StateUnavailable)?;
+        rx.await.map_err(|_| Rejection::StateUnavailable)?
     }
 
     /// Records a batch and reports what happened to it.

@@ -4,11 +4,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use kubenurse_proto::v1::{CheckResult, Hello, ResultBatch};
+use kubenurse_proto::v1::{CheckResult, Hello, Outcome, ResultBatch};
 
 use crate::cell::Cell;
 use crate::suspects::{find_suspects, CellView, NodeView, Suspect};
-use crate::validate::{check_hello, check_result, Rejection, MAX_ERROR_LEN};
+use crate::validate::{check_hello, check_result, Rejection, ValidResult, MAX_ERROR_LEN};
 
 /// Tunables; defaults in `Settings::default`.
 #[derive(Debug, Clone)]
@@ -165,12 +165,12 @@ impl ClusterState {
         let mut valid = Vec::with_capacity(batch.results.len());
         for r in &batch.results {
             match check_result(r, &hello.targets) {
-                Ok(()) => valid.push(r),
+                Ok(v) => valid.push((r, v)),
                 Err(e) => *out.rejected.entry(e).or_default() += 1,
             }
         }
-        for r in valid {
-            self.record(node, r, now);
+        for (r, v) in valid {
+            self.record(node, r, &v, now);
             out.accepted += 1;
         }
         self.ingested += out.accepted;
@@ -186,23 +186,23 @@ impl ClusterState {
         out
     }
 
-    fn record(&mut self, node: &str, r: &CheckResult, now: i64) {
+    fn record(&mut self, node: &str, r: &CheckResult, v: &ValidResult, now: i64) {
         let (slot, retention, k) = (self.settings.slot_micros(), self.settings.slots, self.settings.hysteresis);
-        let failed = r.outcome == 2;
-        let cell = if r.check_type.starts_with("path_") {
+        let failed = v.outcome == Outcome::Failed;
+        let cell = if let Some(target) = v.kind.target_node() {
             // Look up before inserting: no key allocation on the hot path.
             if !self.matrix.contains_key(node) {
                 self.matrix.insert(node.to_string(), HashMap::new());
             }
             let Some(row) = self.matrix.get_mut(node) else { return };
-            if !row.contains_key(&r.target_node) {
-                row.insert(r.target_node.clone(), Cell::default());
+            if !row.contains_key(target) {
+                row.insert(target.to_string(), Cell::default());
             }
-            let Some(cell) = row.get_mut(&r.target_node) else { return };
+            let Some(cell) = row.get_mut(target) else { return };
             cell
         } else {
             match self.nodes.get_mut(node) {
-                Some(n) => n.checks.entry(r.check_type.clone()).or_default(),
+                Some(n) => n.checks.entry(v.kind.label().into_owned()).or_default(),
                 None => return,
             }
         };
@@ -339,6 +339,7 @@ mod tests {
 
     fn hello(node: &str, targets: &[&str], limit: u32) -> Hello {
         Hello {
+            protocol: kubenurse_proto::PROTOCOL_REVISION,
             node: node.into(),
             interval_micros: 1_000_000,
             neighbour_limit: limit,
@@ -352,7 +353,7 @@ mod tests {
             check_type: format!("path_{target}"),
             target_node: target.into(),
             duration_micros: micros,
-            outcome: if ok { 1 } else { 2 },
+            outcome: if ok { Outcome::Ok } else { Outcome::Failed }.into(),
             ..CheckResult::default()
         }
     }

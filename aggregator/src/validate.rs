@@ -1,7 +1,9 @@
 //! Checks on what agents send, so a broken or hostile agent is rejected with a counted reason
 //! and never grows memory without bound.
 
-use kubenurse_proto::v1::{CheckResult, Hello};
+pub use kubenurse_proto::kind::is_node_name as valid_node_name;
+use kubenurse_proto::v1::{CheckResult, Hello, Outcome};
+use kubenurse_proto::{CheckKind, KindError, OLDEST_PROTOCOL_REVISION};
 
 /// Longest duration accepted: far above any check timeout.
 pub const MAX_DURATION_MICROS: u64 = 10 * 60 * 1_000_000;
@@ -19,10 +21,10 @@ pub enum Rejection {
     /// Node or target name not a Kubernetes node name.
     #[error("bad_name")]
     BadName,
-    /// Too many targets, or a bad interval.
+    /// Too many targets, a bad interval, or no protocol revision.
     #[error("bad_hello")]
     BadHello,
-    /// Check type empty, too long or with odd characters.
+    /// Check kind missing or unknown, or a name with odd characters.
     #[error("bad_check_type")]
     BadCheckType,
     /// A path result for a node the agent did not declare as a target.
@@ -34,17 +36,20 @@ pub enum Rejection {
     /// Outcome missing.
     #[error("bad_outcome")]
     BadOutcome,
+    /// A message with neither a hello nor a batch in it.
+    #[error("empty_message")]
+    EmptyMessage,
     /// More results in one batch than allowed.
     #[error("batch_too_large")]
     BatchTooLarge,
-    /// The aggregator's queue was full.
-    #[error("overloaded")]
-    Overloaded,
+    /// The task owning the state has stopped (the aggregator is shutting down).
+    #[error("state_unavailable")]
+    StateUnavailable,
 }
 
 impl Rejection {
     /// Every reason, so their counters exist (at 0) before the first rejection.
-    pub const ALL: [Rejection; 9] = [
+    pub const ALL: [Rejection; 10] = [
         Rejection::NoHello,
         Rejection::BadName,
         Rejection::BadHello,
@@ -52,27 +57,22 @@ impl Rejection {
         Rejection::UnknownTarget,
         Rejection::AbsurdDuration,
         Rejection::BadOutcome,
+        Rejection::EmptyMessage,
         Rejection::BatchTooLarge,
-        Rejection::Overloaded,
+        Rejection::StateUnavailable,
     ];
 }
 
 /// The reason label of a stream that ended on a malformed message or a broken connection.
 pub const MALFORMED_OR_BROKEN: &str = "malformed_or_broken";
 
-/// A Kubernetes node name: a DNS subdomain (lowercase alphanumerics, '-', '.'), ≤ 253 chars.
-pub fn valid_node_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
-}
-
 /// Validates a hello.
 pub fn check_hello(h: &Hello) -> Result<(), Rejection> {
     if !valid_node_name(&h.node) {
         return Err(Rejection::BadName);
+    }
+    if h.protocol < OLDEST_PROTOCOL_REVISION {
+        return Err(Rejection::BadHello);
     }
     if h.targets.len() > MAX_TARGETS || h.interval_micros == 0 || h.interval_micros > 3_600_000_000 {
         return Err(Rejection::BadHello);
@@ -91,24 +91,38 @@ pub fn check_hello(h: &Hello) -> Result<(), Rejection> {
     Ok(())
 }
 
-/// Validates one result against the sender's declared targets.
-pub fn check_result(r: &CheckResult, targets: &[String]) -> Result<(), Rejection> {
-    let t = &r.check_type;
-    if t.is_empty() || t.len() > 300 || !t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
-        return Err(Rejection::BadCheckType);
+/// What the aggregator takes from one valid result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidResult {
+    /// What was checked.
+    pub kind: CheckKind,
+    /// How it ended (never unspecified).
+    pub outcome: Outcome,
+}
+
+/// Validates one result against the sender's declared targets; the check kind comes from the
+/// typed field, or for revision 1 agents (which lack it) from `check_type`.
+pub fn check_result(r: &CheckResult, targets: &[String]) -> Result<ValidResult, Rejection> {
+    let kind = match &r.check {
+        Some(check) => CheckKind::from_wire(check),
+        None => CheckKind::from_legacy(&r.check_type, &r.target_node),
     }
-    if let Some(node) = t.strip_prefix("path_") {
-        if node != r.target_node || !targets.iter().any(|x| x == node) {
+    .map_err(|e| match e {
+        KindError::Mismatch { .. } | KindError::BadNode(_) => Rejection::UnknownTarget,
+        KindError::BadName(_) | KindError::Reserved(_) | KindError::UnknownKind(_) => Rejection::BadCheckType,
+    })?;
+    if let Some(node) = kind.target_node() {
+        if !targets.iter().any(|x| x == node) {
             return Err(Rejection::UnknownTarget);
         }
     }
     if r.duration_micros > MAX_DURATION_MICROS {
         return Err(Rejection::AbsurdDuration);
     }
-    if !(1..=3).contains(&r.outcome) {
-        return Err(Rejection::BadOutcome);
+    match Outcome::try_from(r.outcome) {
+        Ok(Outcome::Unspecified) | Err(_) => Err(Rejection::BadOutcome),
+        Ok(outcome) => Ok(ValidResult { kind, outcome }),
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -129,11 +143,11 @@ mod tests {
         let ok = CheckResult {
             check_type: "path_n2".into(),
             target_node: "n2".into(),
-            outcome: 1,
+            outcome: Outcome::Ok.into(),
             duration_micros: 300,
             ..Default::default()
         };
-        assert_eq!(check_result(&ok, &targets), Ok(()));
+        assert!(check_result(&ok, &targets).is_ok());
         let unknown = CheckResult { check_type: "path_n9".into(), target_node: "n9".into(), ..ok.clone() };
         assert_eq!(check_result(&unknown, &targets), Err(Rejection::UnknownTarget));
         let absurd = CheckResult { duration_micros: u64::MAX, ..ok.clone() };

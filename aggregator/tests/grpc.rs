@@ -13,7 +13,7 @@ use kubenurse_aggregator::owner::StateHandle;
 use kubenurse_aggregator::state::Settings;
 use kubenurse_proto::v1::nurse_client::NurseClient;
 use kubenurse_proto::v1::{
-    agent_message, aggregator_message, AgentMessage, AggregatorMessage, CheckResult, Hello, ResultBatch,
+    agent_message, aggregator_message, AgentMessage, AggregatorMessage, CheckResult, Hello, Outcome, ResultBatch,
 };
 use tokio::sync::{mpsc, watch};
 use tonic::transport::{Channel, Endpoint, Server};
@@ -90,7 +90,7 @@ fn path(target: &str, micros: u64, ok: bool) -> CheckResult {
         target_node: target.into(),
         round: 1,
         duration_micros: micros,
-        outcome: if ok { 1 } else { 2 },
+        outcome: if ok { Outcome::Ok } else { Outcome::Failed }.into(),
         error: if ok { String::new() } else { "connection refused".into() },
         ..CheckResult::default()
     }

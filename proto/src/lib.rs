@@ -1,8 +1,5 @@
 //! The gRPC contract (`nurse.v1`) between kubenurse agents and the aggregator, generated from
-//! `nurse/v1/nurse.proto` at build time without a system `protoc`; plus the Go duration syntax
-//! both tiers accept in their configuration.
-
-pub mod duration;
+//! `nurse/v1/nurse.proto` at build time without a system `protoc`.
 
 /// Generated messages, client and server of package `nurse.v1`.
 #[allow(missing_docs, clippy::unwrap_used, clippy::default_trait_access)]
@@ -10,8 +7,15 @@ pub mod v1 {
     tonic::include_proto!("nurse.v1");
 }
 
-/// Protocol revision within v1 that this build speaks.
-pub const PROTOCOL_REVISION: u32 = 1;
+pub mod kind;
+
+pub use kind::{CheckKind, KindError};
+
+/// Protocol revision within v1 that this build speaks (2: typed `CheckResult.check`).
+pub const PROTOCOL_REVISION: u32 = 2;
+
+/// Oldest revision still understood: revision 1 agents identify checks by `check_type` only.
+pub const OLDEST_PROTOCOL_REVISION: u32 = 1;
 
 /// Largest message either side accepts (a batch of a few thousand results fits easily).
 pub const MAX_MESSAGE_BYTES: usize = 1 << 20;

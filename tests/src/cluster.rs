@@ -52,7 +52,7 @@ impl SimNode {
 
 /// The nodes the neighbour filter makes `own` check, among `present` (the expected targets).
 pub fn ring_targets<'a>(own: &SimNode, present: impl IntoIterator<Item = &'a SimNode>, limit: usize) -> Vec<String> {
-    use kubenurse_agent::neighbours::{node_hash, select_neighbours, Neighbour};
+    use kubenurse_agent::ring::{node_hash, select_neighbours, Neighbour};
     let others = present
         .into_iter()
         .filter(|n| n.node != own.node)
@@ -199,7 +199,7 @@ impl LocalCluster {
         }
         // Agents on real nodes do not start their rounds in the same millisecond; here they share
         // two cores, so spread their starts over one interval to avoid synchronised bursts.
-        let interval = kubenurse_agent::duration::parse_go_duration(&spec.interval).unwrap_or(Duration::from_secs(1));
+        let interval = kubenurse_common::duration::parse_go_duration(&spec.interval).unwrap_or(Duration::from_secs(1));
         let stagger = (interval / u32::from(spec.nodes.max(1))).min(Duration::from_millis(200));
         for sim in &nodes {
             if !agents.is_empty() {

@@ -45,7 +45,7 @@ impl FromStr for FaultSpec {
     fn from_str(s: &str) -> Result<Self, String> {
         let parts: Vec<&str> = s.trim().split(':').collect();
         let dur = |v: &str| {
-            kubenurse_agent::duration::parse_go_duration(v.trim_start_matches('+')).map_err(|e| format!("{v:?}: {e}"))
+            kubenurse_common::duration::parse_go_duration(v.trim_start_matches('+')).map_err(|e| format!("{v:?}: {e}"))
         };
         let name = |v: &str| if v.is_empty() { Err("empty name".to_string()) } else { Ok(v.to_string()) };
         match parts.as_slice() {
@@ -77,7 +77,7 @@ pub struct Lab {
 impl Lab {
     /// Starts the aggregator, then the cluster streaming to it.
     pub async fn start(mut spec: ClusterSpec, settings: Settings, dir: &std::path::Path) -> anyhow::Result<Self> {
-        let interval = kubenurse_agent::duration::parse_go_duration(&spec.interval)?;
+        let interval = kubenurse_common::duration::parse_go_duration(&spec.interval)?;
         let ip = format!("127.0.{}.254", spec.subnet);
         let aggregator =
             LocalAggregator::start(format!("{ip}:50051").parse()?, format!("{ip}:{}", spec.port).parse()?, settings)

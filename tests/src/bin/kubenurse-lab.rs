@@ -58,7 +58,7 @@ fn parse_args() -> anyhow::Result<Option<Options>> {
             "--port" => spec.port = value("--port")?.parse().context("--port: expected a port number")?,
             "--interval" => {
                 let v = value("--interval")?;
-                kubenurse_agent::duration::parse_go_duration(&v).with_context(|| format!("--interval {v:?}"))?;
+                kubenurse_common::duration::parse_go_duration(&v).with_context(|| format!("--interval {v:?}"))?;
                 spec.interval = v;
             }
             "--limit" => spec.limit = value("--limit")?.parse().context("--limit: expected a number")?,
@@ -136,7 +136,7 @@ async fn control(State(lab): State<Shared>, Query(q): Query<std::collections::Ha
 }
 
 async fn run(options: Options) -> anyhow::Result<()> {
-    init_logs();
+    kubenurse_common::logging::init(tracing::Level::ERROR);
     let spec = options.spec;
     let dir = std::env::temp_dir().join(format!("kubenurse-lab-{}", std::process::id()));
     let mut lab = Lab::start(spec.clone(), Settings::default(), &dir).await?;
@@ -180,14 +180,16 @@ async fn run(options: Options) -> anyhow::Result<()> {
     println!("                    or: curl 'http://{control_addr}/fault?spec=refuse:node-02'");
     println!("  Ctrl-C stops everything.");
 
-    let interval = kubenurse_agent::duration::parse_go_duration(&spec.interval)?.max(Duration::from_secs(1));
+    let interval = kubenurse_common::duration::parse_go_duration(&spec.interval)?.max(Duration::from_secs(1));
+    let stop = kubenurse_common::signal::shutdown_signal();
+    tokio::pin!(stop);
     let mut ticker = tokio::time::interval(interval);
     let mut last: Option<(std::time::Instant, u64)> = None;
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = &mut stop => break,
             line = stdin.next_line(), if stdin_open => match line {
                 Ok(Some(l)) if !l.trim().is_empty() => println!("  {}", apply(&lab, l.trim()).await),
                 Ok(Some(_)) => {}
@@ -261,18 +263,4 @@ fn start_prometheus(config: &str, dir: &std::path::Path, subnet: u8) -> anyhow::
         .spawn()?;
     println!("  prometheus        http://{listen}/  (config {})", path.display());
     Ok(Some(Prometheus(child)))
-}
-
-/// Agents' warnings (failed checks, watch errors) on stderr; `RUST_LOG` (e.g. `info`) for more.
-fn init_logs() {
-    use tracing_subscriber::filter::Targets;
-    use tracing_subscriber::prelude::*;
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| v.parse::<Targets>().ok())
-        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::ERROR));
-    tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(std::io::stderr))
-        .with(filter)
-        .init();
 }
