@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use kubenurse_agent::probe::ProbeClient;
-use kubenurse_tests::cluster::{agent_env, http_get, ClusterSpec, LocalCluster, SimNode, NAMESPACE};
+use kubenurse_testkit::apiserver::{kubenurse_pod, node, FakeApiServer};
+use kubenurse_testkit::http::{eventually, http_get};
+use kubenurse_testkit::sim::{agent_env, SimNode, NAMESPACE};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kubenurse-agent");
 
@@ -58,28 +60,40 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-async fn steady_state(cluster: &LocalCluster, dir: &std::path::Path, rounds: u64) -> anyhow::Result<()> {
-    let sim = SimNode::new(71, 11);
-    cluster.api.apply_node(kubenurse_tests::apiserver::node(&sim.node, &sim.zone));
-    cluster.api.apply_pod(kubenurse_tests::apiserver::kubenurse_pod(
-        NAMESPACE,
-        &sim.pod,
-        &sim.node,
-        &sim.ip.to_string(),
-    ));
-    let mut env = agent_env(&cluster.api, &sim, 18080, "1s", 10);
+/// Agent processes of this build, one per simulated node; killed when dropped.
+struct Agents(Vec<std::process::Child>);
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Registers `sim`'s node and pod and starts its agent process.
+fn start_agent(api: &FakeApiServer, sim: &SimNode, log: &std::path::Path) -> anyhow::Result<std::process::Child> {
+    api.apply_node(node(&sim.node, &sim.zone));
+    api.apply_pod(kubenurse_pod(NAMESPACE, &sim.pod, &sim.node, &sim.ip.to_string()));
+    let mut env = agent_env(api, sim, 18080, "1s", 10);
     // BENCH_REUSE_CONNECTIONS=true measures the keep-alive variant.
     if let Ok(reuse) = std::env::var("BENCH_REUSE_CONNECTIONS") {
         env.insert("KUBENURSE_REUSE_CONNECTIONS".into(), reuse);
     }
-    let mut child = Command::new(BIN)
+    Ok(Command::new(BIN)
         .env_clear()
         .envs(env)
-        .env("KUBECONFIG", cluster.api.kubeconfig_path())
+        .env("KUBECONFIG", api.kubeconfig_path())
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("measured-agent.log"))?)
-        .spawn()?;
+        .stderr(std::fs::File::create(log)?)
+        .spawn()?)
+}
+
+async fn steady_state(api: &FakeApiServer, dir: &std::path::Path, rounds: u64) -> anyhow::Result<()> {
+    let sim = SimNode::new(71, 11);
+    let mut child = start_agent(api, &sim, &dir.join("measured-agent.log"))?;
     let pid = child.id();
     let metrics_url = format!("http://{}:18080/metrics", sim.ip);
     let result = async {
@@ -151,7 +165,7 @@ async fn bare_hyper(host: &str, port: u16) -> anyhow::Result<Duration> {
 }
 
 async fn overhead(target: &SimNode, requests: usize) -> anyhow::Result<()> {
-    let tls = kubenurse_agent::tls::client_config(false, std::path::Path::new("/nonexistent"), None)?;
+    let tls = kubenurse_agent::tls::client_config(false, std::path::Path::new("/nonexistent"), &[])?;
     let client = ProbeClient::new(tls, false);
     let host = target.ip.to_string();
     let uri: http::Uri = format!("http://{host}:18080/alwayshappy").parse()?;
@@ -183,19 +197,21 @@ fn main() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
-        // Ten neighbours in this process; the measured agent runs alone in its own process.
-        let spec = ClusterSpec {
-            nodes: 10,
-            subnet: 71,
-            port: 18080,
-            interval: "1s".into(),
-            limit: 10,
-            env: Vec::new(),
-            proxied: false,
-        };
-        let cluster = LocalCluster::start(&spec, &dir).await?;
-        overhead(&cluster.nodes[0], requests).await?;
-        steady_state(&cluster, &dir, rounds).await?;
-        cluster.stop().await
+        // Ten neighbour agents and the measured one, each in its own process.
+        std::fs::create_dir_all(&dir)?;
+        let api = FakeApiServer::start(&dir).await?;
+        let sims: Vec<SimNode> = (1..=10).map(|i| SimNode::new(71, i)).collect();
+        let mut neighbours = Agents(Vec::new());
+        for sim in &sims {
+            neighbours.0.push(start_agent(&api, sim, &dir.join(format!("{}.log", sim.node)))?);
+        }
+        let ready = format!("http://{}:18080/ready", sims[0].ip);
+        eventually("neighbour agents listening", Duration::from_secs(30), || {
+            let ready = ready.clone();
+            async move { http_get(&ready).await.ok().filter(|(code, _)| *code == 200) }
+        })
+        .await?;
+        overhead(&sims[0], requests).await?;
+        steady_state(&api, &dir, rounds).await
     })
 }

@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 
 use kubenurse_proto::CheckKind;
 
-use crate::config::Config;
+use crate::config::ExtraCheck;
 use crate::discovery::NeighbourhoodView;
 use crate::metrics::Metrics;
 use crate::probe::{ProbeClient, ProbeResult};
@@ -110,45 +110,73 @@ fn join_path(base: &str, path: &str) -> String {
     format!("{}{path}", base.trim_end_matches('/'))
 }
 
-/// Runs rounds with one client and one config.
-pub struct Checker {
-    config: Arc<Config>,
-    client: ProbeClient,
-    metrics: Arc<Metrics>,
-    token_path: PathBuf,
+/// What the checks of every round are, from the configuration: the fixed checks are worked
+/// out once at start, the path checks each round from the neighbours.
+#[derive(Debug, Clone)]
+pub struct PlanSettings {
+    /// API server address for `api_server_direct`, when that check is on.
+    pub api_server_direct: Option<String>,
+    /// API server DNS name for `api_server_dns`, when that check is on.
+    pub api_server_dns: Option<String>,
+    /// The API server's port.
+    pub api_server_port: u16,
+    /// Base URL for `me_ingress`, when that check is on.
+    pub me_ingress: Option<Uri>,
+    /// Base URL for `me_service`, when that check is on.
+    pub me_service: Option<Uri>,
+    /// `KUBENURSE_EXTRA_CHECKS`.
+    pub extra: Vec<ExtraCheck>,
+    /// Scheme of neighbours' `/alwayshappy` (https with `KUBENURSE_USE_TLS`).
+    pub path_scheme: &'static str,
+    /// Port of neighbours' `/alwayshappy` (the HTTPS port with `KUBENURSE_USE_TLS`).
+    pub path_port: u16,
 }
 
-impl Checker {
-    /// A checker for `config`, recording into `metrics`.
-    pub fn new(config: Arc<Config>, client: ProbeClient, metrics: Arc<Metrics>) -> Self {
-        let token_path = config.service_account_dir.join("token");
-        Self { config, client, metrics, token_path }
-    }
+/// The round's fixed checks and those left out, planned once.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    fixed: Vec<CheckSpec>,
+    skipped: Vec<CheckKind>,
+    path_scheme: &'static str,
+    path_port: u16,
+}
 
-    /// The checks of a round, given the neighbours to check; disabled checks are listed as skipped.
-    pub fn plan(&self, neighbours: &[Neighbour]) -> (Vec<CheckSpec>, Vec<CheckKind>) {
-        let c = &self.config;
-        let mut specs = Vec::new();
+impl Plan {
+    /// Plans the fixed checks; a URL that cannot be built is logged and the check left out.
+    pub fn new(settings: PlanSettings) -> Self {
+        let PlanSettings {
+            api_server_direct,
+            api_server_dns,
+            api_server_port,
+            me_ingress,
+            me_service,
+            extra,
+            path_scheme,
+            path_port,
+        } = settings;
+        let mut fixed = Vec::new();
         let mut skipped = Vec::new();
         let mut add = |kind: CheckKind, url: Option<String>| match url.map(|u| (u.parse::<Uri>(), u)) {
-            Some((Ok(url), _)) => specs.push(CheckSpec { kind, url }),
+            Some((Ok(url), _)) => fixed.push(CheckSpec { kind, url }),
             Some((Err(e), url)) => warn!(check = %kind, url = %url, error = %e, "cannot build check URL"),
             None => skipped.push(kind),
         };
-        let api_url = |host: &str| format!("https://{}/version", host_port(host, c.kubernetes_service_port));
-        add(
-            CheckKind::ApiServerDirect,
-            c.kubernetes_service_host.as_deref().filter(|_| c.check_api_server_direct).map(api_url),
-        );
-        add(CheckKind::ApiServerDns, c.check_api_server_dns.then(|| api_url(&c.kubernetes_service_dns)));
-        let happy =
-            |url: &Option<String>, on: bool| url.as_deref().filter(|_| on).map(|u| join_path(u, "/alwayshappy"));
-        add(CheckKind::MeIngress, happy(&c.ingress_url, c.check_me_ingress));
-        add(CheckKind::MeService, happy(&c.service_url, c.check_me_service));
-        for extra in &c.extra_checks {
-            specs.push(CheckSpec { kind: extra.kind(), url: extra.url.clone() });
+        let api_url = |host: String| format!("https://{}/version", host_port(&host, api_server_port));
+        add(CheckKind::ApiServerDirect, api_server_direct.map(api_url));
+        add(CheckKind::ApiServerDns, api_server_dns.map(api_url));
+        let happy = |url: Option<Uri>| url.map(|u| join_path(&u.to_string(), "/alwayshappy"));
+        add(CheckKind::MeIngress, happy(me_ingress));
+        add(CheckKind::MeService, happy(me_service));
+        for e in extra {
+            fixed.push(CheckSpec { kind: e.kind(), url: e.url });
         }
-        let (scheme, port) = if c.use_tls { ("https", c.https_port) } else { ("http", c.http_port) };
+        Self { fixed, skipped, path_scheme, path_port }
+    }
+
+    /// The checks of a round, given the neighbours to check; disabled checks are listed as skipped.
+    pub fn round(&self, neighbours: &[Neighbour]) -> (Vec<CheckSpec>, Vec<CheckKind>) {
+        let mut specs = self.fixed.clone();
+        let (scheme, port) = (self.path_scheme, self.path_port);
         for n in neighbours {
             let kind = match CheckKind::path(&n.node_name) {
                 Ok(k) => k,
@@ -162,7 +190,33 @@ impl Checker {
                 Err(e) => warn!(pod = %n.pod_name, ip = %n.pod_ip, error = %e, "neighbour has an unusable pod IP"),
             }
         }
-        (specs, skipped)
+        (specs, self.skipped.clone())
+    }
+}
+
+/// Runs rounds with one plan and one client.
+pub struct Checker {
+    plan: Plan,
+    client: ProbeClient,
+    metrics: Arc<Metrics>,
+    /// Sent as the origin header of path checks.
+    pod_name: String,
+    /// Read again for every API-server check (the kubelet rotates it).
+    token_path: PathBuf,
+    timeout: Duration,
+}
+
+impl Checker {
+    /// A checker running `plan` with `client`, recording into `metrics`.
+    pub fn new(
+        plan: Plan,
+        client: ProbeClient,
+        metrics: Arc<Metrics>,
+        pod_name: String,
+        token_path: PathBuf,
+        timeout: Duration,
+    ) -> Self {
+        Self { plan, client, metrics, pod_name, token_path, timeout }
     }
 
     /// Runs one round over `view` (or no neighbours when the neighbourhood check is off),
@@ -181,7 +235,7 @@ impl Checker {
             Some(v) => (v.state, v.neighbours),
             None => (SKIPPED.to_string(), Vec::new()),
         };
-        let (specs, skipped) = self.plan(&neighbourhood);
+        let (specs, skipped) = self.plan.round(&neighbourhood);
         let tasks: Vec<_> = specs
             .into_iter()
             .map(|spec| {
@@ -230,11 +284,11 @@ impl Checker {
             }
         }
         if spec.sends_origin() {
-            if let Ok(v) = HeaderValue::from_str(&self.config.pod_name) {
+            if let Ok(v) = HeaderValue::from_str(&self.pod_name) {
                 headers.insert(ORIGIN_HEADER, v);
             }
         }
-        let probe = self.client.get(&spec.url, &headers, self.config.check_timeout).await;
+        let probe = self.client.get(&spec.url, &headers, self.timeout).await;
         self.metrics.record(&spec.kind, &probe);
         let value = probe.summary();
         if let Some((kind, message)) = &probe.failure {

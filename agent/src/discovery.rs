@@ -15,9 +15,9 @@ use kube::{Api, Client};
 use kubenurse_common::backoff::Backoff;
 use tracing::{info, warn};
 
-use crate::config::Config;
 use crate::neighbourhood::{eligible_neighbours, node_is_unschedulable, strip_node, strip_pod};
 use crate::ring::{select_neighbours, Neighbour};
+use crate::selector::LabelSelector;
 
 #[derive(Default)]
 struct WatchStatus {
@@ -44,6 +44,23 @@ pub struct NeighbourhoodView {
     pub known: bool,
 }
 
+/// What discovery needs of the configuration.
+#[derive(Debug, Clone)]
+pub struct DiscoverySettings {
+    /// `KUBENURSE_NAMESPACE`; `None` watches all namespaces.
+    pub namespace: Option<String>,
+    /// `KUBENURSE_NEIGHBOUR_FILTER`.
+    pub neighbour_filter: LabelSelector,
+    /// `KUBENURSE_NEIGHBOUR_LIMIT`.
+    pub neighbour_limit: usize,
+    /// `KUBENURSE_ALLOW_UNSCHEDULABLE`: no node watch at all.
+    pub allow_unschedulable: bool,
+    /// The own pod (never its own neighbour; its node is looked up from it).
+    pub pod_name: String,
+    /// `KUBENURSE_NODE_NAME`, when given.
+    pub node_name: Option<String>,
+}
+
 /// Handle to the running watches.
 #[derive(Clone)]
 pub struct Discovery {
@@ -58,7 +75,7 @@ pub struct Discovery {
 
 impl Discovery {
     /// Starts the watches on the current tokio runtime.
-    pub fn spawn(client: Client, config: &Config) -> Self {
+    pub fn spawn(client: Client, config: DiscoverySettings) -> Self {
         let status = Arc::new(Mutex::new(Status { own_node: config.node_name.clone(), ..Status::default() }));
         // any_semantic: the API server may answer LISTs from its watch cache (cheap at scale).
         let mut watch_config = watcher::Config::default().any_semantic();
@@ -102,7 +119,7 @@ impl Discovery {
             own_pod: config.pod_name.clone(),
             namespace: config.namespace.clone(),
             limit: config.neighbour_limit,
-            filter: config.neighbour_filter.clone(),
+            filter: config.neighbour_filter,
         };
         if config.node_name.is_none() {
             let d = discovery.clone();
@@ -117,7 +134,7 @@ impl Discovery {
 
     /// Finds the own node from the own pod (cache first, then a GET), retrying until it works.
     async fn resolve_own_node(&self, client: Client) {
-        let mut delay = Duration::from_millis(500);
+        let mut backoff = Backoff::new(FIRST_RETRY_DELAY, OWN_NODE_MAX_DELAY);
         loop {
             let from_cache = self
                 .pods
@@ -156,8 +173,7 @@ impl Discovery {
                     self.status().own_node_error = Some(e);
                 }
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(10));
+            tokio::time::sleep(backoff.next_delay()).await;
         }
     }
 
@@ -241,6 +257,8 @@ impl Discovery {
 
 /// First delay before re-establishing a failed watch; doubles up to `MAX_RETRY_DELAY`.
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(500);
+/// Longest delay between attempts to learn the own node from the own pod.
+const OWN_NODE_MAX_DELAY: Duration = Duration::from_secs(10);
 /// Longest delay between attempts while the API server is unreachable.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 

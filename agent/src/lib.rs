@@ -12,6 +12,7 @@ pub mod probe;
 pub mod ring;
 pub mod selector;
 pub mod server;
+pub mod state;
 pub mod tls;
 pub mod trace;
 pub mod uplink;
@@ -22,18 +23,19 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kubenurse_proto::v1::{Hello, RoundEnd};
+use kubenurse_proto::v1::RoundEnd;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
 
-use crate::checks::Checker;
+use crate::checks::{Checker, Plan, PlanSettings};
 use crate::config::Config;
-use crate::discovery::Discovery;
+use crate::discovery::{Discovery, DiscoverySettings};
 use crate::metrics::Metrics;
 use crate::probe::ProbeClient;
-use crate::server::AgentState;
+use crate::state::AgentState;
+use crate::uplink::{HelloIdentity, Uplink};
 
 /// How long open connections may take to finish after the listeners close.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,17 +57,14 @@ pub enum AgentError {
     /// No kubeconfig and no in-cluster configuration.
     #[error("KUBECONFIG: cannot configure the Kubernetes client: {0}")]
     KubeConfig(String),
-    /// `KUBENURSE_AGGREGATOR_URL` could not be used.
-    #[error("KUBENURSE_AGGREGATOR_URL: {0}")]
-    AggregatorUrl(String),
     /// Metric registration failed (a bug, reported instead of a panic).
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
 }
 
-async fn bind(config: &Config, port: u16) -> Result<TcpListener, AgentError> {
+async fn bind(bind_address: Option<IpAddr>, port: u16) -> Result<TcpListener, AgentError> {
     let addr = |ip: IpAddr| SocketAddr::new(ip, port);
-    match config.bind_address {
+    match bind_address {
         Some(ip) => TcpListener::bind(addr(ip)).await.map_err(|source| AgentError::Bind { addr: addr(ip), source }),
         None => match TcpListener::bind(addr(IpAddr::V6(Ipv6Addr::UNSPECIFIED))).await {
             Ok(l) => Ok(l),
@@ -88,22 +87,51 @@ pub async fn run(
     kube_config: Option<kube::Config>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    // Every setting is taken apart here, so one that is read but not wired fails to compile.
+    let Config {
+        ingress_url,
+        service_url,
+        insecure,
+        extra_ca,
+        namespace,
+        neighbour_filter,
+        neighbour_limit,
+        allow_unschedulable,
+        check_api_server_direct,
+        check_api_server_dns,
+        check_me_ingress,
+        check_me_service,
+        check_neighbourhood,
+        check_interval,
+        check_timeout,
+        reuse_connections,
+        histogram_buckets,
+        victoriametrics_histogram: _,
+        server_tls,
+        shutdown_duration,
+        extra_checks,
+        expose_metadata: _,
+        kubernetes_service_host,
+        kubernetes_service_port,
+        kubernetes_service_dns,
+        service_account_dir,
+        pod_name,
+        node_name,
+        bind_address,
+        http_port,
+        https_port,
+        aggregator,
+    } = config;
     tls::install_crypto_provider();
-    let config = Arc::new(config);
-    let client_tls =
-        tls::client_config(config.insecure, &config.service_account_dir.join("ca.crt"), config.extra_ca.as_deref())?;
-    let server_tls = match (&config.use_tls, &config.cert_file, &config.cert_key) {
-        (true, Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(cert, key)?)),
-        _ => None,
-    };
-    let metrics = Arc::new(Metrics::new(&config.histogram_buckets)?);
-    let http_listener = bind(&config, config.http_port).await?;
-    let https_listener = match server_tls {
-        Some(_) => Some(bind(&config, config.https_port).await?),
+    let client_tls = tls::client_config(insecure, &service_account_dir.join("ca.crt"), &extra_ca)?;
+    let metrics = Arc::new(Metrics::new(&histogram_buckets)?);
+    let http_listener = bind(bind_address, http_port).await?;
+    let https = match server_tls.clone() {
+        Some(tls) => Some((bind(bind_address, https_port).await?, tokio_rustls::TlsAcceptor::from(tls))),
         None => None,
     };
 
-    let discovery = if config.check_neighbourhood {
+    let discovery = if check_neighbourhood {
         let mut kube_config = match kube_config {
             Some(c) => c,
             None => kube::Config::infer().await.map_err(|e| AgentError::KubeConfig(e.to_string()))?,
@@ -112,7 +140,17 @@ pub async fn run(
         // the watchers back off by themselves.
         kube_config.default_retry = false;
         let client = kube::Client::try_from(kube_config).map_err(|e| AgentError::KubeConfig(e.to_string()))?;
-        Some(Discovery::spawn(client, &config))
+        Some(Discovery::spawn(
+            client,
+            DiscoverySettings {
+                namespace,
+                neighbour_filter,
+                neighbour_limit,
+                allow_unschedulable,
+                pod_name: pod_name.clone(),
+                node_name: node_name.clone(),
+            },
+        ))
     } else {
         None
     };
@@ -123,43 +161,46 @@ pub async fn run(
         last_round: Default::default(),
         shutting_down: Default::default(),
         discovery: discovery.clone(),
-        hostname: config.pod_name.clone(),
+        hostname: pod_name.clone(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let router = server::router(state.clone());
     let mut servers =
         vec![tokio::spawn(server::serve(http_listener, router.clone(), None, stop_rx.clone(), DRAIN_TIMEOUT))];
-    if let (Some(listener), Some(acceptor)) = (https_listener, server_tls) {
+    if let Some((listener, acceptor)) = https {
         servers.push(tokio::spawn(server::serve(listener, router, Some(acceptor), stop_rx.clone(), DRAIN_TIMEOUT)));
     }
-    info!(pod = %config.pod_name, http_port = config.http_port, tls = config.use_tls, "kubenurse agent started");
+    info!(pod = %pod_name, http_port, tls = server_tls.is_some(), "kubenurse agent started");
 
-    let uplink = match &config.aggregator_url {
-        Some(url) => {
+    let uplink = match aggregator {
+        Some(target) => {
             let (dropped, connected) = metrics.register_aggregator()?;
-            let uris = url
-                .split(',')
-                .map(|u| u.trim().parse::<http::Uri>())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| AgentError::AggregatorUrl(e.to_string()))?;
-            let ca = match &config.aggregator_ca {
-                Some(path) => Some(std::fs::read(path).map_err(|e| {
-                    AgentError::AggregatorUrl(format!("KUBENURSE_AGGREGATOR_CA {}: {e}", path.display()))
-                })?),
-                None => None,
-            };
-            Some(uplink::Uplink::start(uris, ca, dropped, connected))
+            let identity = HelloIdentity { node_name, pod_name: pod_name.clone(), check_interval, neighbour_limit };
+            Some(Uplink::start(target, identity, dropped, connected))
         }
         None => None,
     };
-    let probe = ProbeClient::new(client_tls, config.reuse_connections).with_source(config.bind_address);
-    let checker = Arc::new(Checker::new(config.clone(), probe, metrics.clone()));
-    let rounds = tokio::spawn(round_loop(checker, state.clone(), discovery, config.clone(), uplink.clone(), stop_rx));
+    let (path_scheme, path_port) = if server_tls.is_some() { ("https", https_port) } else { ("http", http_port) };
+    let api_server_dns = check_api_server_dns.then_some(kubernetes_service_dns);
+    let plan = Plan::new(PlanSettings {
+        api_server_direct: kubernetes_service_host.filter(|_| check_api_server_direct),
+        api_server_dns,
+        api_server_port: kubernetes_service_port,
+        me_ingress: ingress_url.filter(|_| check_me_ingress),
+        me_service: service_url.filter(|_| check_me_service),
+        extra: extra_checks,
+        path_scheme,
+        path_port,
+    });
+    let probe = ProbeClient::new(client_tls, reuse_connections).with_source(bind_address);
+    let token_path = service_account_dir.join("token");
+    let checker = Arc::new(Checker::new(plan, probe, metrics.clone(), pod_name, token_path, check_timeout));
+    let rounds = tokio::spawn(round_loop(checker, state.clone(), discovery, check_interval, uplink.clone(), stop_rx));
 
     shutdown.await;
-    info!(wait = ?config.shutdown_duration, "shutting down: /ready now answers 503");
+    info!(wait = ?shutdown_duration, "shutting down: /ready now answers 503");
     state.shutting_down.store(true, Ordering::SeqCst);
-    tokio::time::sleep(config.shutdown_duration).await;
+    tokio::time::sleep(shutdown_duration).await;
     let _ = stop_tx.send(true);
     for s in servers {
         if let Err(e) = s.await {
@@ -180,32 +221,15 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-fn hello(config: &Config, discovery: Option<&Discovery>, targets: Vec<String>) -> Option<Hello> {
-    let node = config.node_name.clone().or_else(|| discovery.and_then(Discovery::own_node))?;
-    let (pod_ip, host_ip) = discovery.map(Discovery::own_addresses).unwrap_or_default();
-    Some(Hello {
-        protocol: kubenurse_proto::PROTOCOL_REVISION,
-        node,
-        pod: config.pod_name.clone(),
-        pod_ip,
-        host_ip,
-        zone: discovery.map(Discovery::own_zone).unwrap_or_default(),
-        agent_version: env!("CARGO_PKG_VERSION").into(),
-        interval_micros: config.check_interval.as_micros() as u64,
-        neighbour_limit: u32::try_from(config.neighbour_limit).unwrap_or(u32::MAX),
-        targets,
-    })
-}
-
 async fn round_loop(
     checker: Arc<Checker>,
     state: Arc<AgentState>,
     discovery: Option<Discovery>,
-    config: Arc<Config>,
-    uplink: Option<Arc<uplink::Uplink>>,
+    interval: Duration,
+    uplink: Option<Arc<Uplink>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut ticker = tokio::time::interval(config.check_interval);
+    let mut ticker = tokio::time::interval(interval);
     let mut round_no: u64 = 0;
     // A slow round delays the next one; rounds never overlap.
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -218,12 +242,7 @@ async fn round_loop(
         let known = view.as_ref().is_none_or(|v| v.known);
         round_no += 1;
         if let Some(up) = &uplink {
-            let targets =
-                view.as_ref().map(|v| v.neighbours.iter().map(|n| n.node_name.clone()).collect()).unwrap_or_default();
-            match hello(&config, discovery.as_ref(), targets) {
-                Some(h) => up.set_hello(h),
-                None => warn!("own node name not known yet: not streaming to the aggregator"),
-            }
+            up.update_hello(discovery.as_ref(), view.as_ref());
         }
         let up = uplink.clone();
         let on_done = Arc::new(move |o: &checks::CheckOutcome| {

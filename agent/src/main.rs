@@ -42,9 +42,7 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("kubenurse-agent: {e}");
             match e {
-                kubenurse_agent::AgentError::Tls(_)
-                | kubenurse_agent::AgentError::KubeConfig(_)
-                | kubenurse_agent::AgentError::AggregatorUrl(_) => ExitCode::from(2),
+                kubenurse_agent::AgentError::Tls(_) | kubenurse_agent::AgentError::KubeConfig(_) => ExitCode::from(2),
                 _ => ExitCode::FAILURE,
             }
         }

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, State};
@@ -20,39 +20,10 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
-use crate::checks::{RoundResult, ORIGIN_HEADER};
+use crate::checks::ORIGIN_HEADER;
 use crate::discovery::Discovery;
-use crate::incoming::IncomingChecks;
-use crate::metrics::Metrics;
+use crate::state::AgentState;
 use crate::stopped;
-
-/// What the endpoints read; written by the round loop and the shutdown sequence.
-pub struct AgentState {
-    /// The agent's metrics.
-    pub metrics: Arc<Metrics>,
-    /// Origins that checked us.
-    pub incoming: IncomingChecks,
-    /// The last complete round; `None` until the first one ends.
-    pub last_round: RwLock<Option<Arc<RoundResult>>>,
-    /// Set on SIGTERM: `/ready` answers 503 from then on.
-    pub shutting_down: AtomicBool,
-    /// Discovery, when the neighbourhood check is on (for the own node's schedulability).
-    pub discovery: Option<Discovery>,
-    /// Shown in `/alive` as `hostname`.
-    pub hostname: String,
-}
-
-impl AgentState {
-    /// The last complete round.
-    pub fn last_round(&self) -> Option<Arc<RoundResult>> {
-        self.last_round.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Publishes a complete round.
-    pub fn publish(&self, round: RoundResult) {
-        *self.last_round.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(round));
-    }
-}
 
 /// The router of both listeners.
 pub fn router(state: Arc<AgentState>) -> Router {

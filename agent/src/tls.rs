@@ -37,23 +37,28 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn read_certs(variable: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let err = |reason: String| TlsError::File { variable, path: path.display().to_string(), reason };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| err(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(e.to_string()))?;
+/// The certificates of a PEM document; none at all is an error.
+pub fn certs_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs =
+        CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>().map_err(|e| format!("bad PEM: {e}"))?;
     if certs.is_empty() {
-        return Err(err("no PEM certificate in file".into()));
+        return Err("no PEM certificate in file".into());
     }
     Ok(certs)
 }
 
-/// Client TLS for the checks. `sa_ca` is optional (absent outside a pod); `extra_ca` must load.
+fn read_certs(variable: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let err = |reason: String| TlsError::File { variable, path: path.display().to_string(), reason };
+    let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    certs_from_pem(&pem).map_err(err)
+}
+
+/// Client TLS for the checks: system roots, the service-account `ca.crt` when present (absent
+/// outside a pod) and the `KUBENURSE_EXTRA_CA` certificates; nothing with `insecure`.
 pub fn client_config(
     insecure: bool,
     sa_ca: &Path,
-    extra_ca: Option<&Path>,
+    extra_ca: &[CertificateDer<'static>],
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let mut config = if insecure {
@@ -70,10 +75,8 @@ pub fn client_config(
                 roots.add(cert).map_err(TlsError::Rustls)?;
             }
         }
-        if let Some(extra) = extra_ca {
-            for cert in read_certs("KUBENURSE_EXTRA_CA", extra)? {
-                roots.add(cert).map_err(TlsError::Rustls)?;
-            }
+        for cert in extra_ca {
+            roots.add(cert.clone()).map_err(TlsError::Rustls)?;
         }
         builder.with_root_certificates(roots).with_no_client_auth()
     };
@@ -81,18 +84,16 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
-/// Server TLS for the HTTPS listener, from `KUBENURSE_CERT_FILE` and `KUBENURSE_CERT_KEY`.
-pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let certs = read_certs("KUBENURSE_CERT_FILE", cert_file)?;
-    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| TlsError::File {
-        variable: "KUBENURSE_CERT_KEY",
-        path: key_file.display().to_string(),
-        reason: e.to_string(),
-    })?;
+/// Server TLS for the HTTPS listener: a certificate chain and its PEM private key; the error
+/// says why they cannot serve (bad PEM, key not matching the certificate).
+pub fn server_config(chain: Vec<CertificateDer<'static>>, key_pem: &[u8]) -> Result<Arc<rustls::ServerConfig>, String> {
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("no usable PEM private key: {e}"))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("certificate and key do not make a TLS identity: {e}"))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -21,6 +21,8 @@ use tonic::transport::{Certificate, ClientTlsConfig};
 use tracing::{debug, info, warn};
 
 use crate::checks::CheckOutcome;
+use crate::config::AggregatorConfig;
+use crate::discovery::{Discovery, NeighbourhoodView};
 
 /// Entries one replica's queue holds before dropping the oldest.
 pub const QUEUE_CAPACITY: usize = 20_000;
@@ -46,10 +48,44 @@ struct Queue {
 /// One aggregator replica: its queue and the task streaming it.
 type Replica = (Arc<Queue>, tokio::task::JoinHandle<()>);
 
+/// Who the agent is, for its hello (node, zone and addresses come from discovery).
+#[derive(Debug, Clone)]
+pub struct HelloIdentity {
+    /// `KUBENURSE_NODE_NAME`, else learnt from the own pod.
+    pub node_name: Option<String>,
+    /// The own pod.
+    pub pod_name: String,
+    /// `KUBENURSE_CHECK_INTERVAL`.
+    pub check_interval: Duration,
+    /// `KUBENURSE_NEIGHBOUR_LIMIT`.
+    pub neighbour_limit: usize,
+}
+
+impl HelloIdentity {
+    /// The hello for the current neighbourhood; `None` while the own node is unknown.
+    pub fn hello(&self, discovery: Option<&Discovery>, view: Option<&NeighbourhoodView>) -> Option<Hello> {
+        let node = self.node_name.clone().or_else(|| discovery.and_then(Discovery::own_node))?;
+        let (pod_ip, host_ip) = discovery.map(Discovery::own_addresses).unwrap_or_default();
+        Some(Hello {
+            protocol: kubenurse_proto::PROTOCOL_REVISION,
+            node,
+            pod: self.pod_name.clone(),
+            pod_ip,
+            host_ip,
+            zone: discovery.map(Discovery::own_zone).unwrap_or_default(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            interval_micros: u64::try_from(self.check_interval.as_micros()).unwrap_or(u64::MAX),
+            neighbour_limit: u32::try_from(self.neighbour_limit).unwrap_or(u32::MAX),
+            targets: view.map(|v| v.neighbours.iter().map(|n| n.node_name.clone()).collect()).unwrap_or_default(),
+        })
+    }
+}
+
 /// The agent's side of the stream.
 pub struct Uplink {
     queues: Mutex<HashMap<SocketAddr, Replica>>,
     resolver: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    identity: HelloIdentity,
     hello: watch::Sender<Option<Hello>>,
     dropped: IntCounter,
     connected: IntGauge,
@@ -100,10 +136,17 @@ impl Uplink {
     /// resolve to several replicas, as a headless Service does).
     ///
     /// `https://` URLs use TLS, trusting `ca_pem` and checking the URL's host name.
-    pub fn start(urls: Vec<http::Uri>, ca_pem: Option<Vec<u8>>, dropped: IntCounter, connected: IntGauge) -> Arc<Self> {
+    pub fn start(
+        target: AggregatorConfig,
+        identity: HelloIdentity,
+        dropped: IntCounter,
+        connected: IntGauge,
+    ) -> Arc<Self> {
+        let AggregatorConfig { urls, ca_pem } = target;
         let uplink = Arc::new(Self {
             queues: Mutex::new(HashMap::new()),
             resolver: Mutex::new(None),
+            identity,
             hello: watch::channel(None).0,
             dropped,
             connected,
@@ -178,6 +221,14 @@ impl Uplink {
                 let task = tokio::spawn(stream_forever(addr, tls, queue.clone(), hello, connected));
                 (queue, task)
             });
+        }
+    }
+
+    /// Works out the hello for this round's neighbourhood and sends it again if it changed.
+    pub fn update_hello(&self, discovery: Option<&Discovery>, view: Option<&NeighbourhoodView>) {
+        match self.identity.hello(discovery, view) {
+            Some(h) => self.set_hello(h),
+            None => warn!("own node name not known yet: not streaming to the aggregator"),
         }
     }
 

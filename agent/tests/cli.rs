@@ -4,8 +4,8 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kubenurse_agent::config::VARIABLES;
-use kubenurse_tests::cluster::http_get;
+use kubenurse_agent::config::vars::ALL;
+use kubenurse_testkit::http::http_get;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kubenurse-agent");
 
@@ -73,7 +73,7 @@ fn help_lists_every_variable_with_its_default() {
     let out = Command::new(BIN).arg("--help").output().expect("agent binary runs");
     assert_eq!(out.status.code(), Some(0));
     let help = String::from_utf8_lossy(&out.stdout);
-    for (name, default, _) in VARIABLES {
+    for (name, default) in ALL.iter().map(|v| (v.name, v.default_text())) {
         let line = help.lines().find(|l| l.trim_start().starts_with(name)).unwrap_or_default();
         assert!(!line.is_empty(), "{name} missing from --help");
         if !default.is_empty() {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use kubenurse_proto::v1::nurse_client::NurseClient;
 use kubenurse_proto::v1::{agent_message, AgentMessage, CheckResult, Hello, Outcome, ResultBatch, RoundEnd};
-use kubenurse_tests::cluster::http_get;
+use kubenurse_testkit::http::http_get;
 use tokio::sync::mpsc;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kubenurse-aggregator");

@@ -1,12 +1,64 @@
-//! Aggregator configuration: flags with environment fallbacks (clap); every value validated at
-//! start, errors name the flag and the variable, exit code 2.
+//! Aggregator configuration: clap flags with environment fallbacks, typed by their value
+//! parsers, defaults taken from [`Settings::default`] (the one home of every tunable's default,
+//! which tests and the lab use too). Every bad value exits 2 naming the flag and the variable.
 
+use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use kubenurse_common::duration::parse_go_duration;
 
 use crate::state::Settings;
+
+/// Shortest window accepted: the window holds ten slots of at least a second.
+pub const MIN_WINDOW: Duration = Duration::from_secs(10);
+
+/// A positive Go duration (`5m`, `250ms`), shown the same way in `--help`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GoDuration(pub Duration);
+
+impl GoDuration {
+    /// From microseconds (the state's unit).
+    pub fn from_micros(micros: i64) -> Self {
+        Self(Duration::from_micros(u64::try_from(micros).unwrap_or(0)))
+    }
+
+    /// In microseconds (the state's unit).
+    pub fn micros(self) -> i64 {
+        i64::try_from(self.0.as_micros()).unwrap_or(i64::MAX)
+    }
+}
+
+impl FromStr for GoDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match parse_go_duration(s) {
+            Ok(d) if d.is_zero() => Err("must be greater than zero".into()),
+            Ok(d) => Ok(Self(d)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for GoDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let us = self.0.as_micros();
+        for (unit, size) in [("h", 3_600_000_000u128), ("m", 60_000_000), ("s", 1_000_000), ("ms", 1_000)] {
+            if us >= size && us % size == 0 {
+                return write!(f, "{}{unit}", us / size);
+            }
+        }
+        write!(f, "{us}us")
+    }
+}
+
+fn parse_hysteresis(s: &str) -> Result<u32, String> {
+    s.parse::<u32>().ok().filter(|h| (1..=100).contains(h)).ok_or_else(|| "expected 1-100".into())
+}
 
 /// Command line (each flag also reads its environment variable).
 #[derive(Debug, Parser)]
@@ -18,38 +70,78 @@ use crate::state::Settings;
 pub struct Args {
     /// gRPC listen address.
     #[arg(long, env = "KUBENURSE_AGGREGATOR_GRPC_ADDRESS", default_value = "0.0.0.0:50051")]
-    pub grpc_address: String,
+    pub grpc_address: SocketAddr,
     /// HTTP listen address (API, /alive, /metrics).
     #[arg(long, env = "KUBENURSE_AGGREGATOR_HTTP_ADDRESS", default_value = "0.0.0.0:8080")]
-    pub http_address: String,
-    /// Sliding window of the matrix (Go duration).
-    #[arg(long, env = "KUBENURSE_AGGREGATOR_WINDOW", default_value = "5m")]
-    pub window: String,
+    pub http_address: SocketAddr,
+    /// Sliding window of the matrix (Go duration, at least 10s).
+    #[arg(long, env = "KUBENURSE_AGGREGATOR_WINDOW", default_value_t = GoDuration::from_micros(Settings::default().window_micros))]
+    pub window: GoDuration,
     /// Consecutive failing rounds before a cell or node turns failing (and good ones to recover).
-    #[arg(long, env = "KUBENURSE_AGGREGATOR_HYSTERESIS", default_value = "2")]
-    pub hysteresis: String,
-    /// How long a disconnected agent's node stays before it is marked gone (Go duration).
-    #[arg(long, env = "KUBENURSE_AGGREGATOR_GONE_AFTER", default_value = "1m")]
-    pub gone_after: String,
+    #[arg(long, env = "KUBENURSE_AGGREGATOR_HYSTERESIS", default_value_t = Settings::default().hysteresis, value_parser = parse_hysteresis)]
+    pub hysteresis: u32,
+    /// How long a disconnected agent's node stays before it is marked gone (Go duration); it is
+    /// forgotten after ten times as long.
+    #[arg(long, env = "KUBENURSE_AGGREGATOR_GONE_AFTER", default_value_t = GoDuration::from_micros(Settings::default().gone_after_micros))]
+    pub gone_after: GoDuration,
     /// Latency below which no cell is ever slow, however the cluster median looks (Go duration).
-    #[arg(long, env = "KUBENURSE_AGGREGATOR_SLOW_FLOOR", default_value = "20ms")]
-    pub slow_floor: String,
+    #[arg(long, env = "KUBENURSE_AGGREGATOR_SLOW_FLOOR", default_value_t = GoDuration::from_micros(Settings::default().slow_floor_micros as i64))]
+    pub slow_floor: GoDuration,
     /// PEM certificate chain for TLS on the gRPC port (with --tls-key; without both: plaintext).
     #[arg(long, env = "KUBENURSE_AGGREGATOR_TLS_CERT")]
-    pub tls_cert: Option<String>,
+    pub tls_cert: Option<PathBuf>,
     /// PEM private key for TLS on the gRPC port.
     #[arg(long, env = "KUBENURSE_AGGREGATOR_TLS_KEY")]
-    pub tls_key: Option<String>,
+    pub tls_key: Option<PathBuf>,
 }
 
-/// A value that cannot be used.
+/// A value that cannot be used, naming the flag and its variable.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid {flag} / {env} = {value:?}: {reason}")]
 pub struct ConfigError {
-    flag: &'static str,
-    env: &'static str,
+    flag: String,
+    env: String,
     value: String,
     reason: String,
+}
+
+impl ConfigError {
+    /// An error about the argument with clap id `id` (its field name).
+    fn new(id: &str, value: impl fmt::Display, reason: impl Into<String>) -> Self {
+        let (flag, env) = names(id);
+        Self { flag, env, value: value.to_string(), reason: reason.into() }
+    }
+}
+
+/// The `--flag` and variable of argument `id`, from the one declaration in [`Args`].
+pub fn names(id: &str) -> (String, String) {
+    let command = Args::command();
+    let arg = command.get_arguments().find(|a| a.get_id() == id);
+    let flag = arg.and_then(|a| a.get_long()).map_or_else(|| id.to_string(), |l| format!("--{l}"));
+    let env = arg.and_then(|a| a.get_env()).map_or_else(String::new, |e| e.to_string_lossy().into_owned());
+    (flag, env)
+}
+
+/// Parses the command line and environment; on a bad value, the message names the flag and
+/// its variable (clap alone names only the flag). `Err` carries the exit code and the text.
+pub fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Args, (i32, String)> {
+    Args::try_parse_from(args).map_err(|e| {
+        let code = e.exit_code();
+        let mut text = e.render().to_string();
+        if let Some(clap::error::ContextValue::String(arg)) = e.get(clap::error::ContextKind::InvalidArg) {
+            let long = arg.trim_start_matches('-').split([' ', '=']).next().unwrap_or_default().to_string();
+            let command = Args::command();
+            let env = command
+                .get_arguments()
+                .find(|a| a.get_long() == Some(long.as_str()))
+                .and_then(|a| a.get_env())
+                .map(|e| e.to_string_lossy().into_owned());
+            if let Some(env) = env {
+                text.push_str(&format!("(--{long} can also be set as {env})\n"));
+            }
+        }
+        (code, text)
+    })
 }
 
 /// The validated configuration.
@@ -65,79 +157,100 @@ pub struct Config {
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
 }
 
+fn read_pem(id: &str, path: &PathBuf, marker: &str, what: &str) -> Result<Vec<u8>, ConfigError> {
+    let pem = std::fs::read(path).map_err(|e| ConfigError::new(id, path.display(), e.to_string()))?;
+    if !String::from_utf8_lossy(&pem).contains(marker) {
+        return Err(ConfigError::new(id, path.display(), format!("no PEM {what} in file")));
+    }
+    Ok(pem)
+}
+
 impl Config {
-    /// Validates parsed flags.
-    pub fn from_args(a: &Args) -> Result<Self, ConfigError> {
-        let err = |flag, env, value: &str, reason: String| ConfigError { flag, env, value: value.to_string(), reason };
-        let addr = |flag, env, v: &str| v.parse::<SocketAddr>().map_err(|e| err(flag, env, v, e.to_string()));
-        let dur = |flag, env, v: &str| match parse_go_duration(v) {
-            Ok(d) if !d.is_zero() => Ok(d.as_micros() as i64),
-            Ok(_) => Err(err(flag, env, v, "must be greater than zero".into())),
-            Err(e) => Err(err(flag, env, v, e.to_string())),
-        };
-        let window = dur("--window", "KUBENURSE_AGGREGATOR_WINDOW", &a.window)?;
-        if window < 10_000_000 {
-            return Err(err("--window", "KUBENURSE_AGGREGATOR_WINDOW", &a.window, "must be at least 10s".into()));
+    /// Checks what the value parsers cannot (ranges across flags, files) and builds the config.
+    pub fn from_args(args: Args) -> Result<Self, ConfigError> {
+        let Args { grpc_address, http_address, window, hysteresis, gone_after, slow_floor, tls_cert, tls_key } = args;
+        if window.0 < MIN_WINDOW {
+            return Err(ConfigError::new("window", window, format!("must be at least {}", GoDuration(MIN_WINDOW))));
         }
-        let hysteresis: u32 = a.hysteresis.parse().ok().filter(|h| (1..=100).contains(h)).ok_or_else(|| {
-            err("--hysteresis", "KUBENURSE_AGGREGATOR_HYSTERESIS", &a.hysteresis, "expected 1-100".into())
-        })?;
-        let gone = dur("--gone-after", "KUBENURSE_AGGREGATOR_GONE_AFTER", &a.gone_after)?;
-        let floor = dur("--slow-floor", "KUBENURSE_AGGREGATOR_SLOW_FLOOR", &a.slow_floor)?;
-        let read = |flag, env, path: &str| std::fs::read(path).map_err(|e| err(flag, env, path, e.to_string()));
-        let tls =
-            match (a.tls_cert.as_deref().filter(|v| !v.is_empty()), a.tls_key.as_deref().filter(|v| !v.is_empty())) {
-                (None, None) => None,
-                (Some(cert), Some(key)) => {
-                    let cert_pem = read("--tls-cert", "KUBENURSE_AGGREGATOR_TLS_CERT", cert)?;
-                    let key_pem = read("--tls-key", "KUBENURSE_AGGREGATOR_TLS_KEY", key)?;
-                    if !String::from_utf8_lossy(&cert_pem).contains("BEGIN CERTIFICATE") {
-                        return Err(err(
-                            "--tls-cert",
-                            "KUBENURSE_AGGREGATOR_TLS_CERT",
-                            cert,
-                            "no PEM certificate in file".into(),
-                        ));
-                    }
-                    if !String::from_utf8_lossy(&key_pem).contains("PRIVATE KEY") {
-                        return Err(err(
-                            "--tls-key",
-                            "KUBENURSE_AGGREGATOR_TLS_KEY",
-                            key,
-                            "no PEM private key in file".into(),
-                        ));
-                    }
-                    Some((cert_pem, key_pem))
-                }
-                (Some(cert), None) => {
-                    return Err(err(
-                        "--tls-key",
-                        "KUBENURSE_AGGREGATOR_TLS_KEY",
-                        "",
-                        format!("required with --tls-cert {cert}"),
-                    ))
-                }
-                (None, Some(key)) => {
-                    return Err(err(
-                        "--tls-cert",
-                        "KUBENURSE_AGGREGATOR_TLS_CERT",
-                        "",
-                        format!("required with --tls-key {key}"),
-                    ))
-                }
-            };
+        let tls = match (tls_cert, tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some((
+                read_pem("tls_cert", &cert, "BEGIN CERTIFICATE", "certificate")?,
+                read_pem("tls_key", &key, "PRIVATE KEY", "private key")?,
+            )),
+            (Some(cert), None) => {
+                return Err(ConfigError::new("tls_key", "", format!("required with --tls-cert {}", cert.display())))
+            }
+            (None, Some(key)) => {
+                return Err(ConfigError::new("tls_cert", "", format!("required with --tls-key {}", key.display())))
+            }
+        };
         Ok(Self {
+            grpc_address,
+            http_address,
             tls,
-            grpc_address: addr("--grpc-address", "KUBENURSE_AGGREGATOR_GRPC_ADDRESS", &a.grpc_address)?,
-            http_address: addr("--http-address", "KUBENURSE_AGGREGATOR_HTTP_ADDRESS", &a.http_address)?,
             settings: Settings {
-                window_micros: window,
+                window_micros: window.micros(),
                 hysteresis,
-                gone_after_micros: gone,
-                drop_after_micros: gone.saturating_mul(10),
-                slow_floor_micros: floor as u64,
+                gone_after_micros: gone_after.micros(),
+                slow_floor_micros: u64::try_from(slow_floor.micros()).unwrap_or(u64::MAX),
                 ..Settings::default()
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_settings_defaults() {
+        let args = Args::try_parse_from(["kubenurse-aggregator"]).unwrap();
+        let config = Config::from_args(args).unwrap();
+        let d = Settings::default();
+        let s = &config.settings;
+        assert_eq!(
+            (s.window_micros, s.hysteresis, s.gone_after_micros, s.slow_floor_micros),
+            (d.window_micros, d.hysteresis, d.gone_after_micros, d.slow_floor_micros)
+        );
+        assert_eq!(s.drop_after_micros(), 10 * d.gone_after_micros);
+    }
+
+    #[test]
+    fn go_durations_print_as_they_parse() {
+        for text in ["5m", "1m", "20ms", "1h", "90s", "1500us"] {
+            let d: GoDuration = text.parse().unwrap();
+            assert_eq!(d.to_string().parse::<GoDuration>(), Ok(d), "{text}");
+        }
+        assert_eq!(GoDuration(Duration::from_secs(300)).to_string(), "5m");
+        assert!("0s".parse::<GoDuration>().is_err());
+    }
+
+    #[test]
+    fn every_variable_the_source_names_is_declared() {
+        let declared: Vec<String> =
+            Args::command().get_arguments().filter_map(|a| a.get_env()).map(|e| e.to_string_lossy().into()).collect();
+        let mut sources = String::new();
+        for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/src")).unwrap().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "rs") {
+                sources.push_str(&std::fs::read_to_string(entry.path()).unwrap());
+            }
+        }
+        let named: std::collections::BTreeSet<String> = sources
+            .match_indices("KUBENURSE_")
+            .map(|(at, _)| {
+                sources[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                    .collect()
+            })
+            // The bare prefix (in this scan itself) names no variable.
+            .filter(|name: &String| name.trim_end_matches('_') != "KUBENURSE")
+            .collect();
+        assert!(named.len() >= declared.len(), "{named:?}");
+        for name in named {
+            assert!(declared.contains(&name), "{name} is named in aggregator/src but not declared in Args");
+        }
     }
 }

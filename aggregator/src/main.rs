@@ -2,12 +2,22 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use kubenurse_aggregator::config::{Args, Config};
+use kubenurse_aggregator::config::{parse_args, Config};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let config = match Config::from_args(&args) {
+    let args = match parse_args(std::env::args_os()) {
+        Ok(a) => a,
+        Err((code, text)) => {
+            // --help and --version come here too, with code 0 and stdout as their place.
+            if code == 0 {
+                print!("{text}");
+            } else {
+                eprint!("{text}");
+            }
+            return ExitCode::from(u8::try_from(code).unwrap_or(2));
+        }
+    };
+    let config = match Config::from_args(args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("kubenurse-aggregator: {e}");

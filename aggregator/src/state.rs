@@ -21,10 +21,9 @@ pub struct Settings {
     pub hysteresis: u32,
     /// A cell is stale after this many of its source's intervals without a result.
     pub stale_intervals: i64,
-    /// A disconnected agent's node is marked gone after this long, µs.
+    /// A disconnected agent's node is marked gone after this long, µs (and forgotten after
+    /// [`Settings::drop_after_micros`]).
     pub gone_after_micros: i64,
-    /// ...and forgotten after this long (when nobody targets it any more), µs.
-    pub drop_after_micros: i64,
     /// A check is slow above max(factor × cluster median, median + floor).
     pub slow_factor: f64,
     /// Absolute floor of slowness, µs: sub-millisecond jitter never makes a suspect.
@@ -41,7 +40,6 @@ impl Default for Settings {
             hysteresis: 2,
             stale_intervals: 3,
             gone_after_micros: 60_000_000,
-            drop_after_micros: 600_000_000,
             slow_factor: 3.0,
             slow_floor_micros: 20_000,
             tick_micros: 1_000_000,
@@ -49,7 +47,15 @@ impl Default for Settings {
     }
 }
 
+/// A gone node is forgotten after this many times `gone_after` (when nobody targets it).
+pub const DROP_AFTER_GONE_FACTOR: i64 = 10;
+
 impl Settings {
+    /// How long after its last stream closed a node is forgotten (when nobody targets it), µs.
+    pub fn drop_after_micros(&self) -> i64 {
+        self.gone_after_micros.saturating_mul(DROP_AFTER_GONE_FACTOR)
+    }
+
     /// Length of one slot, µs.
     pub fn slot_micros(&self) -> i64 {
         (self.window_micros / self.slots.max(1) as i64).max(1)
@@ -264,7 +270,7 @@ impl ClusterState {
         self.matrix.retain(|_, row| !row.is_empty());
         let targeted: BTreeSet<String> =
             self.nodes.values().filter_map(|n| n.hello.as_ref()).flat_map(|h| h.targets.iter().cloned()).collect();
-        let drop_after = self.settings.drop_after_micros;
+        let drop_after = self.settings.drop_after_micros();
         let dropped: Vec<String> = self
             .nodes
             .iter()
@@ -425,7 +431,7 @@ mod tests {
         // Still targeted by a and b: kept. Once nobody targets it, dropped after the grace.
         s.hello(hello("a", &["b"], 10), 4_000_000, false).unwrap();
         s.hello(hello("b", &["a"], 10), 4_000_000, false).unwrap();
-        s.tick(3_000_000 + s.settings.drop_after_micros + 1);
+        s.tick(3_000_000 + s.settings.drop_after_micros() + 1);
         assert!(!s.nodes.contains_key("c"));
     }
 

@@ -12,8 +12,9 @@ use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::Router;
 use kubenurse_aggregator::state::Settings;
-use kubenurse_tests::cluster::{http_get, ClusterSpec};
-use kubenurse_tests::lab::{FaultSpec, Lab, FAULT_SYNTAX};
+use kubenurse_lab::cluster::ClusterSpec;
+use kubenurse_lab::lab::{FaultSpec, Lab, FAULT_SYNTAX};
+use kubenurse_testkit::http::http_get;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::Mutex;
 

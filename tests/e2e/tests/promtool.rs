@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use kubenurse_tests::cluster::{eventually, http_get, ClusterSpec, LocalCluster, NAMESPACE};
+use kubenurse_lab::cluster::{ClusterSpec, LocalCluster};
+
+use kubenurse_testkit::http::{eventually, http_get};
+
+use kubenurse_testkit::sim::NAMESPACE;
 
 fn promtool_check(text: &str) -> anyhow::Result<(bool, String)> {
     let mut child = Command::new("promtool")

@@ -5,8 +5,10 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use kubenurse_tests::apiserver::Faults;
-use kubenurse_tests::cluster::{eventually, http_get, ring_targets, ClusterSpec, LocalCluster, SimNode, NAMESPACE};
+use kubenurse_lab::cluster::{ClusterSpec, LocalCluster};
+use kubenurse_testkit::apiserver::Faults;
+use kubenurse_testkit::http::{eventually, http_get};
+use kubenurse_testkit::sim::{ring_targets, SimNode, NAMESPACE};
 use serde_json::Value;
 
 fn workdir(name: &str) -> PathBuf {
@@ -247,8 +249,9 @@ async fn slow_api_server_is_a_slow_check_not_a_failure() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv6_pod_ip_and_node_name_from_own_pod() -> anyhow::Result<()> {
-    use kubenurse_tests::apiserver::{kubenurse_pod, node};
-    use kubenurse_tests::cluster::{agent_env, LocalAgent};
+    use kubenurse_lab::cluster::LocalAgent;
+    use kubenurse_testkit::apiserver::{kubenurse_pod, node};
+    use kubenurse_testkit::sim::agent_env;
     // No KUBENURSE_NODE_NAME: each agent finds its node from its own pod.
     let spec = ClusterSpec {
         nodes: 2,

@@ -8,7 +8,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{ListParams, WatchEvent, WatchParams};
 use kube::{Api, Client};
-use kubenurse_tests::apiserver::{kubenurse_pod, node, FakeApiServer, Faults};
+use kubenurse_testkit::apiserver::{kubenurse_pod, node, FakeApiServer, Faults};
 
 fn workdir(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);

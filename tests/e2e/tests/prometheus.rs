@@ -9,9 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use kubenurse_aggregator::state::Settings;
-use kubenurse_tests::cluster::{eventually, http_get, ClusterSpec};
-use kubenurse_tests::lab::Lab;
-use kubenurse_tests::proxy::{Fault, Rule};
+use kubenurse_lab::cluster::ClusterSpec;
+use kubenurse_lab::lab::Lab;
+use kubenurse_testkit::http::{eventually, http_get};
+use kubenurse_testkit::proxy::{Fault, Rule};
 use serde_json::Value;
 
 /// Kills Prometheus however the test ends.
@@ -41,7 +42,7 @@ async fn query(q: &str) -> anyhow::Result<Vec<Value>> {
 }
 
 fn dashboard_queries(file: &str) -> anyhow::Result<Vec<String>> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../grafana").join(file);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../grafana").join(file);
     let d: Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
     let mut out = Vec::new();
     fn walk(v: &Value, out: &mut Vec<String>) {

@@ -7,10 +7,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use kubenurse_aggregator::state::Settings;
-use kubenurse_tests::apiserver::{kubenurse_pod, node, Faults};
-use kubenurse_tests::cluster::{agent_env, eventually, http_get, ClusterSpec, LocalAgent, SimNode, NAMESPACE};
-use kubenurse_tests::lab::Lab;
-use kubenurse_tests::proxy::{Fault, Rule};
+use kubenurse_lab::cluster::{ClusterSpec, LocalAgent};
+use kubenurse_lab::lab::Lab;
+use kubenurse_testkit::apiserver::{kubenurse_pod, node, Faults};
+use kubenurse_testkit::http::{eventually, http_get};
+use kubenurse_testkit::proxy::{Fault, Rule};
+use kubenurse_testkit::sim::{agent_env, SimNode, NAMESPACE};
 use serde_json::Value;
 
 /// One scenario at a time: each runs 12 agents, their proxies and an aggregator, and latency

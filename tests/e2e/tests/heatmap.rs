@@ -9,9 +9,10 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::Router;
 use kubenurse_aggregator::state::Settings;
-use kubenurse_tests::cluster::{eventually, http_get, ClusterSpec};
-use kubenurse_tests::lab::Lab;
-use kubenurse_tests::proxy::{Fault, Rule};
+use kubenurse_lab::cluster::ClusterSpec;
+use kubenurse_lab::lab::Lab;
+use kubenurse_testkit::http::{eventually, http_get};
+use kubenurse_testkit::proxy::{Fault, Rule};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -108,7 +109,7 @@ async fn heatmap_draws_the_lab_and_its_top_suspect() -> anyhow::Result<()> {
     let first_suspect = dom.find("class=\"suspect").map(|i| &dom[i..]).unwrap_or_default();
     assert_eq!(attr(first_suspect, "data-node").as_deref(), Some(victim.as_str()), "top suspect shown");
 
-    let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/heatmap.png");
+    let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/heatmap.png");
     let (_, console) = tokio::task::spawn_blocking({
         let (url, profile, shot) = (url.clone(), dir.join("profile-shot"), shot.clone());
         move || chromium(&url, &[&format!("--screenshot={}", shot.display())], &profile)

@@ -366,12 +366,11 @@ async fn not_found(req: Request) -> Response {
 impl FakeApiServer {
     /// Starts on `127.0.0.1` (random port), writing its CA and a kubeconfig into `dir`.
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
-        kubenurse_agent::tls::install_crypto_provider();
         let ca = TestCa::new("fake-kube-ca")?;
         let leaf = ca.leaf(&["localhost", "127.0.0.1", "kubernetes.default.svc.cluster.local"])?;
-        let cert = write_file(dir, "apiserver.crt", &leaf.cert_pem)?;
-        let key = write_file(dir, "apiserver.key", &leaf.key_pem)?;
-        let tls = kubenurse_agent::tls::server_config(&cert, &key)?;
+        write_file(dir, "apiserver.crt", &leaf.cert_pem)?;
+        write_file(dir, "apiserver.key", &leaf.key_pem)?;
+        let tls = crate::serve::tls_config(&leaf.cert_pem, &leaf.key_pem)?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -391,13 +390,7 @@ impl FakeApiServer {
             .layer(middleware::from_fn_with_state(shared.clone(), auth_and_faults))
             .with_state(shared.clone());
         let (stop, stop_rx) = watch::channel(false);
-        tokio::spawn(kubenurse_agent::server::serve(
-            listener,
-            router,
-            Some(tokio_rustls::TlsAcceptor::from(tls)),
-            stop_rx,
-            Duration::from_secs(1),
-        ));
+        tokio::spawn(crate::serve::serve_tls(listener, router, tls, stop_rx));
         let server = Self { addr, shared, ca_pem: ca.cert_pem(), dir: dir.to_path_buf(), stop };
         write_file(dir, "ca.crt", &server.ca_pem)?;
         write_file(dir, "token", TOKEN)?;

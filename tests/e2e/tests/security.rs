@@ -9,8 +9,9 @@ use std::time::Duration;
 use axum::http::HeaderMap;
 use axum::routing::get;
 use axum::Router;
-use kubenurse_tests::cluster::{eventually, http_get, ClusterSpec, LocalCluster};
-use kubenurse_tests::pki::{write_file, TestCa};
+use kubenurse_lab::cluster::{ClusterSpec, LocalCluster};
+use kubenurse_testkit::http::{eventually, http_get};
+use kubenurse_testkit::pki::{write_file, TestCa};
 use serde_json::Value;
 
 fn workdir(name: &str) -> PathBuf {

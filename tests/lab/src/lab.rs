@@ -8,9 +8,10 @@ use std::time::Duration;
 use kubenurse_aggregator::state::Settings;
 
 use crate::aggregator::LocalAggregator;
-use crate::apiserver::Faults;
-use crate::cluster::{ClusterSpec, LocalCluster, NAMESPACE};
-use crate::proxy::{Fault, Rule};
+use crate::cluster::{ClusterSpec, LocalCluster};
+use kubenurse_testkit::apiserver::Faults;
+use kubenurse_testkit::proxy::{Fault, Rule};
+use kubenurse_testkit::sim::NAMESPACE;
 
 /// A fault to inject, as typed on the lab's command line, its stdin or its control endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]

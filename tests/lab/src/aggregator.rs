@@ -9,7 +9,7 @@ use kubenurse_aggregator::AggregatorError;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::cluster::{eventually, http_get};
+use kubenurse_testkit::http::{eventually, http_get};
 
 /// A running aggregator.
 pub struct LocalAggregator {

@@ -7,8 +7,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use kubenurse_aggregator::state::Settings;
-use kubenurse_tests::aggregator::LocalAggregator;
-use kubenurse_tests::cluster::{eventually, http_get, ring_targets, ClusterSpec, LocalCluster, SimNode};
+use kubenurse_lab::aggregator::LocalAggregator;
+use kubenurse_lab::cluster::{ClusterSpec, LocalCluster};
+use kubenurse_testkit::http::{eventually, http_get};
+use kubenurse_testkit::sim::{ring_targets, SimNode};
 use serde_json::Value;
 
 const LIMIT: usize = 3;
@@ -193,7 +195,7 @@ async fn every_replica_gets_every_stream() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_over_tls_verifies_the_aggregator() -> anyhow::Result<()> {
-    use kubenurse_tests::pki::{write_file, TestCa};
+    use kubenurse_testkit::pki::{write_file, TestCa};
     let dir = workdir("aggregator-tls");
     let ca = TestCa::new("aggregator-ca")?;
     let leaf = ca.leaf(&["127.0.0.1", "localhost"])?;
