@@ -82,7 +82,7 @@ async fn matrix(State(api): State<ApiState>, Query(q): Query<HashMap<String, Str
             let kept = s.settings.window_micros;
             match window {
                 Some(w) if w > kept => Err(format!("window exceeds the kept {}s", kept / 1_000_000)),
-                w => Ok(crate::matrix_json::matrix_bytes(s, now, w.unwrap_or(kept), stat)),
+                w => Ok(crate::views::matrix_bytes(s, now, w.unwrap_or(kept), stat)),
             }
         })
         .await;

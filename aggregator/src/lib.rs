@@ -5,7 +5,6 @@ pub mod api;
 pub mod cell;
 pub mod config;
 pub mod ingest;
-pub mod matrix_json;
 pub mod metrics;
 pub mod owner;
 pub mod sketch;

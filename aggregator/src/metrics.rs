@@ -79,12 +79,15 @@ impl AggregatorMetrics {
         self.error_ratio.reset();
         for c in matrix_cells(state, now, state.settings.window_micros, Stat::P99) {
             // Only what agents check now: no series lingers for departed nodes or old targets.
-            let targeted =
-                state.nodes.get(&c.src).and_then(|n| n.hello.as_ref()).is_some_and(|h| h.targets.contains(&c.dst));
+            let targeted = state
+                .nodes
+                .get(c.src)
+                .and_then(|n| n.hello.as_ref())
+                .is_some_and(|h| h.targets.iter().any(|t| t == c.dst));
             if !targeted || c.stale {
                 continue;
             }
-            let labels = [c.src.as_str(), c.dst.as_str()];
+            let labels = [c.src, c.dst];
             if let Some(v) = c.p50_ms {
                 self.p50.with_label_values(&labels).set(v / 1000.0);
             }

@@ -44,13 +44,14 @@ impl Stat {
     }
 }
 
-/// One matrix cell as JSON.
+/// One matrix cell over a window, borrowed from the state: computed once per cell, written by
+/// `matrix_json` (the `/api/v1/matrix` document) and read by the per-cell gauges.
 #[derive(Debug, Clone, Serialize)]
-pub struct CellJson {
+pub struct CellView<'a> {
     /// Source node.
-    pub src: String,
+    pub src: &'a str,
     /// Destination node.
-    pub dst: String,
+    pub dst: &'a str,
     /// Results in the window.
     pub count: u64,
     /// Failures in the window.
@@ -66,9 +67,9 @@ pub struct CellJson {
     /// Last result's latency, ms.
     pub last_ms: f64,
     /// Last failure text.
-    pub last_error: Option<String>,
-    /// Last result, RFC 3339.
-    pub last_seen: String,
+    pub last_error: Option<&'a str>,
+    /// Last result.
+    pub last_seen: Rfc3339,
     /// No result for 3 × interval.
     pub stale: bool,
     /// Failing per hysteresis.
@@ -79,19 +80,41 @@ pub struct CellJson {
     pub value: Option<f64>,
 }
 
-fn ms(micros: f64) -> f64 {
+/// µs → ms, rounded to µs precision: every latency the API shows.
+pub fn ms(micros: f64) -> f64 {
     (micros / 1000.0 * 1000.0).round() / 1000.0
 }
 
 /// Formats unix µs as RFC 3339 (UTC).
 pub fn rfc3339(micros: i64) -> String {
-    let mut buf = Vec::with_capacity(27);
-    rfc3339_into(&mut buf, micros);
-    String::from_utf8(buf).unwrap_or_default()
+    Rfc3339(micros).to_string()
 }
 
-/// Writes unix µs as RFC 3339 (UTC) into `buf` (digit by digit: this runs once per cell).
-pub fn rfc3339_into(buf: &mut Vec<u8>, micros: i64) {
+/// Unix µs shown as RFC 3339 (UTC), written without allocating (this runs once per cell).
+#[derive(Debug, Clone, Copy)]
+pub struct Rfc3339(pub i64);
+
+impl std::fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut out = [0u8; 27];
+        let mut len = 0;
+        rfc3339_digits(self.0, |b| {
+            if let Some(slot) = out.get_mut(len) {
+                *slot = b;
+                len += 1;
+            }
+        });
+        f.write_str(std::str::from_utf8(&out[..len]).unwrap_or_default())
+    }
+}
+
+impl Serialize for Rfc3339 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+fn rfc3339_digits(micros: i64, mut push: impl FnMut(u8)) {
     let secs = micros.div_euclid(1_000_000);
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
@@ -108,22 +131,29 @@ pub fn rfc3339_into(buf: &mut Vec<u8>, micros: i64) {
     let parts = [(y, 4, b'-'), (m, 2, b'-'), (d, 2, b'T'), (rem / 3600, 2, b':'), (rem % 3600 / 60, 2, b':')];
     for (v, width, sep) in parts.into_iter().chain([(rem % 60, 2, b'.'), (micros.rem_euclid(1_000_000), 6, b'Z')]) {
         for p in (0..width).rev() {
-            buf.push(b'0' + (v.unsigned_abs() / 10u64.pow(p) % 10) as u8);
+            push(b'0' + (v.unsigned_abs() / 10u64.pow(p) % 10) as u8);
         }
-        buf.push(sep);
+        push(sep);
     }
 }
 
-fn cell_json(src: &str, dst: &str, cell: &Cell, stats: &CellStats, stale: bool, stat: Stat) -> CellJson {
+fn cell_view<'a>(
+    src: &'a str,
+    dst: &'a str,
+    cell: &'a Cell,
+    stats: &CellStats,
+    stale: bool,
+    stat: Stat,
+) -> CellView<'a> {
     let value = match stat {
         Stat::P50 => stats.p50_micros.map(ms),
         Stat::P90 => stats.p90_micros.map(ms),
         Stat::P99 => stats.p99_micros.map(ms),
         Stat::ErrorRatio => Some(stats.error_ratio()),
     };
-    CellJson {
-        src: src.to_string(),
-        dst: dst.to_string(),
+    CellView {
+        src,
+        dst,
         count: stats.count,
         errors: stats.errors,
         error_ratio: stats.error_ratio(),
@@ -131,8 +161,8 @@ fn cell_json(src: &str, dst: &str, cell: &Cell, stats: &CellStats, stale: bool, 
         p90_ms: stats.p90_micros.map(ms),
         p99_ms: stats.p99_micros.map(ms),
         last_ms: ms(cell.last_micros as f64),
-        last_error: cell.last_error.clone(),
-        last_seen: rfc3339(cell.last_seen),
+        last_error: cell.last_error.as_deref(),
+        last_seen: Rfc3339(cell.last_seen),
         stale,
         failing: cell.health.bad,
         slow: cell.latency.bad,
@@ -146,8 +176,8 @@ pub fn window_slots(state: &ClusterState, window_micros: i64) -> usize {
     (((window_micros + slot - 1) / slot).max(1) as usize).min(state.settings.slots)
 }
 
-/// Every matrix cell over the window.
-pub fn matrix_cells(state: &ClusterState, now: i64, window_micros: i64, stat: Stat) -> Vec<CellJson> {
+/// Every matrix cell over the window, ordered by source then destination.
+pub fn matrix_cells(state: &ClusterState, now: i64, window_micros: i64, stat: Stat) -> Vec<CellView<'_>> {
     let slots = window_slots(state, window_micros);
     let slot = state.settings.slot_micros();
     let mut cells = Vec::new();
@@ -155,57 +185,67 @@ pub fn matrix_cells(state: &ClusterState, now: i64, window_micros: i64, stat: St
         let stale_after = state.stale_after(src);
         for (dst, cell) in row {
             let stats = cell.stats(now, slot, slots);
-            cells.push(cell_json(src, dst, cell, &stats, now - cell.last_seen > stale_after, stat));
+            cells.push(cell_view(src, dst, cell, &stats, now - cell.last_seen > stale_after, stat));
         }
     }
-    cells.sort_unstable_by(|a, b| (a.src.as_str(), a.dst.as_str()).cmp(&(b.src.as_str(), b.dst.as_str())));
+    cells.sort_unstable_by(|a, b| (a.src, a.dst).cmp(&(b.src, b.dst)));
     cells
 }
 
 /// A node as the matrix lists it.
 #[derive(Debug, Clone, Serialize)]
-pub struct MatrixNode {
+pub struct MatrixNode<'a> {
     /// Node name.
-    pub name: String,
+    pub name: &'a str,
     /// Zone label.
-    pub zone: String,
+    pub zone: &'a str,
     /// Agent streaming now.
     pub connected: bool,
     /// Agent away longer than the grace period.
     pub gone: bool,
 }
 
-/// `/api/v1/matrix` (typed, so 100,000 cells serialize without an intermediate tree).
+/// `/api/v1/matrix`: every node and every cell over the window, borrowed from the state.
 #[derive(Debug, Clone, Serialize)]
-pub struct MatrixView {
+pub struct Matrix<'a> {
     /// The window the statistics cover.
     pub window_seconds: f64,
     /// The statistic in each cell's `value`.
     pub stat: &'static str,
     /// Every known node.
-    pub nodes: Vec<MatrixNode>,
+    pub nodes: Vec<MatrixNode<'a>>,
     /// Every cell.
-    pub cells: Vec<CellJson>,
+    pub cells: Vec<CellView<'a>>,
 }
 
 /// `/api/v1/matrix`.
-pub fn matrix(state: &ClusterState, now: i64, window_micros: i64, stat: Stat) -> MatrixView {
+pub fn matrix(state: &ClusterState, now: i64, window_micros: i64, stat: Stat) -> Matrix<'_> {
     let nodes = state
         .nodes
         .iter()
         .map(|(name, n)| MatrixNode {
-            name: name.clone(),
-            zone: zone(n),
+            name,
+            zone: n.hello.as_ref().map_or("", |h| h.zone.as_str()),
             connected: n.connected(),
             gone: state.gone(n, now),
         })
         .collect();
-    MatrixView {
+    Matrix {
         window_seconds: window_micros as f64 / 1e6,
         stat: stat.name(),
         nodes,
         cells: matrix_cells(state, now, window_micros, stat),
     }
+}
+
+/// The `/api/v1/matrix` document as JSON bytes, written straight from the borrowed views (at
+/// 100,000 cells no intermediate tree or string is built).
+pub fn matrix_bytes(state: &ClusterState, now: i64, window_micros: i64, stat: Stat) -> Vec<u8> {
+    let doc = matrix(state, now, window_micros, stat);
+    let mut buf = Vec::with_capacity(64 + doc.cells.len() * 300);
+    // Serializing plain numbers, strings and bools into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut buf, &doc);
+    buf
 }
 
 fn zone(n: &NodeState) -> String {
@@ -239,13 +279,13 @@ pub fn node_detail(state: &ClusterState, name: &str, now: i64) -> Option<Value> 
     let n = state.nodes.get(name)?;
     let slot = state.settings.slot_micros();
     let slots = state.settings.slots;
-    let checks: Vec<CellJson> = n
+    let checks: Vec<CellView> = n
         .checks
         .iter()
-        .map(|(t, c)| cell_json(name, t, c, &c.stats(now, slot, slots), !state.fresh(name, c, now), Stat::P99))
+        .map(|(t, c)| cell_view(name, t, c, &c.stats(now, slot, slots), !state.fresh(name, c, now), Stat::P99))
         .collect();
     let cells = matrix_cells(state, now, state.settings.window_micros, Stat::P99);
-    let (row, column): (Vec<CellJson>, Vec<CellJson>) =
+    let (row, column): (Vec<CellView>, Vec<CellView>) =
         cells.into_iter().filter(|c| c.src == name || c.dst == name).partition(|c| c.src == name);
     let mut v = node_summary(state, name, n, now);
     v["checks"] = json!(checks);
@@ -312,6 +352,73 @@ pub fn alive(state: &ClusterState, now: i64) -> (bool, Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::Settings;
+    use kubenurse_proto::v1::{CheckResult, Hello, Outcome, ResultBatch};
+    use serde_json::json;
+
+    /// The documented `/api/v1/matrix` shape, built field by field with `json!` from the same
+    /// cells: what the served bytes must equal (escaping, numbers, nulls included).
+    fn reference(s: &ClusterState, now: i64, window: i64, stat: Stat) -> serde_json::Value {
+        let nodes: Vec<_> = s
+            .nodes
+            .iter()
+            .map(|(name, n)| {
+                json!({"name": name, "zone": n.hello.as_ref().map_or("", |h| h.zone.as_str()),
+                       "connected": n.connected(), "gone": s.gone(n, now)})
+            })
+            .collect();
+        let cells: Vec<_> = matrix_cells(s, now, window, stat)
+            .into_iter()
+            .map(|c| {
+                json!({"src": c.src, "dst": c.dst, "count": c.count, "errors": c.errors, "error_ratio": c.error_ratio,
+                       "p50_ms": c.p50_ms, "p90_ms": c.p90_ms, "p99_ms": c.p99_ms, "last_ms": c.last_ms,
+                       "last_error": c.last_error, "last_seen": c.last_seen.to_string(), "stale": c.stale,
+                       "failing": c.failing, "slow": c.slow, "value": c.value})
+            })
+            .collect();
+        json!({"window_seconds": window as f64 / 1e6, "stat": stat.name(), "nodes": nodes, "cells": cells})
+    }
+
+    #[test]
+    fn matrix_document_has_the_documented_shape() {
+        let mut s = ClusterState::new(Settings::default());
+        for (n, targets) in [("a", vec!["b", "c"]), ("b", vec!["a"]), ("c\"quoted", vec![])] {
+            let hello = Hello {
+                protocol: kubenurse_proto::PROTOCOL_REVISION,
+                node: n.replace('"', ""),
+                zone: "z\"1".into(),
+                interval_micros: 1_000_000,
+                targets: targets.iter().map(|t| t.to_string()).collect(),
+                ..Hello::default()
+            };
+            s.hello(hello, 0, true).unwrap();
+        }
+        let results = vec![
+            CheckResult {
+                check_type: "path_b".into(),
+                target_node: "b".into(),
+                duration_micros: 333,
+                outcome: Outcome::Ok.into(),
+                ..Default::default()
+            },
+            CheckResult {
+                check_type: "path_c".into(),
+                target_node: "c".into(),
+                duration_micros: 0,
+                outcome: Outcome::Failed.into(),
+                error: "dial tcp: \"refused\"\n".into(),
+                ..Default::default()
+            },
+        ];
+        s.batch("a", &ResultBatch { results, round_ends: vec![] }, 1_000_000);
+        s.tick(1_500_000);
+        for stat in [Stat::P50, Stat::P90, Stat::P99, Stat::ErrorRatio] {
+            let fast: serde_json::Value =
+                serde_json::from_slice(&matrix_bytes(&s, 2_000_000, 300_000_000, stat)).unwrap();
+            let typed = reference(&s, 2_000_000, 300_000_000, stat);
+            assert_eq!(fast, typed);
+        }
+    }
 
     #[test]
     fn formats_rfc3339() {

@@ -50,6 +50,7 @@ fn attr(dom: &str, name: &str) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs headless Chromium (Debian chromium); scripts/test.sh runs it"]
 async fn heatmap_draws_the_lab_and_its_top_suspect() -> anyhow::Result<()> {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("heatmap");
     let _ = std::fs::remove_dir_all(&dir);

@@ -11,6 +11,7 @@ use anyhow::Context;
 use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::Router;
+use clap::Parser;
 use kubenurse_aggregator::state::Settings;
 use kubenurse_lab::cluster::ClusterSpec;
 use kubenurse_lab::lab::{FaultSpec, Lab, FAULT_SYNTAX};
@@ -18,84 +19,66 @@ use kubenurse_testkit::http::http_get;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::Mutex;
 
-const USAGE: &str = "Usage: kubenurse-lab [--nodes N] [--port P] [--interval DURATION] [--limit N] [--subnet S]
-                     [--fault SPEC]... [--prometheus]
-
-Starts, on loopback only, a fake Kubernetes API server, N kubenurse agents on 127.0.S.1 … 127.0.S.N
-(each behind a fault proxy, nodes spread over 3 zones) and the aggregator on 127.0.S.254, prints
-the URLs to open and a status line, and stops everything on Ctrl-C.
-
-  --nodes N        simulated nodes, 1-250            (default 5)
-  --port P         every agent's HTTP port           (default 8080)
-  --interval D     KUBENURSE_CHECK_INTERVAL          (default 2s)
-  --limit N        KUBENURSE_NEIGHBOUR_LIMIT         (default 10)
-  --subnet S       third octet of the addresses, 1-155 (default 1)
-  --fault SPEC     inject a fault at start (repeatable)
-  --prometheus     also start `prometheus` (if on PATH) scraping every agent and the aggregator
-
-Faults (also typed on stdin, or GET http://127.0.S.253:P/fault?spec=SPEC while running):
-  delay:NODE:80ms  refuse:NODE  drop:NODE  cordon:NODE  uncordon:NODE  delete:NODE
-  partition:ZONE  apiserver:slow:500ms  apiserver:fail  heal
-";
-
-struct Options {
-    spec: ClusterSpec,
+/// Command line of the demo (clap, like the other binaries).
+#[derive(Debug, Parser)]
+#[command(
+    name = "kubenurse-lab",
+    version,
+    about = "Starts, on loopback only, a fake Kubernetes API server, N kubenurse agents on 127.0.S.1 … 127.0.S.N \
+             (each behind a fault proxy, nodes spread over 3 zones) and the aggregator on 127.0.S.254, prints the \
+             URLs to open and a status line, and stops everything on Ctrl-C or SIGTERM.",
+    after_help = format!(
+        "Faults (also typed on stdin, or GET http://127.0.S.253:P/fault?spec=SPEC while running):\n  {FAULT_SYNTAX}"
+    )
+)]
+struct Args {
+    /// Simulated nodes.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u8).range(1..=250))]
+    nodes: u8,
+    /// Every agent's HTTP port.
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// The agents' KUBENURSE_CHECK_INTERVAL (Go duration).
+    #[arg(long, default_value = "2s", value_parser = parse_interval)]
+    interval: String,
+    /// The agents' KUBENURSE_NEIGHBOUR_LIMIT.
+    #[arg(long, default_value_t = 10)]
+    limit: usize,
+    /// Third octet of the addresses.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=155))]
+    subnet: u8,
+    /// Inject a fault at start (repeatable).
+    #[arg(long = "fault", value_name = "SPEC")]
     faults: Vec<FaultSpec>,
+    /// Also start `prometheus` (if on PATH) scraping every agent and the aggregator.
+    #[arg(long)]
     prometheus: bool,
 }
 
-fn parse_args() -> anyhow::Result<Option<Options>> {
-    let mut spec = ClusterSpec { interval: "2s".into(), proxied: true, ..ClusterSpec::default() };
-    let (mut faults, mut prometheus) = (Vec::new(), false);
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
-        match arg.as_str() {
-            "-h" | "--help" => return Ok(None),
-            "--nodes" => {
-                spec.nodes = value("--nodes")?.parse().context("--nodes: expected a number 1-250")?;
-                anyhow::ensure!((1..=250).contains(&spec.nodes), "--nodes: expected a number 1-250");
-            }
-            "--port" => spec.port = value("--port")?.parse().context("--port: expected a port number")?,
-            "--interval" => {
-                let v = value("--interval")?;
-                kubenurse_common::duration::parse_go_duration(&v).with_context(|| format!("--interval {v:?}"))?;
-                spec.interval = v;
-            }
-            "--limit" => spec.limit = value("--limit")?.parse().context("--limit: expected a number")?,
-            "--subnet" => {
-                spec.subnet = value("--subnet")?.parse().context("--subnet: expected 1-155")?;
-                anyhow::ensure!((1..=155).contains(&spec.subnet), "--subnet: expected 1-155");
-            }
-            "--fault" => {
-                faults.push(value("--fault")?.parse::<FaultSpec>().map_err(|e| anyhow::anyhow!("--fault: {e}"))?)
-            }
-            "--prometheus" => prometheus = true,
-            other => anyhow::bail!("unknown argument {other:?}\n\n{USAGE}"),
-        }
-    }
-    Ok(Some(Options { spec, faults, prometheus }))
+fn parse_interval(v: &str) -> Result<String, String> {
+    kubenurse_common::duration::parse_go_duration(v).map_err(|e| e.to_string())?;
+    Ok(v.to_string())
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let options = match parse_args() {
-        Ok(Some(o)) => o,
-        Ok(None) => {
-            print!("{USAGE}");
-            return std::process::ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("kubenurse-lab: {e:#}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    match run(options).await {
+    let Args { nodes, port, interval, limit, subnet, faults, prometheus } = Args::parse();
+    let spec = ClusterSpec { nodes, port, interval, limit, subnet, proxied: true, ..ClusterSpec::default() };
+    match run(spec, faults, prometheus).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kubenurse-lab: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// The lab's files (the fake API server's CA key among them): removed however the lab stops.
+struct LabDir(std::path::PathBuf);
+
+impl Drop for LabDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -136,12 +119,13 @@ async fn control(State(lab): State<Shared>, Query(q): Query<std::collections::Ha
     }
 }
 
-async fn run(options: Options) -> anyhow::Result<()> {
+async fn run(spec: ClusterSpec, faults: Vec<FaultSpec>, prometheus: bool) -> anyhow::Result<()> {
     kubenurse_common::logging::init(tracing::Level::ERROR);
-    let spec = options.spec;
-    let dir = std::env::temp_dir().join(format!("kubenurse-lab-{}", std::process::id()));
+    let lab_dir = LabDir(std::env::temp_dir().join(format!("kubenurse-lab-{}", std::process::id())));
+    let dir = lab_dir.0.clone();
+    // The aggregator runs with the binary's own defaults.
     let mut lab = Lab::start(spec.clone(), Settings::default(), &dir).await?;
-    for f in &options.faults {
+    for f in &faults {
         println!("  fault: {}", lab.apply(f).await?);
     }
     let a = &lab.cluster.agents[0];
@@ -156,7 +140,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
     let app = Router::new().route("/fault", get(control)).route("/", get(control)).with_state(lab.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let _prometheus = if options.prometheus { start_prometheus(&prometheus_config, &dir, spec.subnet)? } else { None };
+    let _prometheus = if prometheus { start_prometheus(&prometheus_config, &dir, spec.subnet)? } else { None };
 
     println!(
         "kubenurse lab: {} nodes over 3 zones, interval {}, neighbour limit {}",
@@ -234,7 +218,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
     if let Some(lab) = taken {
         lab.stop().await?;
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(lab_dir);
     println!("stopped.");
     Ok(())
 }
