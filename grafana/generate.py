@@ -23,9 +23,15 @@ DS = {"type": "prometheus", "uid": "${datasource}"}
 # Agent selectors (per-node dashboard).
 SEL = 'node=~"$node", zone=~"$zone"'
 SEL_TYPE = 'node=~"$node", zone=~"$zone", type=~"$type"'
+# The check kinds' `type` labels as CheckKind (proto/src/kind.rs) defines them; the proto
+# crate's tests/contracts.rs fails when these two lines drift from it.
+PATH_PREFIX = "path_"
+BUILT_IN_CHECKS = ("api_server_direct", "api_server_dns", "me_ingress", "me_service")
+PATH_TYPES = PATH_PREFIX + ".*"
+
 # A `check` label: the type, with every path_<node> grouped as "path".
 CHECK_COPY = '"check", "$1", "type", "(.*)"'
-CHECK_PATH = '"check", "path", "type", "path_.*"'
+CHECK_PATH = f'"check", "path", "type", "{PATH_TYPES}"'
 
 
 class Board:
@@ -291,7 +297,7 @@ def kubenurse_dashboard() -> dict:
                  [(_q("0.99", lat, "node", SEL_TYPE), "{{node}}")], unit="s")
     b.timeseries("p99 latency per destination (path checks)",
                  "99th percentile of the neighbour checks from the selected nodes, per destination node.",
-                 [(_q("0.99", lat, "type", f'{SEL}, type=~"path_.*"'), "{{type}}")], unit="s")
+                 [(_q("0.99", lat, "type", f'{SEL}, type=~"{PATH_TYPES}"'), "{{type}}")], unit="s")
     b.heatmap("Latency distribution", "Histogram of the selected checks' durations.",
               f"sum by (le) (increase({lat}_bucket{{{SEL_TYPE}}}[$__rate_interval]))")
     b.timeseries("p99 latency per check type and node",
@@ -340,9 +346,8 @@ def kubenurse_dashboard() -> dict:
         datasource_var(),
         query_var("zone", "Zone", "label_values(kubenurse_httpclient_requests_total, zone)"),
         query_var("node", "Node", 'label_values(kubenurse_httpclient_requests_total{zone=~"$zone"}, node)'),
-        regex_var("type", "Check", [("all", ".*"), ("api_server_direct", "api_server_direct"),
-                                    ("api_server_dns", "api_server_dns"), ("me_ingress", "me_ingress"),
-                                    ("me_service", "me_service"), ("path_<node>", "path_.*")]),
+        regex_var("type", "Check", [("all", ".*"), *((c, c) for c in BUILT_IN_CHECKS),
+                                    (PATH_PREFIX + "<node>", PATH_TYPES)]),
     ]
     links = [{"title": "Cluster matrix", "type": "dashboards", "tags": ["kubenurse-matrix"],
               "asDropdown": False, "includeVars": False, "keepTime": True, "targetBlank": False,

@@ -23,6 +23,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kubenurse_common::signal::stopped;
 use kubenurse_proto::v1::RoundEnd;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -213,12 +214,6 @@ pub async fn run(
     }
     info!("kubenurse agent stopped");
     Ok(())
-}
-
-/// Resolves once `stop` turns true (or its sender is gone).
-pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
-    // The borrow guard is dropped here, keeping callers' futures `Send`.
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 async fn round_loop(

@@ -23,7 +23,7 @@ use tracing::{debug, warn};
 use crate::checks::ORIGIN_HEADER;
 use crate::discovery::Discovery;
 use crate::state::AgentState;
-use crate::stopped;
+use kubenurse_common::signal::stopped;
 
 /// The router of both listeners.
 pub fn router(state: Arc<AgentState>) -> Router {

@@ -140,9 +140,4 @@ impl RequestTrace {
     pub fn elapsed(&self) -> Duration {
         self.start.elapsed()
     }
-
-    /// The instant the request started.
-    pub fn start_instant(&self) -> Instant {
-        self.start
-    }
 }

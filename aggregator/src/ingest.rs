@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
+use kubenurse_common::signal::stopped;
 use kubenurse_proto::v1::nurse_server::Nurse;
 use kubenurse_proto::v1::{agent_message, aggregator_message, Ack, AgentMessage, AggregatorMessage, GoAway};
 use kubenurse_proto::MAX_RESULTS_PER_BATCH;
@@ -126,9 +127,4 @@ impl Nurse for Ingest {
         let out = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
         Ok(Response::new(Box::pin(out)))
     }
-}
-
-/// Resolves when `stop` turns true; the borrow guard is dropped inside (keeps futures `Send`).
-pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }

@@ -78,7 +78,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let router = api::router(api::ApiState { state: state.clone(), metrics: metrics.clone(), ready: ready.clone() });
     let mut http_stop = stop_rx.clone();
     let http_task = tokio::spawn(async move {
-        axum::serve(http, router).with_graceful_shutdown(async move { ingest::stopped(&mut http_stop).await }).await
+        axum::serve(http, router)
+            .with_graceful_shutdown(async move { kubenurse_common::signal::stopped(&mut http_stop).await })
+            .await
     });
     let service = grpc_service(state, metrics, stop_rx.clone());
     let mut grpc_stop = stop_rx.clone();
@@ -94,7 +96,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             .initial_stream_window_size(Some(64 * 1024))
             .initial_connection_window_size(Some(256 * 1024))
             .add_service(service)
-            .serve_with_incoming_shutdown(incoming, async move { ingest::stopped(&mut grpc_stop).await }),
+            .serve_with_incoming_shutdown(
+                incoming,
+                async move { kubenurse_common::signal::stopped(&mut grpc_stop).await },
+            ),
     );
 
     shutdown.await;

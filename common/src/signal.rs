@@ -2,6 +2,13 @@
 //! exits at once (an operator pressing Ctrl-C twice means it).
 
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+/// Resolves once a stop flag turns true (or its sender is gone): how tasks inside a binary learn
+/// that shutdown has begun. The borrow guard is dropped inside, so callers' futures stay `Send`.
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
 
 /// Exit code after a second signal: 128 + SIGINT, what a shell reports for an interrupted job.
 pub const FORCED_EXIT_CODE: i32 = 130;

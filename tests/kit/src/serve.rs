@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use kubenurse_common::signal::stopped;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
@@ -67,9 +68,4 @@ pub async fn serve_tls(
             }
         });
     }
-}
-
-/// Resolves once `stop` turns true (the borrow guard is dropped inside, keeping futures `Send`).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }

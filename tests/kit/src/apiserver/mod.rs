@@ -1,0 +1,314 @@
+//! A fake Kubernetes API server that speaks the real wire format to the agent's real kube
+//! client: HTTPS with its own CA, bearer tokens (401 otherwise), `/version`, pods and nodes
+//! with list, get and watch (resourceVersion, label selectors, `410 Gone` for a version that
+//! is too old), k8s-openapi objects. Tests change pods and nodes while agents run, and can make
+//! the server slow or failing.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use k8s_openapi::api::core::v1::{Node, NodeSpec, Pod};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::pki::{write_file, TestCa};
+
+mod handlers;
+mod objects;
+
+use handlers::*;
+use objects::selector_matches;
+pub use objects::{kubenurse_pod, node};
+
+/// The bearer token the fake server accepts.
+pub const TOKEN: &str = "kubenurse-test-token";
+/// Changes kept for watch resumption; older resource versions get `410 Gone`.
+const HISTORY: usize = 2_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Pods,
+    Nodes,
+}
+
+#[derive(Debug, Clone)]
+struct Change {
+    rv: u64,
+    kind: Kind,
+    namespace: Option<String>,
+    labels: BTreeMap<String, String>,
+    event: &'static str,
+    object: Value,
+}
+
+#[derive(Default)]
+struct Store {
+    rv: u64,
+    pods: BTreeMap<(String, String), Pod>,
+    nodes: BTreeMap<String, Node>,
+    history: VecDeque<Change>,
+    /// Versions at or below this are gone from history.
+    compacted: u64,
+}
+
+/// Faults a test can switch on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Added before every answer.
+    pub delay: Duration,
+    /// Every request gets 503 and open watches are closed.
+    pub failing: bool,
+}
+
+struct Shared {
+    store: Mutex<Store>,
+    changes: broadcast::Sender<Change>,
+    faults: watch::Sender<Faults>,
+    requests: Mutex<HashMap<String, u64>>,
+}
+
+impl Shared {
+    fn count(&self, what: String) {
+        *self.requests.lock().unwrap_or_else(|p| p.into_inner()).entry(what).or_default() += 1;
+    }
+}
+
+/// A running fake API server; stops when dropped.
+pub struct FakeApiServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    ca_pem: String,
+    dir: PathBuf,
+    stop: watch::Sender<bool>,
+}
+
+impl FakeApiServer {
+    /// Starts on `127.0.0.1` (random port), writing its CA and a kubeconfig into `dir`.
+    pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        let ca = TestCa::new("fake-kube-ca")?;
+        let leaf = ca.leaf(&["localhost", "127.0.0.1", "kubernetes.default.svc.cluster.local"])?;
+        write_file(dir, "apiserver.crt", &leaf.cert_pem)?;
+        write_file(dir, "apiserver.key", &leaf.key_pem)?;
+        let tls = crate::serve::tls_config(&leaf.cert_pem, &leaf.key_pem)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            store: Mutex::new(Store::default()),
+            changes: broadcast::channel(4096).0,
+            faults: watch::channel(Faults::default()).0,
+            requests: Mutex::new(HashMap::new()),
+        });
+        let router = Router::new()
+            .route("/version", get(version))
+            .route("/api/v1/pods", get(pods_all))
+            .route("/api/v1/namespaces/{ns}/pods", get(pods_in_ns))
+            .route("/api/v1/namespaces/{ns}/pods/{name}", get(get_pod))
+            .route("/api/v1/nodes", get(nodes_all))
+            .route("/api/v1/nodes/{name}", get(get_node))
+            .fallback(not_found)
+            .layer(middleware::from_fn_with_state(shared.clone(), auth_and_faults))
+            .with_state(shared.clone());
+        let (stop, stop_rx) = watch::channel(false);
+        tokio::spawn(crate::serve::serve_tls(listener, router, tls, stop_rx));
+        let server = Self { addr, shared, ca_pem: ca.cert_pem(), dir: dir.to_path_buf(), stop };
+        write_file(dir, "ca.crt", &server.ca_pem)?;
+        write_file(dir, "token", TOKEN)?;
+        server.write_kubeconfig()?;
+        Ok(server)
+    }
+
+    /// The listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The CA certificate clients must trust.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// A directory laid out like a pod's service-account mount: `token` and `ca.crt`.
+    pub fn service_account_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The kubeconfig path written at start (for agents run as processes).
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    fn write_kubeconfig(&self) -> std::io::Result<PathBuf> {
+        let config = json!({
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {
+                "server": format!("https://127.0.0.1:{}", self.addr.port()),
+                "certificate-authority": self.dir.join("ca.crt"),
+            }}],
+            "users": [{"name": "fake", "user": {"token": TOKEN}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+        });
+        write_file(&self.dir, "kubeconfig", &config.to_string())
+    }
+
+    /// A kube client configuration for in-process agents (no process-wide `KUBECONFIG`).
+    pub fn kube_config(&self) -> kube::Config {
+        let mut config =
+            kube::Config::new(format!("https://127.0.0.1:{}", self.addr.port()).parse().unwrap_or_default());
+        config.root_cert_file = Some(self.dir.join("ca.crt"));
+        config.auth_info.token_file = Some(self.dir.join("token").display().to_string());
+        config.default_namespace = "kubenurse".into();
+        // Show a failing server at once instead of retrying it for minutes.
+        config.default_retry = false;
+        config
+    }
+
+    fn commit<T: serde::Serialize + Clone>(
+        &self,
+        kind: Kind,
+        event: &'static str,
+        set_rv: impl FnOnce(&mut Store, String) -> Option<T>,
+        namespace: Option<String>,
+        labels: Option<BTreeMap<String, String>>,
+    ) {
+        let mut store = self.shared.store.lock().unwrap_or_else(|p| p.into_inner());
+        store.rv += 1;
+        let rv = store.rv;
+        let Some(object) = set_rv(&mut store, rv.to_string()) else { return };
+        let change = change_of(rv, kind, namespace, labels, event, &object);
+        store.history.push_back(change.clone());
+        while store.history.len() > HISTORY {
+            if let Some(old) = store.history.pop_front() {
+                store.compacted = old.rv;
+            }
+        }
+        let _ = self.shared.changes.send(change);
+    }
+
+    /// Creates or replaces a pod.
+    pub fn apply_pod(&self, mut pod: Pod) {
+        let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        pod.metadata.namespace = Some(ns.clone());
+        let labels = pod.metadata.labels.clone();
+        let existed =
+            self.shared.store.lock().unwrap_or_else(|p| p.into_inner()).pods.contains_key(&(ns.clone(), name.clone()));
+        let event = if existed { "MODIFIED" } else { "ADDED" };
+        self.commit(
+            Kind::Pods,
+            event,
+            |store, rv| {
+                pod.metadata.resource_version = Some(rv);
+                store.pods.insert((ns.clone(), name), pod.clone());
+                Some(pod)
+            },
+            Some(ns.clone()),
+            labels,
+        );
+    }
+
+    /// Deletes a pod; returns whether it existed.
+    pub fn delete_pod(&self, namespace: &str, name: &str) -> bool {
+        let key = (namespace.to_string(), name.to_string());
+        let labels = self
+            .shared
+            .store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pods
+            .get(&key)
+            .and_then(|p| p.metadata.labels.clone());
+        let mut found = false;
+        self.commit(
+            Kind::Pods,
+            "DELETED",
+            |store, rv| {
+                let mut pod = store.pods.remove(&key)?;
+                found = true;
+                pod.metadata.resource_version = Some(rv);
+                Some(pod)
+            },
+            Some(namespace.to_string()),
+            labels,
+        );
+        found
+    }
+
+    /// Creates or replaces a node.
+    pub fn apply_node(&self, mut node: Node) {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let labels = node.metadata.labels.clone();
+        let existed = self.shared.store.lock().unwrap_or_else(|p| p.into_inner()).nodes.contains_key(&name);
+        let event = if existed { "MODIFIED" } else { "ADDED" };
+        self.commit(
+            Kind::Nodes,
+            event,
+            |store, rv| {
+                node.metadata.resource_version = Some(rv);
+                store.nodes.insert(name, node.clone());
+                Some(node)
+            },
+            None,
+            labels,
+        );
+    }
+
+    /// Deletes a node; returns whether it existed.
+    pub fn delete_node(&self, name: &str) -> bool {
+        let mut found = false;
+        self.commit(
+            Kind::Nodes,
+            "DELETED",
+            |store, rv| {
+                let mut node = store.nodes.remove(name)?;
+                found = true;
+                node.metadata.resource_version = Some(rv);
+                Some(node)
+            },
+            None,
+            None,
+        );
+        found
+    }
+
+    /// Cordons (or uncordons) a node, as `kubectl cordon` does.
+    pub fn cordon(&self, name: &str, cordoned: bool) -> bool {
+        let node = self.shared.store.lock().unwrap_or_else(|p| p.into_inner()).nodes.get(name).cloned();
+        let Some(mut node) = node else { return false };
+        let spec = node.spec.get_or_insert_with(NodeSpec::default);
+        spec.unschedulable = Some(cordoned);
+        self.apply_node(node);
+        true
+    }
+
+    /// Current faults.
+    pub fn faults(&self) -> Faults {
+        *self.shared.faults.borrow()
+    }
+
+    /// Sets the faults (slow answers, failing requests).
+    pub fn set_faults(&self, faults: Faults) {
+        self.shared.faults.send_replace(faults);
+    }
+
+    /// How many requests of a kind were served: `list pods`, `watch nodes`, `version`, …
+    pub fn requests(&self, what: &str) -> u64 {
+        self.shared.requests.lock().unwrap_or_else(|p| p.into_inner()).get(what).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for FakeApiServer {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
