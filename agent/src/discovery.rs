@@ -177,6 +177,15 @@ impl Discovery {
         }
     }
 
+    /// Whether `pod` is a kubenurse pod the cache holds (in the watched namespace): only those
+    /// count as origins of incoming checks, so made-up origins cannot crowd out real ones.
+    pub fn knows_pod(&self, pod: &str) -> bool {
+        match &self.namespace {
+            Some(ns) => self.pods.get(&ObjectRef::new(pod).within(ns)).is_some(),
+            None => self.pods.state().iter().any(|p| p.metadata.name.as_deref() == Some(pod)),
+        }
+    }
+
     /// The own node's name, once known.
     pub fn own_node(&self) -> Option<String> {
         self.status().own_node.clone()

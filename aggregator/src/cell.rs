@@ -80,9 +80,27 @@ pub struct Cell {
     pub health: Streak,
     /// Slow per the hysteresis.
     pub latency: Streak,
+    /// The last sender round the hysteresis counted, and when (unix µs).
+    counted: Option<(u64, i64)>,
 }
 
 impl Cell {
+    /// Whether a result of sender round `round` arriving at `now` is a new round for the
+    /// hysteresis: another round number than the last counted one (a restarted agent counts from
+    /// 1 again; 0, from senders without round numbers, is always another) and at least `min_gap`
+    /// µs after it. So the verdict moves by rounds, however fast a sender sends; the window
+    /// statistics take every result.
+    pub fn new_round(&mut self, round: u64, now: i64, min_gap: i64) -> bool {
+        let fresh = match self.counted {
+            None => true,
+            Some((last, at)) => (round == 0 || round != last) && now - at >= min_gap,
+        };
+        if fresh {
+            self.counted = Some((round, now));
+        }
+        fresh
+    }
+
     /// Records a result at `at` (unix µs) into slot `at / slot_micros`, dropping slots older
     /// than `retention` slots.
     pub fn record(&mut self, at: i64, slot_micros: i64, retention: usize, micros: u64, failed: bool) {
@@ -144,6 +162,19 @@ impl Cell {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hysteresis_counts_rounds_not_results() {
+        let mut c = Cell::default();
+        assert!(c.new_round(1, 0, 500));
+        assert!(!c.new_round(1, 1_000, 500), "same round again");
+        assert!(!c.new_round(2, 100, 500), "next round too soon");
+        assert!(c.new_round(2, 600, 500));
+        assert!(!c.new_round(2, 5_000, 500), "the same round later");
+        assert!(c.new_round(1, 5_000, 500), "a restarted sender counts from 1 again");
+        assert!(c.new_round(0, 6_000, 500), "no round numbers: time alone");
+        assert!(!c.new_round(0, 6_100, 500));
+    }
 
     #[test]
     fn streak_needs_k_in_a_row() {

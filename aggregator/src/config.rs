@@ -56,6 +56,10 @@ impl fmt::Display for GoDuration {
     }
 }
 
+fn parse_positive(s: &str) -> Result<usize, String> {
+    s.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| "expected a whole number above 0".into())
+}
+
 fn parse_hysteresis(s: &str) -> Result<u32, String> {
     s.parse::<u32>().ok().filter(|h| (1..=100).contains(h)).ok_or_else(|| "expected 1-100".into())
 }
@@ -87,6 +91,12 @@ pub struct Args {
     /// Latency below which no cell is ever slow, however the cluster median looks (Go duration).
     #[arg(long, env = "KUBENURSE_AGGREGATOR_SLOW_FLOOR", default_value_t = GoDuration::from_micros(Settings::default().slow_floor_micros as i64))]
     pub slow_floor: GoDuration,
+    /// Most nodes known at once (streaming or targeted): a hello that would add more is refused.
+    #[arg(long, env = "KUBENURSE_AGGREGATOR_MAX_NODES", default_value_t = Settings::default().max_nodes, value_parser = parse_positive)]
+    pub max_nodes: usize,
+    /// Most targets one agent's hello may declare.
+    #[arg(long, env = "KUBENURSE_AGGREGATOR_MAX_TARGETS", default_value_t = Settings::default().max_targets, value_parser = parse_positive)]
+    pub max_targets: usize,
     /// PEM certificate chain for TLS on the gRPC port (with --tls-key; without both: plaintext).
     #[arg(long, env = "KUBENURSE_AGGREGATOR_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -168,7 +178,18 @@ fn read_pem(id: &str, path: &PathBuf, marker: &str, what: &str) -> Result<Vec<u8
 impl Config {
     /// Checks what the value parsers cannot (ranges across flags, files) and builds the config.
     pub fn from_args(args: Args) -> Result<Self, ConfigError> {
-        let Args { grpc_address, http_address, window, hysteresis, gone_after, slow_floor, tls_cert, tls_key } = args;
+        let Args {
+            grpc_address,
+            http_address,
+            window,
+            hysteresis,
+            gone_after,
+            slow_floor,
+            max_nodes,
+            max_targets,
+            tls_cert,
+            tls_key,
+        } = args;
         if window.0 < MIN_WINDOW {
             return Err(ConfigError::new("window", window, format!("must be at least {}", GoDuration(MIN_WINDOW))));
         }
@@ -194,6 +215,8 @@ impl Config {
                 hysteresis,
                 gone_after_micros: gone_after.micros(),
                 slow_floor_micros: u64::try_from(slow_floor.micros()).unwrap_or(u64::MAX),
+                max_nodes,
+                max_targets,
                 ..Settings::default()
             },
         })
@@ -211,8 +234,8 @@ mod tests {
         let d = Settings::default();
         let s = &config.settings;
         assert_eq!(
-            (s.window_micros, s.hysteresis, s.gone_after_micros, s.slow_floor_micros),
-            (d.window_micros, d.hysteresis, d.gone_after_micros, d.slow_floor_micros)
+            (s.window_micros, s.hysteresis, s.gone_after_micros, s.slow_floor_micros, s.max_nodes, s.max_targets),
+            (d.window_micros, d.hysteresis, d.gone_after_micros, d.slow_floor_micros, d.max_nodes, d.max_targets)
         );
         assert_eq!(s.drop_after_micros(), 10 * d.gone_after_micros);
     }

@@ -10,7 +10,7 @@ use futures::Stream;
 use kubenurse_common::signal::stopped;
 use kubenurse_proto::v1::nurse_server::Nurse;
 use kubenurse_proto::v1::{agent_message, aggregator_message, Ack, AgentMessage, AggregatorMessage, GoAway};
-use kubenurse_proto::MAX_RESULTS_PER_BATCH;
+use kubenurse_proto::{MAX_MESSAGE_BYTES, MAX_RESULTS_PER_BATCH};
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
@@ -113,8 +113,18 @@ impl Nurse for Ingest {
                         reject(&metrics, Rejection::EmptyMessage, 1);
                     }
                     Ok(None) => break,
+                    Err(status) if is_too_large(&status) => {
+                        reject(&metrics, Rejection::MessageTooLarge, 1);
+                        warn!(%node, %status, "agent sent a message over the limit");
+                        let _ = tx
+                            .send(Err(Status::resource_exhausted(format!(
+                                "message over the {MAX_MESSAGE_BYTES}-byte limit"
+                            ))))
+                            .await;
+                        break;
+                    }
                     Err(status) => {
-                        // Malformed or oversized message, or the connection broke.
+                        // Malformed message, or the connection broke.
                         metrics.ingest_errors.with_label_values(&[crate::validate::MALFORMED_OR_BROKEN]).inc();
                         warn!(%node, %status, "agent stream failed");
                         break;
@@ -127,4 +137,11 @@ impl Nurse for Ingest {
         let out = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
         Ok(Response::new(Box::pin(out)))
     }
+}
+
+/// Whether tonic refused a message for its size (its decoder reports that as OUT_OF_RANGE or
+/// RESOURCE_EXHAUSTED, depending on the version, with this wording).
+fn is_too_large(status: &Status) -> bool {
+    matches!(status.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted)
+        && status.message().contains("too large")
 }

@@ -30,6 +30,10 @@ pub struct Settings {
     pub slow_floor_micros: u64,
     /// How often verdicts, expiry and suspects are recomputed, µs.
     pub tick_micros: i64,
+    /// Most nodes known at once: a hello that would add nodes beyond it is refused.
+    pub max_nodes: usize,
+    /// Most targets one hello may declare.
+    pub max_targets: usize,
 }
 
 impl Default for Settings {
@@ -43,6 +47,8 @@ impl Default for Settings {
             slow_factor: 3.0,
             slow_floor_micros: 20_000,
             tick_micros: 1_000_000,
+            max_nodes: 20_000,
+            max_targets: crate::validate::MAX_TARGETS,
         }
     }
 }
@@ -137,7 +143,15 @@ impl ClusterState {
 
     /// An agent's stream said hello (first, or again with new targets).
     pub fn hello(&mut self, hello: Hello, now: i64, new_stream: bool) -> Result<(), Rejection> {
-        check_hello(&hello)?;
+        check_hello(&hello, self.settings.max_targets)?;
+        let new_nodes = std::iter::once(&hello.node)
+            .chain(&hello.targets)
+            .filter(|n| !self.nodes.contains_key(*n))
+            .collect::<BTreeSet<_>>()
+            .len();
+        if new_nodes > 0 && self.nodes.len() + new_nodes > self.settings.max_nodes {
+            return Err(Rejection::TooManyNodes);
+        }
         for t in &hello.targets {
             self.nodes.entry(t.clone()).or_default();
         }
@@ -195,6 +209,8 @@ impl ClusterState {
     fn record(&mut self, node: &str, r: &CheckResult, v: &ValidResult, now: i64) {
         let (slot, retention, k) = (self.settings.slot_micros(), self.settings.slots, self.settings.hysteresis);
         let failed = v.outcome == Outcome::Failed;
+        // At most one round per half interval counts for the hysteresis.
+        let min_gap = self.nodes.get(node).map_or(5_000_000, NodeState::interval_micros) / 2;
         let cell = if let Some(target) = v.kind.target_node() {
             // Look up before inserting: no key allocation on the hot path.
             if !self.matrix.contains_key(node) {
@@ -227,8 +243,10 @@ impl ClusterState {
             }
             cell.last_error = Some(text);
         }
-        cell.health.observe(failed, k);
-        cell.latency.observe(!failed && r.duration_micros > self.slow_threshold_micros, k);
+        if cell.new_round(r.round, now, min_gap) {
+            cell.health.observe(failed, k);
+            cell.latency.observe(!failed && r.duration_micros > self.slow_threshold_micros, k);
+        }
     }
 
     /// How old a result of `src` may be before its cell is stale, µs.
@@ -433,6 +451,32 @@ mod tests {
         s.hello(hello("b", &["a"], 10), 4_000_000, false).unwrap();
         s.tick(3_000_000 + s.settings.drop_after_micros() + 1);
         assert!(!s.nodes.contains_key("c"));
+    }
+
+    #[test]
+    fn a_fast_sender_cannot_skip_the_hysteresis() {
+        let mut s = cluster();
+        let now = run_rounds(&mut s, None, 3, 1_000_000);
+        // Ten failures of "c" from "a" within 100 ms, with rising round numbers: one round.
+        for i in 0..10u64 {
+            let mut r = result("c", 300, false);
+            r.round = 100 + i;
+            s.batch("a", &batch(vec![r]), now + i as i64 * 10_000);
+        }
+        s.tick(now + 100_000);
+        assert!(!s.matrix["a"]["c"].health.bad, "ten results in 100 ms are one round");
+    }
+
+    #[test]
+    fn nodes_are_capped() {
+        let mut s = ClusterState::new(Settings { max_nodes: 3, ..Settings::default() });
+        s.hello(hello("a", &["b"], 10), 0, true).unwrap();
+        s.hello(hello("c", &["a"], 10), 0, true).unwrap();
+        assert_eq!(s.hello(hello("d", &[], 10), 0, true), Err(Rejection::TooManyNodes));
+        assert_eq!(s.hello(hello("b", &["e"], 10), 0, true), Err(Rejection::TooManyNodes), "targets count too");
+        // Known nodes keep saying hello at the cap.
+        assert_eq!(s.hello(hello("b", &["a", "c"], 10), 0, true), Ok(()));
+        assert_eq!(s.nodes.len(), 3);
     }
 
     #[test]

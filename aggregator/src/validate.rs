@@ -7,8 +7,12 @@ use kubenurse_proto::{CheckKind, KindError, OLDEST_PROTOCOL_REVISION};
 
 /// Longest duration accepted: far above any check timeout.
 pub const MAX_DURATION_MICROS: u64 = 10 * 60 * 1_000_000;
-/// Most targets one agent may declare.
+/// Most targets one agent may declare, unless `--max-targets` says otherwise.
 pub const MAX_TARGETS: usize = 1_000;
+/// Shortest check interval a hello may declare, µs (its cells go stale after 3 intervals).
+pub const MIN_INTERVAL_MICROS: u64 = 100_000;
+/// Longest check interval a hello may declare, µs.
+pub const MAX_INTERVAL_MICROS: u64 = 3_600_000_000;
 /// Longest error text kept.
 pub const MAX_ERROR_LEN: usize = 512;
 
@@ -45,11 +49,17 @@ pub enum Rejection {
     /// The task owning the state has stopped (the aggregator is shutting down).
     #[error("state_unavailable")]
     StateUnavailable,
+    /// A hello for a new node while `--max-nodes` nodes are known.
+    #[error("too_many_nodes")]
+    TooManyNodes,
+    /// A message over the size limit (answered RESOURCE_EXHAUSTED).
+    #[error("message_too_large")]
+    MessageTooLarge,
 }
 
 impl Rejection {
     /// Every reason, so their counters exist (at 0) before the first rejection.
-    pub const ALL: [Rejection; 10] = [
+    pub const ALL: [Rejection; 12] = [
         Rejection::NoHello,
         Rejection::BadName,
         Rejection::BadHello,
@@ -60,21 +70,28 @@ impl Rejection {
         Rejection::EmptyMessage,
         Rejection::BatchTooLarge,
         Rejection::StateUnavailable,
+        Rejection::TooManyNodes,
+        Rejection::MessageTooLarge,
     ];
 }
 
 /// The reason label of a stream that ended on a malformed message or a broken connection.
 pub const MALFORMED_OR_BROKEN: &str = "malformed_or_broken";
 
-/// Validates a hello.
-pub fn check_hello(h: &Hello) -> Result<(), Rejection> {
+/// Validates a hello: names, protocol revision, an interval of 100 ms – 1 h, and at most
+/// `max_targets` targets (and no more than the neighbour limit it declares, when it has one).
+pub fn check_hello(h: &Hello, max_targets: usize) -> Result<(), Rejection> {
     if !valid_node_name(&h.node) {
         return Err(Rejection::BadName);
     }
     if h.protocol < OLDEST_PROTOCOL_REVISION {
         return Err(Rejection::BadHello);
     }
-    if h.targets.len() > MAX_TARGETS || h.interval_micros == 0 || h.interval_micros > 3_600_000_000 {
+    let over_limit = h.neighbour_limit > 0 && h.targets.len() > h.neighbour_limit as usize;
+    if h.targets.len() > max_targets || over_limit {
+        return Err(Rejection::BadHello);
+    }
+    if !(MIN_INTERVAL_MICROS..=MAX_INTERVAL_MICROS).contains(&h.interval_micros) {
         return Err(Rejection::BadHello);
     }
     if !h.targets.iter().all(|t| valid_node_name(t)) {
@@ -135,6 +152,32 @@ mod tests {
         assert!(!valid_node_name("Node_1"));
         assert!(!valid_node_name(""));
         assert!(!valid_node_name(&"a".repeat(254)));
+    }
+
+    #[test]
+    fn hellos_are_bounded() {
+        let ok = Hello {
+            protocol: kubenurse_proto::PROTOCOL_REVISION,
+            node: "a".into(),
+            interval_micros: 5_000_000,
+            neighbour_limit: 2,
+            targets: vec!["b".into(), "c".into()],
+            ..Hello::default()
+        };
+        assert_eq!(check_hello(&ok, MAX_TARGETS), Ok(()));
+        let cases = [
+            Hello { protocol: 0, ..ok.clone() },
+            Hello { interval_micros: 1, ..ok.clone() },
+            Hello { interval_micros: MIN_INTERVAL_MICROS - 1, ..ok.clone() },
+            Hello { interval_micros: MAX_INTERVAL_MICROS + 1, ..ok.clone() },
+            Hello { targets: vec!["b".into(), "c".into(), "d".into()], ..ok.clone() },
+        ];
+        for h in cases {
+            assert_eq!(check_hello(&h, MAX_TARGETS), Err(Rejection::BadHello), "{h:?}");
+        }
+        assert_eq!(check_hello(&ok, 1), Err(Rejection::BadHello), "--max-targets holds whatever the limit");
+        let unlimited = Hello { neighbour_limit: 0, targets: (0..50).map(|i| format!("n{i}")).collect(), ..ok };
+        assert_eq!(check_hello(&unlimited, MAX_TARGETS), Ok(()));
     }
 
     #[test]

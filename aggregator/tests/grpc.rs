@@ -194,9 +194,11 @@ async fn an_oversized_message_ends_only_its_own_stream() {
     bad_tx.send(batch(vec![huge])).await.unwrap();
     let end = tokio::time::timeout(Duration::from_secs(5), bad_in.message()).await.unwrap();
     assert!(!matches!(end, Ok(Some(_))), "oversized message must end that stream: {end:?}");
+    assert!(matches!(&end, Err(s) if s.code() == tonic::Code::ResourceExhausted), "{end:?}");
     good_tx.send(batch(vec![path("node-b", 300, true)])).await.unwrap();
     assert_eq!(next_ack(&mut good_in).await.0, 1);
-    assert_eq!(h.errors("malformed_or_broken"), 1);
+    assert_eq!(h.errors("message_too_large"), 1);
+    assert_eq!(h.errors("malformed_or_broken"), 0);
     let connected = h.state.query(|s, _| s.nodes.get("node-bad").map(|n| n.connected())).await.unwrap();
     assert_eq!(connected, Some(false));
 }
