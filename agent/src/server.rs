@@ -109,6 +109,27 @@ async fn alive(
     (status, [(header::CONTENT_TYPE, "application/json")], text).into_response()
 }
 
+/// Longest a client may take to send a request head (also between keep-alive requests) or
+/// to finish a TLS handshake: slowloris connections are closed after it.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most connections one listener holds open (fewer when the file-descriptor limit is low, see
+/// [`connection_limit`]); beyond it new ones are closed at once, so a connection flood cannot
+/// take the file descriptors the agent's own checks need.
+pub const MAX_CONNECTIONS: usize = 4096;
+
+/// Half the soft `RLIMIT_NOFILE` (from `/proc/self/limits`), at least 64 and at most
+/// [`MAX_CONNECTIONS`]: the other half stays for the checks, the watches and the stream.
+pub fn connection_limit(proc_limits: Option<&str>) -> usize {
+    let soft = proc_limits.and_then(|text| {
+        let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+        line.trim_start_matches("Max open files").split_whitespace().next()?.parse::<u64>().ok()
+    });
+    match soft {
+        Some(n) => usize::try_from(n / 2).unwrap_or(MAX_CONNECTIONS).clamp(64, MAX_CONNECTIONS),
+        None => MAX_CONNECTIONS,
+    }
+}
+
 /// Accepts connections until `stop` turns true, then waits up to `drain` for open requests.
 pub async fn serve(
     listener: TcpListener,
@@ -118,6 +139,10 @@ pub async fn serve(
     drain: Duration,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let limits = std::fs::read_to_string("/proc/self/limits").ok();
+    let max_connections = connection_limit(limits.as_deref());
+    debug!(max_connections, "listener connection limit");
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
         let (tcp, remote) = tokio::select! {
             _ = stopped(&mut stop) => break,
@@ -131,6 +156,10 @@ pub async fn serve(
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(%remote, max = max_connections, "connection limit reached, closing");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let router = router.clone();
         let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
@@ -139,7 +168,7 @@ pub async fn serve(
             async move { Ok::<_, Infallible>(router.oneshot(req).await.unwrap_or_else(|e| match e {})) }
         });
         let mut builder = hyper::server::conn::http1::Builder::new();
-        builder.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+        builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
         match &tls {
             None => {
                 let conn = builder.serve_connection(TokioIo::new(tcp), service);
@@ -148,6 +177,7 @@ pub async fn serve(
                     if let Err(e) = conn.await {
                         debug!(error = %e, %remote, "connection ended with error");
                     }
+                    drop(slot);
                 });
             }
             Some(acceptor) => {
@@ -155,7 +185,8 @@ pub async fn serve(
                 let conn_stop = stop.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
+                    let _slot = slot;
+                    let handshake = tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await;
                     let tls = match handshake {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => return debug!(error = %e, %remote, "TLS handshake failed"),
@@ -181,6 +212,18 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_limit_follows_the_fd_limit() {
+        let limits = |soft: &str| {
+            format!("Limit Soft Limit Hard Limit Units\nMax open files            {soft}                 524288               files\n")
+        };
+        assert_eq!(connection_limit(Some(&limits("1024"))), 512);
+        assert_eq!(connection_limit(Some(&limits("100"))), 64);
+        assert_eq!(connection_limit(Some(&limits("1048576"))), MAX_CONNECTIONS);
+        assert_eq!(connection_limit(Some(&limits("unlimited"))), MAX_CONNECTIONS);
+        assert_eq!(connection_limit(None), MAX_CONNECTIONS);
+    }
 
     #[test]
     fn canonical_header_names() {

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
@@ -11,10 +12,17 @@ use axum::routing::get;
 use axum::{Json, Router};
 use kubenurse_common::duration::parse_go_duration;
 use serde_json::{json, Value};
+use tokio::sync::Semaphore;
 
 use crate::metrics::AggregatorMetrics;
 use crate::owner::StateHandle;
 use crate::views::{self, Stat};
+
+/// Longest any request may take before it is answered 503.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Expensive answers (matrix, nodes, node detail, `/metrics`) built at once; more wait no
+/// queue: they get 503 with `Retry-After`, so a crowd of dashboards cannot pile work up.
+pub const MAX_EXPENSIVE_QUERIES: usize = 4;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -25,6 +33,37 @@ pub struct ApiState {
     pub metrics: Arc<AggregatorMetrics>,
     /// False once shutdown began.
     pub ready: Arc<AtomicBool>,
+    /// Permits for expensive answers.
+    pub expensive: Arc<Semaphore>,
+}
+
+impl ApiState {
+    /// Handler state over `state` and `metrics`, ready, with [`MAX_EXPENSIVE_QUERIES`] permits.
+    pub fn new(state: StateHandle, metrics: Arc<AggregatorMetrics>, ready: Arc<AtomicBool>) -> Self {
+        Self { state, metrics, ready, expensive: Arc::new(Semaphore::new(MAX_EXPENSIVE_QUERIES)) }
+    }
+}
+
+fn busy() -> Response {
+    let body = Json(json!({"error": "too many expensive queries at once, retry shortly"}));
+    (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], body).into_response()
+}
+
+/// Takes a permit for an expensive answer, or says why not.
+macro_rules! expensive {
+    ($api:expr) => {
+        match $api.expensive.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => return busy(),
+        }
+    };
+}
+
+async fn with_timeout(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "request timed out"}))).into_response(),
+    }
 }
 
 /// The router.
@@ -41,6 +80,7 @@ pub fn router(api: ApiState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn(with_timeout))
         .with_state(api)
 }
 
@@ -61,6 +101,7 @@ fn unavailable() -> Response {
 }
 
 async fn matrix(State(api): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let _permit = expensive!(api);
     let stat = match q.get("stat").map(String::as_str) {
         None => Stat::P99,
         Some(s) => match Stat::parse(s) {
@@ -94,6 +135,7 @@ async fn matrix(State(api): State<ApiState>, Query(q): Query<HashMap<String, Str
 }
 
 async fn nodes(State(api): State<ApiState>) -> Response {
+    let _permit = expensive!(api);
     let v = api
         .state
         .query(|s, now| {
@@ -105,6 +147,7 @@ async fn nodes(State(api): State<ApiState>) -> Response {
 }
 
 async fn node(State(api): State<ApiState>, Path(name): Path<String>) -> Response {
+    let _permit = expensive!(api);
     let lookup = name.clone();
     match api.state.query(move |s, now| views::node_detail(s, &lookup, now)).await {
         Some(Some(v)) => Json(v).into_response(),
@@ -143,6 +186,7 @@ async fn ready(State(api): State<ApiState>) -> StatusCode {
 }
 
 async fn metrics(State(api): State<ApiState>) -> Response {
+    let _permit = expensive!(api);
     let m = api.metrics.clone();
     if api.state.query(move |s, now| m.refresh(s, now)).await.is_none() {
         return unavailable();

@@ -75,7 +75,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .map_err(|source| AggregatorError::Bind { addr: config.grpc_address, source })?;
     info!(grpc = %config.grpc_address, http = %config.http_address, tls = config.tls.is_some(), "kubenurse aggregator started");
 
-    let router = api::router(api::ApiState { state: state.clone(), metrics: metrics.clone(), ready: ready.clone() });
+    let router = api::router(api::ApiState::new(state.clone(), metrics.clone(), ready.clone()));
     let mut http_stop = stop_rx.clone();
     let http_task = tokio::spawn(async move {
         axum::serve(http, router)

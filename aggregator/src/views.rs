@@ -94,8 +94,9 @@ pub fn rfc3339(micros: i64) -> String {
 #[derive(Debug, Clone, Copy)]
 pub struct Rfc3339(pub i64);
 
-impl std::fmt::Display for Rfc3339 {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl Rfc3339 {
+    /// The 27 ASCII bytes (`2026-11-18T11:06:40.123456Z`) in a stack buffer.
+    fn bytes(self) -> ([u8; 27], usize) {
         let mut out = [0u8; 27];
         let mut len = 0;
         rfc3339_digits(self.0, |b| {
@@ -104,13 +105,21 @@ impl std::fmt::Display for Rfc3339 {
                 len += 1;
             }
         });
+        (out, len)
+    }
+}
+
+impl std::fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (out, len) = self.bytes();
         f.write_str(std::str::from_utf8(&out[..len]).unwrap_or_default())
     }
 }
 
 impl Serialize for Rfc3339 {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        let (out, len) = self.bytes();
+        s.serialize_str(std::str::from_utf8(&out[..len]).unwrap_or_default())
     }
 }
 

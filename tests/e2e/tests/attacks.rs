@@ -48,3 +48,49 @@ async fn made_up_origins_do_not_count() -> anyhow::Result<()> {
     cluster.stop().await?;
     result
 }
+
+fn rounds(metrics: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("kubenurse_httpclient_request_duration_seconds_count{type=\"api_server_direct\"} ")
+        })
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// 2,000 connections held open on one agent's port (never sending a byte): its rounds go on,
+/// its `/alive` answers, and its neighbours still reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_leaves_rounds_and_alive_alone() -> anyhow::Result<()> {
+    let spec =
+        ClusterSpec { nodes: 3, subnet: 73, port: 18080, interval: "500ms".into(), limit: 2, ..ClusterSpec::default() };
+    let cluster = LocalCluster::start(&spec, &workdir("attack-connections")).await?;
+    let result = async {
+        let target = cluster.agents[0].url();
+        let metrics = format!("{target}/metrics");
+        let before = eventually("a first round", Duration::from_secs(20), || {
+            let metrics = metrics.clone();
+            async move { rounds(&http_get(&metrics).await.ok()?.1).filter(|n| *n >= 1.0) }
+        })
+        .await?;
+        let addr = std::net::SocketAddr::new(cluster.agents[0].sim.bind, spec.port);
+        let mut flood = Vec::with_capacity(2000);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while flood.len() < 2000 && tokio::time::Instant::now() < deadline {
+            flood.push(tokio::net::TcpStream::connect(addr).await?);
+        }
+        anyhow::ensure!(flood.len() == 2000, "opened only {} connections", flood.len());
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let (code, body) = http_get(&format!("{target}/alive")).await?;
+        assert_eq!(code, 200, "/alive under the flood: {body}");
+        let after = rounds(&http_get(&metrics).await?.1).unwrap_or(0.0);
+        assert!(after >= before + 2.0, "rounds stalled under the flood: {before} -> {after}");
+        let (code, body) = http_get(&format!("{}/alive", cluster.agents[1].url())).await?;
+        assert_eq!(code, 200, "a neighbour's checks of the flooded node: {body}");
+        drop(flood);
+        anyhow::Ok(())
+    }
+    .await;
+    cluster.stop().await?;
+    result
+}

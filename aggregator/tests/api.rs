@@ -1,0 +1,39 @@
+//! The HTTP API's own bounds, through the router factory (no sockets): expensive answers are
+//! shed beyond their permits while cheap ones keep answering.
+
+#![allow(clippy::unwrap_used)] // test setup: a failure should abort the test loudly
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use axum::body::Body;
+use http::Request;
+use kubenurse_aggregator::api::{router, ApiState, MAX_EXPENSIVE_QUERIES};
+use kubenurse_aggregator::metrics::AggregatorMetrics;
+use kubenurse_aggregator::owner::StateHandle;
+use kubenurse_aggregator::state::Settings;
+use tower::ServiceExt;
+
+fn get(path: &str) -> Request<Body> {
+    Request::get(path).body(Body::empty()).unwrap()
+}
+
+#[tokio::test]
+async fn expensive_routes_shed_load_beyond_their_permits() {
+    let metrics = Arc::new(AggregatorMetrics::new().unwrap());
+    let state = StateHandle::spawn(Settings::default(), metrics.clone());
+    let api = ApiState::new(state, metrics, Arc::new(AtomicBool::new(true)));
+    let app = router(api.clone());
+    assert_eq!(app.clone().oneshot(get("/api/v1/matrix")).await.unwrap().status(), 200);
+    let held: Vec<_> = (0..MAX_EXPENSIVE_QUERIES).map(|_| api.expensive.clone().try_acquire_owned().unwrap()).collect();
+    for path in ["/api/v1/matrix", "/api/v1/nodes", "/api/v1/nodes/node-a", "/metrics"] {
+        let resp = app.clone().oneshot(get(path)).await.unwrap();
+        assert_eq!(resp.status(), 503, "{path} must be shed while every permit is taken");
+        assert_eq!(resp.headers().get("retry-after").map(|v| v.as_bytes()), Some(&b"1"[..]), "{path}");
+    }
+    for path in ["/api/v1/status", "/api/v1/suspects", "/healthz"] {
+        assert_eq!(app.clone().oneshot(get(path)).await.unwrap().status(), 200, "{path} is cheap: never shed");
+    }
+    drop(held);
+    assert_eq!(app.oneshot(get("/api/v1/matrix")).await.unwrap().status(), 200, "permits come back");
+}
