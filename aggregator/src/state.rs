@@ -8,7 +8,7 @@ use kubenurse_proto::v1::{CheckResult, Hello, Outcome, ResultBatch};
 
 use crate::cell::Cell;
 use crate::suspects::{find_suspects, CellView, NodeView, Suspect};
-use crate::validate::{check_hello, check_result, Rejection, ValidResult, MAX_ERROR_LEN};
+use crate::validate::{bounded_text, check_hello, check_result, Rejection, ValidResult};
 
 /// Tunables; defaults in `Settings::default`.
 #[derive(Debug, Clone)]
@@ -197,8 +197,7 @@ impl ClusterState {
         if let Some(n) = self.nodes.get_mut(node) {
             n.last_seen = now;
             if let Some(end) = batch.round_ends.iter().max_by_key(|e| e.round) {
-                let mut state = end.neighbourhood_state.clone();
-                state.truncate(MAX_ERROR_LEN);
+                let state = bounded_text(&end.neighbourhood_state);
                 n.last_round =
                     Some(RoundSummary { round: end.round, all_ok: end.all_ok, neighbourhood_state: state, at: now });
             }
@@ -233,15 +232,7 @@ impl ClusterState {
         cell.last_failed = failed;
         cell.last_seen = now;
         if failed {
-            let mut text = if r.error.is_empty() { r.error_kind.clone() } else { r.error.clone() };
-            if text.len() > MAX_ERROR_LEN {
-                let mut cut = MAX_ERROR_LEN;
-                while !text.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                text.truncate(cut);
-            }
-            cell.last_error = Some(text);
+            cell.last_error = Some(bounded_text(if r.error.is_empty() { &r.error_kind } else { &r.error }));
         }
         if cell.new_round(r.round, now, min_gap) {
             cell.health.observe(failed, k);

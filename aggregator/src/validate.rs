@@ -16,6 +16,16 @@ pub const MAX_INTERVAL_MICROS: u64 = 3_600_000_000;
 /// Longest error text kept.
 pub const MAX_ERROR_LEN: usize = 512;
 
+/// `text` cut to at most [`MAX_ERROR_LEN`] bytes on a character boundary (an agent's text may
+/// be any UTF-8; cutting inside a character would panic).
+pub fn bounded_text(text: &str) -> String {
+    let mut cut = text.len().min(MAX_ERROR_LEN);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text[..cut].to_string()
+}
+
 /// Why something from an agent was refused; also the `reason` label of the ingest-error metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, thiserror::Error)]
 pub enum Rejection {
@@ -145,6 +155,15 @@ pub fn check_result(r: &CheckResult, targets: &[String]) -> Result<ValidResult, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn texts_are_cut_on_character_boundaries() {
+        assert_eq!(bounded_text("ok"), "ok");
+        let euros = "€".repeat(400); // 3 bytes each: byte 512 falls inside a character
+        let cut = bounded_text(&euros);
+        assert!(cut.len() <= MAX_ERROR_LEN && cut.len() > MAX_ERROR_LEN - 3, "{}", cut.len());
+        assert!(cut.chars().all(|c| c == '€'));
+    }
 
     #[test]
     fn names() {
