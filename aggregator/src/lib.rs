@@ -63,17 +63,17 @@ pub fn grpc_service(
 /// Runs until `shutdown` resolves: then `/ready` 503, GoAway to every stream, stop.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AggregatorError> {
     let metrics = Arc::new(AggregatorMetrics::new()?);
-    let state = StateHandle::spawn(config.settings.clone(), metrics.clone());
+    // Every setting is taken apart here, so one that is read but not wired fails to compile.
+    let Config { grpc_address, http_address, settings, tls } = config;
+    let state = StateHandle::spawn(settings, metrics.clone());
     let ready = Arc::new(AtomicBool::new(true));
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let http = TcpListener::bind(config.http_address)
-        .await
-        .map_err(|source| AggregatorError::Bind { addr: config.http_address, source })?;
-    let grpc = TcpListener::bind(config.grpc_address)
-        .await
-        .map_err(|source| AggregatorError::Bind { addr: config.grpc_address, source })?;
-    info!(grpc = %config.grpc_address, http = %config.http_address, tls = config.tls.is_some(), "kubenurse aggregator started");
+    let http =
+        TcpListener::bind(http_address).await.map_err(|source| AggregatorError::Bind { addr: http_address, source })?;
+    let grpc =
+        TcpListener::bind(grpc_address).await.map_err(|source| AggregatorError::Bind { addr: grpc_address, source })?;
+    info!(grpc = %grpc_address, http = %http_address, tls = tls.is_some(), "kubenurse aggregator started");
 
     let router = api::router(api::ApiState::new(state.clone(), metrics.clone(), ready.clone()));
     let mut http_stop = stop_rx.clone();
@@ -86,7 +86,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let mut grpc_stop = stop_rx.clone();
     let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
     let mut builder = tonic::transport::Server::builder();
-    if let Some((cert, key)) = &config.tls {
+    if let Some((cert, key)) = &tls {
         let identity = tonic::transport::Identity::from_pem(cert, key);
         builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
     }
