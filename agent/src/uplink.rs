@@ -6,6 +6,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,10 +18,12 @@ use kubenurse_proto::v1::{
 use kubenurse_proto::{MAX_MESSAGE_BYTES, MAX_RESULTS_PER_BATCH};
 use prometheus::{IntCounter, IntGauge};
 use tokio::sync::{mpsc, watch, Notify};
-use tonic::transport::{Certificate, ClientTlsConfig};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 use tracing::{debug, info, warn};
 
 use crate::checks::CheckOutcome;
+use crate::config::vars::read_token;
 use crate::config::AggregatorConfig;
 use crate::discovery::{Discovery, NeighbourhoodView};
 
@@ -142,7 +145,8 @@ impl Uplink {
         dropped: IntCounter,
         connected: IntGauge,
     ) -> Arc<Self> {
-        let AggregatorConfig { urls, ca_pem } = target;
+        let AggregatorConfig { urls, ca_pem, token_file, client_cert } = target;
+        let credentials = Arc::new(Credentials { token_file, client_cert });
         let uplink = Arc::new(Self {
             queues: Mutex::new(HashMap::new()),
             resolver: Mutex::new(None),
@@ -182,7 +186,7 @@ impl Uplink {
                 let Some(u) = u.upgrade() else { return };
                 // A failed lookup keeps the replicas we have rather than dropping them.
                 if complete || !addrs.is_empty() {
-                    u.set_replicas(addrs);
+                    u.set_replicas(addrs, &credentials);
                 }
                 drop(u);
                 tokio::time::sleep(RESOLVE_EVERY).await;
@@ -203,7 +207,11 @@ impl Uplink {
         self.connected.set(0);
     }
 
-    fn set_replicas(self: &Arc<Self>, addrs: Vec<(SocketAddr, Option<ClientTlsConfig>)>) {
+    fn set_replicas(
+        self: &Arc<Self>,
+        addrs: Vec<(SocketAddr, Option<ClientTlsConfig>)>,
+        credentials: &Arc<Credentials>,
+    ) {
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         queues.retain(|addr, (_, task)| {
             let keep = addrs.iter().any(|(a, _)| a == addr);
@@ -218,7 +226,8 @@ impl Uplink {
                 info!(%addr, tls = tls.is_some(), "streaming to aggregator replica");
                 let queue = Arc::new(Queue { items: Mutex::new(VecDeque::new()), notify: Notify::new() });
                 let (hello, connected) = (self.hello.subscribe(), self.connected.clone());
-                let task = tokio::spawn(stream_forever(addr, tls, queue.clone(), hello, connected));
+                let task =
+                    tokio::spawn(stream_forever(addr, tls, credentials.clone(), queue.clone(), hello, connected));
                 (queue, task)
             });
         }
@@ -268,9 +277,61 @@ impl Uplink {
     }
 }
 
+/// What proves who we are to the aggregator; files are read again on every connect, so a
+/// rotated token or certificate is taken up.
+struct Credentials {
+    token_file: Option<PathBuf>,
+    client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+impl Credentials {
+    /// The `authorization` metadata value, if a token file is configured.
+    fn bearer(&self) -> Result<Option<MetadataValue<Ascii>>, String> {
+        let Some(path) = &self.token_file else { return Ok(None) };
+        let token = read_token(path)?;
+        if token.is_empty() {
+            return Err(format!("{} is empty", path.display()));
+        }
+        MetadataValue::try_from(format!("Bearer {token}")).map(Some).map_err(|_| "token is not valid metadata".into())
+    }
+
+    /// The client identity for TLS, if a certificate is configured.
+    fn identity(&self) -> Result<Option<Identity>, String> {
+        let Some((cert, key)) = &self.client_cert else { return Ok(None) };
+        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+        Ok(Some(Identity::from_pem(read(cert)?, read(key)?)))
+    }
+}
+
+/// Why a stream attempt ended badly: refusals by the aggregator's auth are worth a warning.
+struct StreamFailure {
+    text: String,
+    refused: bool,
+}
+
+impl From<String> for StreamFailure {
+    fn from(text: String) -> Self {
+        Self { text, refused: false }
+    }
+}
+
+impl From<&str> for StreamFailure {
+    fn from(text: &str) -> Self {
+        Self { text: text.into(), refused: false }
+    }
+}
+
+impl From<tonic::Status> for StreamFailure {
+    fn from(status: tonic::Status) -> Self {
+        let refused = matches!(status.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied);
+        Self { text: status.to_string(), refused }
+    }
+}
+
 async fn stream_forever(
     addr: SocketAddr,
     tls: Option<ClientTlsConfig>,
+    credentials: Arc<Credentials>,
     queue: Arc<Queue>,
     mut hello: watch::Receiver<Option<Hello>>,
     connected: IntGauge,
@@ -283,13 +344,14 @@ async fn stream_forever(
         }
         let started = Instant::now();
         let mut up = false;
-        let result = stream_once(addr, tls.clone(), &queue, &mut hello, &connected, &mut up).await;
+        let result = stream_once(addr, tls.clone(), &credentials, &queue, &mut hello, &connected, &mut up).await;
         if up {
             connected.dec();
         }
         match result {
             Ok(reason) => info!(%addr, %reason, "aggregator stream ended, reconnecting"),
-            Err(e) => debug!(%addr, error = %e, "aggregator stream failed"),
+            Err(e) if e.refused => warn!(%addr, error = %e.text, "the aggregator refused our credentials"),
+            Err(e) => debug!(%addr, error = %e.text, "aggregator stream failed"),
         }
         if started.elapsed() > Duration::from_secs(10) {
             backoff.reset();
@@ -301,15 +363,20 @@ async fn stream_forever(
 async fn stream_once(
     addr: SocketAddr,
     tls: Option<ClientTlsConfig>,
+    credentials: &Credentials,
     queue: &Queue,
     hello: &mut watch::Receiver<Option<Hello>>,
     connected: &IntGauge,
     up: &mut bool,
-) -> Result<String, String> {
+) -> Result<String, StreamFailure> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let mut endpoint =
         tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|e| e.to_string())?;
-    if let Some(tls) = tls {
+    let bearer = credentials.bearer()?;
+    if let Some(mut tls) = tls {
+        if let Some(identity) = credentials.identity()? {
+            tls = tls.identity(identity);
+        }
         endpoint = endpoint.tls_config(tls).map_err(|e| format!("TLS: {e}"))?;
     }
     let endpoint = endpoint
@@ -325,7 +392,11 @@ async fn stream_once(
     let first = hello.borrow_and_update().clone().ok_or("no hello yet")?;
     tx.send(AgentMessage { msg: Some(agent_message::Msg::Hello(first)) }).await.map_err(|e| e.to_string())?;
     let outbound = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-    let mut inbound = client.report(outbound).await.map_err(|e| format!("report: {e}"))?.into_inner();
+    let mut request = tonic::Request::new(outbound);
+    if let Some(bearer) = bearer {
+        request.metadata_mut().insert("authorization", bearer);
+    }
+    let mut inbound = client.report(request).await?.into_inner();
     *up = true;
     connected.inc();
     let mut flush = tokio::time::interval(FLUSH_EVERY);
@@ -351,7 +422,7 @@ async fn stream_once(
                     _ => {}
                 },
                 Ok(None) => return Ok("closed by the aggregator".into()),
-                Err(status) => return Err(status.to_string()),
+                Err(status) => return Err(status.into()),
             },
         }
         // Send everything queued, in bounded batches; on failure put the batch back.

@@ -14,6 +14,7 @@ use kubenurse_common::duration::parse_go_duration;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
+use crate::auth::AuthMode;
 use crate::metrics::AggregatorMetrics;
 use crate::owner::StateHandle;
 use crate::views::{self, Stat};
@@ -35,12 +36,14 @@ pub struct ApiState {
     pub ready: Arc<AtomicBool>,
     /// Permits for expensive answers.
     pub expensive: Arc<Semaphore>,
+    /// How streams are authenticated (shown in the status).
+    pub auth: AuthMode,
 }
 
 impl ApiState {
     /// Handler state over `state` and `metrics`, ready, with [`MAX_EXPENSIVE_QUERIES`] permits.
-    pub fn new(state: StateHandle, metrics: Arc<AggregatorMetrics>, ready: Arc<AtomicBool>) -> Self {
-        Self { state, metrics, ready, expensive: Arc::new(Semaphore::new(MAX_EXPENSIVE_QUERIES)) }
+    pub fn new(state: StateHandle, metrics: Arc<AggregatorMetrics>, ready: Arc<AtomicBool>, auth: AuthMode) -> Self {
+        Self { state, metrics, ready, expensive: Arc::new(Semaphore::new(MAX_EXPENSIVE_QUERIES)), auth }
     }
 }
 
@@ -162,7 +165,13 @@ async fn suspects(State(api): State<ApiState>) -> Response {
 }
 
 async fn status(State(api): State<ApiState>) -> Response {
-    api.state.query(|s, _| views::status(s)).await.map_or_else(unavailable, |v| Json(v).into_response())
+    let auth = api.auth;
+    let v = api.state.query(move |s, _| {
+        let mut v = views::status(s);
+        v["auth"] = json!(auth.as_str());
+        v
+    });
+    v.await.map_or_else(unavailable, |v| Json(v).into_response())
 }
 
 async fn coverage(State(api): State<ApiState>) -> Response {

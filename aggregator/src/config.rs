@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser};
 use kubenurse_common::duration::parse_go_duration;
 
+use crate::auth::{AuthMode, Expectation, ServiceAccount, DEFAULT_AUDIENCE};
 use crate::state::Settings;
 
 /// Shortest window accepted: the window holds ten slots of at least a second.
@@ -103,6 +104,20 @@ pub struct Args {
     /// PEM private key for TLS on the gRPC port.
     #[arg(long, env = "KUBENURSE_AGGREGATOR_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// How agents prove who they are: tokenreview (projected service-account tokens checked
+    /// with the API server), mtls (client certificates naming the node) or none (anyone may
+    /// feed the matrix; only when set explicitly).
+    #[arg(long, env = "KUBENURSE_AGGREGATOR_AUTH", value_enum, default_value_t = AuthMode::TokenReview)]
+    pub auth: AuthMode,
+    /// Audience the agents' tokens must carry (tokenreview).
+    #[arg(long, env = "KUBENURSE_AGGREGATOR_AUTH_AUDIENCE", default_value = DEFAULT_AUDIENCE)]
+    pub auth_audience: String,
+    /// The agents' service account as namespace:name (tokenreview; required there).
+    #[arg(long, env = "KUBENURSE_AGGREGATOR_AUTH_SERVICE_ACCOUNT")]
+    pub auth_service_account: Option<ServiceAccount>,
+    /// PEM CA bundle the agents' client certificates must chain to (mtls; required there, with --tls-cert).
+    #[arg(long, env = "KUBENURSE_AGGREGATOR_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
 }
 
 /// A value that cannot be used, naming the flag and its variable.
@@ -165,6 +180,33 @@ pub struct Config {
     pub settings: Settings,
     /// TLS for the gRPC port: (certificate chain PEM, key PEM).
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// How streams are authenticated.
+    pub auth: AuthConfig,
+}
+
+/// How streams are authenticated, with what the mode needs.
+#[derive(Debug, Clone)]
+pub enum AuthConfig {
+    /// `--auth none`.
+    None,
+    /// `--auth tokenreview`: what reviewed tokens must show.
+    TokenReview(Expectation),
+    /// `--auth mtls`: the CA bundle (PEM) client certificates must chain to.
+    Mtls {
+        /// PEM of `--client-ca`.
+        client_ca_pem: Vec<u8>,
+    },
+}
+
+impl AuthConfig {
+    /// The mode.
+    pub fn mode(&self) -> AuthMode {
+        match self {
+            Self::None => AuthMode::None,
+            Self::TokenReview(_) => AuthMode::TokenReview,
+            Self::Mtls { .. } => AuthMode::Mtls,
+        }
+    }
 }
 
 fn read_pem(id: &str, path: &PathBuf, marker: &str, what: &str) -> Result<Vec<u8>, ConfigError> {
@@ -189,6 +231,10 @@ impl Config {
             max_targets,
             tls_cert,
             tls_key,
+            auth,
+            auth_audience,
+            auth_service_account,
+            client_ca,
         } = args;
         if window.0 < MIN_WINDOW {
             return Err(ConfigError::new("window", window, format!("must be at least {}", GoDuration(MIN_WINDOW))));
@@ -206,10 +252,34 @@ impl Config {
                 return Err(ConfigError::new("tls_cert", "", format!("required with --tls-key {}", key.display())))
             }
         };
+        let auth = match auth {
+            AuthMode::None => AuthConfig::None,
+            AuthMode::TokenReview => {
+                if auth_audience.trim().is_empty() {
+                    return Err(ConfigError::new("auth_audience", &auth_audience, "must not be empty"));
+                }
+                let service_account = auth_service_account.ok_or_else(|| {
+                    ConfigError::new(
+                        "auth_service_account",
+                        "",
+                        "required with --auth tokenreview (namespace:name of the agents' service account)",
+                    )
+                })?;
+                AuthConfig::TokenReview(Expectation { audience: auth_audience, service_account })
+            }
+            AuthMode::Mtls => {
+                if tls.is_none() {
+                    return Err(ConfigError::new("auth", auth, "mtls needs --tls-cert and --tls-key"));
+                }
+                let path = client_ca.ok_or_else(|| ConfigError::new("client_ca", "", "required with --auth mtls"))?;
+                AuthConfig::Mtls { client_ca_pem: read_pem("client_ca", &path, "BEGIN CERTIFICATE", "certificate")? }
+            }
+        };
         Ok(Self {
             grpc_address,
             http_address,
             tls,
+            auth,
             settings: Settings {
                 window_micros: window.micros(),
                 hysteresis,
@@ -229,7 +299,8 @@ mod tests {
 
     #[test]
     fn defaults_are_the_settings_defaults() {
-        let args = Args::try_parse_from(["kubenurse-aggregator"]).unwrap();
+        let args =
+            Args::try_parse_from(["kubenurse-aggregator", "--auth-service-account", "kubenurse:kubenurse"]).unwrap();
         let config = Config::from_args(args).unwrap();
         let d = Settings::default();
         let s = &config.settings;
@@ -238,6 +309,31 @@ mod tests {
             (d.window_micros, d.hysteresis, d.gone_after_micros, d.slow_floor_micros, d.max_nodes, d.max_targets)
         );
         assert_eq!(s.drop_after_micros(), 10 * d.gone_after_micros);
+    }
+
+    #[test]
+    fn auth_defaults_to_tokenreview_and_each_mode_demands_its_inputs() {
+        let parse = |extra: &[&str]| {
+            let args = Args::try_parse_from(std::iter::once("kubenurse-aggregator").chain(extra.iter().copied()));
+            Config::from_args(args.map_err(|e| e.to_string())?).map_err(|e| e.to_string())
+        };
+        let c = parse(&["--auth-service-account", "kubenurse:agent"]).unwrap();
+        match &c.auth {
+            AuthConfig::TokenReview(e) => {
+                assert_eq!(e.audience, DEFAULT_AUDIENCE);
+                assert_eq!(e.service_account.username(), "system:serviceaccount:kubenurse:agent");
+            }
+            other => panic!("default auth is {other:?}"),
+        }
+        let e = parse(&[]).unwrap_err();
+        assert!(e.contains("--auth-service-account") && e.contains("KUBENURSE_AGGREGATOR_AUTH_SERVICE_ACCOUNT"), "{e}");
+        let e = parse(&["--auth-service-account", "kubenurse:agent", "--auth-audience", " "]).unwrap_err();
+        assert!(e.contains("--auth-audience"), "{e}");
+        assert!(parse(&["--auth-service-account", "kubenurse"]).is_err());
+        assert_eq!(parse(&["--auth", "none"]).unwrap().auth.mode(), AuthMode::None);
+        let e = parse(&["--auth", "mtls"]).unwrap_err();
+        assert!(e.contains("--tls-cert"), "{e}");
+        assert!(parse(&["--auth", "password"]).is_err());
     }
 
     #[test]

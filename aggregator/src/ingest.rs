@@ -1,11 +1,15 @@
-//! The gRPC side: one task per agent stream. The first message must be a hello; batches are
-//! bounded; bad input is refused with a counted reason and never ends other streams; on
-//! shutdown every stream gets a GoAway so agents reconnect elsewhere.
+//! The gRPC side: one task per agent stream. A stream's credentials are checked before it is
+//! read; its first message must be a hello for the node they prove; batches are bounded; bad
+//! input is refused with a counted reason and never ends other streams. A node has one live
+//! stream: a newer one replaces it. A stream lives no longer than its token, and on shutdown
+//! every stream gets a GoAway so agents reconnect elsewhere.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use dashmap::DashMap;
 use futures::Stream;
 use kubenurse_common::signal::stopped;
 use kubenurse_proto::v1::nurse_server::Nurse;
@@ -15,24 +19,59 @@ use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
+use crate::auth::gate::Gate;
+use crate::auth::AuthFailure;
 use crate::metrics::AggregatorMetrics;
-use crate::owner::StateHandle;
-use crate::validate::Rejection;
+use crate::owner::{now_micros, StateHandle};
+use crate::validate::{bounded_text as bounded, Rejection};
 
 /// How long a new stream may take to say hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The live stream of each node: its id and the flag that tells it it was replaced.
+#[derive(Default)]
+struct LiveStreams {
+    next_id: AtomicU64,
+    by_node: DashMap<String, (u64, watch::Sender<bool>)>,
+}
+
+impl LiveStreams {
+    /// Makes a new stream the node's live one, telling the previous one (if any) to end.
+    fn claim(&self, node: &str) -> (u64, watch::Receiver<bool>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = watch::channel(false);
+        if let Some((_, (_, old))) = self.by_node.remove(node) {
+            let _ = old.send(true);
+        }
+        self.by_node.insert(node.to_string(), (id, tx));
+        (id, rx)
+    }
+
+    /// Forgets stream `id` of `node`, unless a newer one has replaced it.
+    fn release(&self, node: &str, id: u64) {
+        self.by_node.remove_if(node, |_, (live, _)| *live == id);
+    }
+}
 
 /// The `nurse.v1.Nurse` service.
 pub struct Ingest {
     state: StateHandle,
     metrics: Arc<AggregatorMetrics>,
+    gate: Arc<Gate>,
+    live: Arc<LiveStreams>,
     shutdown: watch::Receiver<bool>,
 }
 
 impl Ingest {
-    /// A service feeding `state`; streams end with a GoAway when `shutdown` turns true.
-    pub fn new(state: StateHandle, metrics: Arc<AggregatorMetrics>, shutdown: watch::Receiver<bool>) -> Self {
-        Self { state, metrics, shutdown }
+    /// A service feeding `state` with what passes `gate`; streams end with a GoAway when
+    /// `shutdown` turns true.
+    pub fn new(
+        state: StateHandle,
+        metrics: Arc<AggregatorMetrics>,
+        gate: Arc<Gate>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self { state, metrics, gate, live: Arc::default(), shutdown }
     }
 }
 
@@ -42,15 +81,41 @@ fn reject(metrics: &AggregatorMetrics, reason: Rejection, n: u64) {
     metrics.ingest_errors.with_label_values(&[&reason.to_string()]).inc_by(n);
 }
 
+fn refuse(metrics: &AggregatorMetrics, failure: AuthFailure) -> Status {
+    metrics.auth_failures.with_label_values(&[&failure.to_string()]).inc();
+    failure.status()
+}
+
+fn go_away(reason: &str) -> Result<AggregatorMessage, Status> {
+    Ok(AggregatorMessage { msg: Some(aggregator_message::Msg::GoAway(GoAway { reason: reason.into() })) })
+}
+
+/// How long until `expires_at` (unix seconds); `None` for a credential that does not expire.
+fn time_left(expires_at: Option<i64>) -> Option<Duration> {
+    let at = expires_at?;
+    let left_micros = at.saturating_mul(1_000_000).saturating_sub(now_micros());
+    Some(Duration::from_micros(u64::try_from(left_micros).unwrap_or(0)))
+}
+
 #[tonic::async_trait]
 impl Nurse for Ingest {
     type ReportStream = Outbound;
 
     async fn report(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Outbound>, Status> {
         let peer = request.remote_addr();
+        // Credentials first: nothing an unauthenticated stream sends is read.
+        let admission = match self.gate.admit(request.metadata(), request.peer_certs()).await {
+            Ok(a) => a,
+            Err(failure) => {
+                debug!(?peer, reason = %failure, "stream refused");
+                return Err(refuse(&self.metrics, failure));
+            }
+        };
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel::<Result<AggregatorMessage, Status>>(16);
-        let (state, metrics, mut shutdown) = (self.state.clone(), self.metrics.clone(), self.shutdown.clone());
+        let (state, metrics, gate, live) =
+            (self.state.clone(), self.metrics.clone(), self.gate.clone(), self.live.clone());
+        let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             // The hello.
             let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await;
@@ -66,30 +131,66 @@ impl Nurse for Ingest {
                     return;
                 }
             };
-            let node = hello.node.clone();
+            if let Err(failure) = gate.bind(&admission, &hello).await {
+                warn!(?peer, node = %bounded(&hello.node), pod = %bounded(&hello.pod), reason = %failure, "hello refused: not the node its credentials belong to");
+                let _ = tx.send(Err(refuse(&metrics, failure))).await;
+                return;
+            }
+            let (node, mut targets) = (hello.node.clone(), hello.targets.clone());
             if let Err(reason) = state.hello(hello, true).await {
                 reject(&metrics, reason, 1);
                 let _ = tx.send(Err(Status::invalid_argument(format!("hello refused: {reason}")))).await;
                 return;
             }
-            info!(%node, ?peer, "agent connected");
+            let (stream_id, mut replaced) = live.claim(&node);
+            info!(%node, ?peer, auth = %gate.mode(), "agent connected");
+            let expiry = time_left(admission.expires_at());
+            let token_expired = async move {
+                match expiry {
+                    Some(left) => tokio::time::sleep(left).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(token_expired);
             let (mut accepted, mut rejected, mut last_rejection) = (0u64, 0u64, String::new());
             loop {
                 let msg = tokio::select! {
                     _ = stopped(&mut shutdown) => {
-                        let go_away = GoAway { reason: "aggregator shutting down".into() };
-                        let _ = tx.send(Ok(AggregatorMessage { msg: Some(aggregator_message::Msg::GoAway(go_away)) })).await;
+                        let _ = tx.send(go_away("aggregator shutting down")).await;
+                        break;
+                    }
+                    _ = stopped(&mut replaced) => {
+                        info!(%node, "a newer stream of this node replaces this one");
+                        let _ = tx.send(go_away("replaced by a newer stream of this node")).await;
+                        break;
+                    }
+                    () = &mut token_expired => {
+                        info!(%node, "the stream's token expired: asking the agent to reconnect");
+                        let _ = tx.send(go_away("token expired: reconnect with a fresh one")).await;
                         break;
                     }
                     msg = inbound.message() => msg,
                 };
                 match msg {
                     Ok(Some(AgentMessage { msg: Some(agent_message::Msg::Hello(h)) })) => {
-                        let result = if h.node == node { state.hello(h, false).await } else { Err(Rejection::BadName) };
-                        if let Err(reason) = result {
-                            reject(&metrics, reason, 1);
-                            rejected += 1;
-                            last_rejection = format!("hello: {reason}");
+                        if h.node != node {
+                            warn!(%node, named = %bounded(&h.node), "a stream's hello named another node: ending it");
+                            let _ = tx.send(Err(refuse(&metrics, AuthFailure::NodeMismatch))).await;
+                            break;
+                        }
+                        let new_targets = (h.targets != targets).then(|| h.targets.clone());
+                        match state.hello(h, false).await {
+                            Ok(()) => {
+                                if let Some(new) = new_targets {
+                                    info!(%node, old = ?targets, new = ?new, "agent changed its targets");
+                                    targets = new;
+                                }
+                            }
+                            Err(reason) => {
+                                reject(&metrics, reason, 1);
+                                rejected += 1;
+                                last_rejection = format!("hello: {reason}");
+                            }
                         }
                     }
                     Ok(Some(AgentMessage { msg: Some(agent_message::Msg::Batch(batch)) })) => {
@@ -131,6 +232,7 @@ impl Nurse for Ingest {
                     }
                 }
             }
+            live.release(&node, stream_id);
             state.disconnect(node.clone()).await;
             info!(%node, accepted, rejected, "agent disconnected");
         });

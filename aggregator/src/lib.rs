@@ -2,6 +2,7 @@
 //! cluster-wide source × destination matrix, names fault suspects, and serves it all over HTTP.
 
 pub mod api;
+pub mod auth;
 pub mod cell;
 pub mod config;
 pub mod ingest;
@@ -21,9 +22,11 @@ use kubenurse_proto::v1::nurse_server::NurseServer;
 use kubenurse_proto::MAX_MESSAGE_BYTES;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::auth::gate::Gate;
+use crate::auth::review::TokenReviewer;
+use crate::config::{AuthConfig, Config};
 use crate::metrics::AggregatorMetrics;
 use crate::owner::StateHandle;
 
@@ -47,24 +50,54 @@ pub enum AggregatorError {
     /// Metric registration failed.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// No kube client for TokenReview (neither in-cluster nor `KUBECONFIG`).
+    #[error("kube client for --auth tokenreview: {0}")]
+    Kube(String),
 }
 
-/// The gRPC service for `state`, with message size bounds (also used by in-process tests).
+/// The gRPC service for `state` behind `gate`, with message size bounds (also used by
+/// in-process tests).
 pub fn grpc_service(
     state: StateHandle,
     metrics: Arc<AggregatorMetrics>,
+    gate: Arc<Gate>,
     shutdown: watch::Receiver<bool>,
 ) -> NurseServer<ingest::Ingest> {
-    NurseServer::new(ingest::Ingest::new(state, metrics, shutdown))
+    NurseServer::new(ingest::Ingest::new(state, metrics, gate, shutdown))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
+/// The gate for `auth`; TokenReview uses `kube_config`, else in-cluster or `KUBECONFIG`.
+async fn gate(auth: &AuthConfig, kube_config: Option<kube::Config>) -> Result<Gate, AggregatorError> {
+    Ok(match auth {
+        AuthConfig::None => {
+            warn!("--auth none: any client reaching the gRPC port can feed the matrix");
+            Gate::Open
+        }
+        AuthConfig::Mtls { .. } => Gate::Mtls,
+        AuthConfig::TokenReview(expect) => {
+            let kube_config = match kube_config {
+                Some(c) => c,
+                None => kube::Config::infer().await.map_err(|e| AggregatorError::Kube(e.to_string()))?,
+            };
+            let client = kube::Client::try_from(kube_config).map_err(|e| AggregatorError::Kube(e.to_string()))?;
+            Gate::TokenReview(Box::new(TokenReviewer::new(client, expect.clone())))
+        }
+    })
+}
+
 /// Runs until `shutdown` resolves: then `/ready` 503, GoAway to every stream, stop.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AggregatorError> {
+/// `kube_config` is for TokenReview (tests pass the fake API server's); `None` infers it.
+pub async fn run(
+    config: Config,
+    kube_config: Option<kube::Config>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AggregatorError> {
     let metrics = Arc::new(AggregatorMetrics::new()?);
     // Every setting is taken apart here, so one that is read but not wired fails to compile.
-    let Config { grpc_address, http_address, settings, tls } = config;
+    let Config { grpc_address, http_address, settings, tls, auth } = config;
+    let gate = Arc::new(gate(&auth, kube_config).await?);
     let state = StateHandle::spawn(settings, metrics.clone());
     let ready = Arc::new(AtomicBool::new(true));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -73,22 +106,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         TcpListener::bind(http_address).await.map_err(|source| AggregatorError::Bind { addr: http_address, source })?;
     let grpc =
         TcpListener::bind(grpc_address).await.map_err(|source| AggregatorError::Bind { addr: grpc_address, source })?;
-    info!(grpc = %grpc_address, http = %http_address, tls = tls.is_some(), "kubenurse aggregator started");
+    info!(grpc = %grpc_address, http = %http_address, tls = tls.is_some(), auth = %gate.mode(), "kubenurse aggregator started");
 
-    let router = api::router(api::ApiState::new(state.clone(), metrics.clone(), ready.clone()));
+    let router = api::router(api::ApiState::new(state.clone(), metrics.clone(), ready.clone(), gate.mode()));
     let mut http_stop = stop_rx.clone();
     let http_task = tokio::spawn(async move {
         axum::serve(http, router)
             .with_graceful_shutdown(async move { kubenurse_common::signal::stopped(&mut http_stop).await })
             .await
     });
-    let service = grpc_service(state, metrics, stop_rx.clone());
+    let service = grpc_service(state, metrics, gate, stop_rx.clone());
     let mut grpc_stop = stop_rx.clone();
     let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
     let mut builder = tonic::transport::Server::builder();
     if let Some((cert, key)) = &tls {
         let identity = tonic::transport::Identity::from_pem(cert, key);
-        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+        let mut tls_config = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let AuthConfig::Mtls { client_ca_pem } = &auth {
+            tls_config = tls_config.client_ca_root(tonic::transport::Certificate::from_pem(client_ca_pem));
+        }
+        builder = builder.tls_config(tls_config)?;
     }
     let grpc_task = tokio::spawn(
         builder

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(kubenurse_aggregator::run(config, kubenurse_common::signal::shutdown_signal())) {
+    match runtime.block_on(kubenurse_aggregator::run(config, None, kubenurse_common::signal::shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kubenurse-aggregator: {e}");

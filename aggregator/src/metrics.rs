@@ -15,6 +15,8 @@ pub struct AggregatorMetrics {
     pub ingested: IntCounter,
     /// Results or streams refused, by reason.
     pub ingest_errors: IntCounterVec,
+    /// Streams refused by authentication, by reason.
+    pub auth_failures: IntCounterVec,
     /// Matrix cells held.
     pub cells: IntGauge,
     /// Current suspects by kind and cause.
@@ -39,6 +41,13 @@ impl AggregatorMetrics {
             ingest_errors.with_label_values(&[&reason.to_string()]);
         }
         ingest_errors.with_label_values(&[crate::validate::MALFORMED_OR_BROKEN]);
+        let auth_failures = IntCounterVec::new(
+            Opts::new("kubenurse_aggregator_auth_failures_total", "Streams refused by authentication, by reason."),
+            &["reason"],
+        )?;
+        for reason in crate::auth::AuthFailure::ALL {
+            auth_failures.with_label_values(&[&reason.to_string()]);
+        }
         let cells = IntGauge::new("kubenurse_aggregator_matrix_cells", "Source-destination cells in the matrix.")?;
         let suspects = GaugeVec::new(
             Opts::new("kubenurse_aggregator_suspects", "Current fault suspects by kind and cause."),
@@ -52,6 +61,7 @@ impl AggregatorMetrics {
             Box::new(connected_agents.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(ingested.clone()),
             Box::new(ingest_errors.clone()),
+            Box::new(auth_failures.clone()),
             Box::new(cells.clone()),
             Box::new(suspects.clone()),
             Box::new(p50.clone()),
@@ -60,7 +70,18 @@ impl AggregatorMetrics {
         ] {
             registry.register(c)?;
         }
-        Ok(Self { registry, connected_agents, ingested, ingest_errors, cells, suspects, p50, p99, error_ratio })
+        Ok(Self {
+            registry,
+            connected_agents,
+            ingested,
+            ingest_errors,
+            auth_failures,
+            cells,
+            suspects,
+            p50,
+            p99,
+            error_ratio,
+        })
     }
 
     /// Refreshes the gauges that mirror the state (run inside the state owner).

@@ -22,7 +22,8 @@ fn get(path: &str) -> Request<Body> {
 async fn expensive_routes_shed_load_beyond_their_permits() {
     let metrics = Arc::new(AggregatorMetrics::new().unwrap());
     let state = StateHandle::spawn(Settings::default(), metrics.clone());
-    let api = ApiState::new(state, metrics, Arc::new(AtomicBool::new(true)));
+    let api =
+        ApiState::new(state, metrics, Arc::new(AtomicBool::new(true)), kubenurse_aggregator::auth::AuthMode::None);
     let app = router(api.clone());
     assert_eq!(app.clone().oneshot(get("/api/v1/matrix")).await.unwrap().status(), 200);
     let held: Vec<_> = (0..MAX_EXPENSIVE_QUERIES).map(|_| api.expensive.clone().try_acquire_owned().unwrap()).collect();

@@ -34,7 +34,12 @@ async fn harness() -> Harness {
     let incoming = futures::stream::unfold(pipes, |mut pipes| async move {
         pipes.recv().await.map(|pipe| (Ok::<_, std::io::Error>(pipe), pipes))
     });
-    let service = kubenurse_aggregator::grpc_service(state.clone(), metrics.clone(), stop_rx);
+    let service = kubenurse_aggregator::grpc_service(
+        state.clone(),
+        metrics.clone(),
+        Arc::new(kubenurse_aggregator::auth::gate::Gate::Open),
+        stop_rx,
+    );
     tokio::spawn(Server::builder().add_service(service).serve_with_incoming(incoming));
     Harness { state, metrics, stop, connect }
 }

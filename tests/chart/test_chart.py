@@ -31,6 +31,16 @@ TLS_VALUES = {
 
 AGGREGATOR_TLS_VALUES = {"aggregator": {"tls": {"enabled": True, "secretName": "aggregator-tls"}}}
 
+# aggregator.auth: tokenreview is the default; mtls needs aggregator.tls, a client CA and a volume
+# with each agent's client certificate (here the shape of a cert-manager csi-driver volume).
+AGENT_CERT_VOLUME = {"csi": {"driver": "csi.cert-manager.io", "readOnly": True,
+                             "volumeAttributes": {"csi.cert-manager.io/issuer-name": "kubenurse-agents",
+                                                  "csi.cert-manager.io/fs-group": "65532"}}}
+MTLS_VALUES = {"aggregator": {"tls": {"enabled": True, "secretName": "aggregator-tls"},
+                              "auth": {"mode": "mtls", "mtls": {"clientCaSecretName": "agents-ca",
+                                                                "agentCertVolume": AGENT_CERT_VOLUME}}}}
+AUTH_NONE_VALUES = {"aggregator": {"auth": {"mode": "none"}}}
+
 EVERYTHING_VALUES = {
     **TLS_VALUES,
     "serviceMonitor": {"enabled": True, "serviceDiscoveryRole": "EndpointSlice", "scrapeTimeout": "10s"},
@@ -39,7 +49,8 @@ EVERYTHING_VALUES = {
     "allow_unschedulable": True,
     "aggregator": {"replicas": 3, "extraEnvs": [{"name": "RUST_LOG", "value": "info"}],
                    "tls": {"enabled": True, "secretName": "aggregator-tls", "caSecretName": "trust",
-                           "caKey": "bundle.pem"}},
+                           "caKey": "bundle.pem"},
+                   "auth": {"audience": "https://nurse.example.com/aggregator", "tokenExpirationSeconds": 7200}},
 }
 
 SCENARIOS: dict[str, Any] = {
@@ -48,6 +59,8 @@ SCENARIOS: dict[str, Any] = {
     "aggregator-off": {"aggregator": {"enabled": False}},
     "tls": TLS_VALUES,
     "aggregator-tls": AGGREGATOR_TLS_VALUES,
+    "auth-none": AUTH_NONE_VALUES,
+    "mtls": MTLS_VALUES,
     "servicemonitor": {"serviceMonitor": {"enabled": True}},
     "everything": EVERYTHING_VALUES,
 }
@@ -56,6 +69,17 @@ SCENARIOS: dict[str, Any] = {
 def scenario_values(name: str) -> dict[str, Any]:
     v = SCENARIOS[name]
     return values_file(v) if isinstance(v, str) else v
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """base with override's keys, maps merged recursively (as Helm merges values files)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 @pytest.fixture(params=sorted(SCENARIOS))
@@ -115,12 +139,16 @@ def test_default_objects(render):
     r = render()
     assert r.kinds() == sorted([
         ("ClusterRole", f"{NAMESPACE}-{RELEASE}-kubenurse"),
+        ("ClusterRole", f"{NAMESPACE}-{RELEASE}-kubenurse-aggregator"),
         ("ClusterRoleBinding", f"{NAMESPACE}-{RELEASE}-kubenurse"),
+        ("ClusterRoleBinding", f"{NAMESPACE}-{RELEASE}-kubenurse-aggregator"),
         ("DaemonSet", f"{RELEASE}-kubenurse"),
         ("Deployment", f"{RELEASE}-kubenurse-aggregator"),
         ("PodDisruptionBudget", f"{RELEASE}-kubenurse-aggregator"),
         ("Role", f"{RELEASE}-kubenurse"),
+        ("Role", f"{RELEASE}-kubenurse-aggregator"),
         ("RoleBinding", f"{RELEASE}-kubenurse"),
+        ("RoleBinding", f"{RELEASE}-kubenurse-aggregator"),
         ("Service", f"{RELEASE}-kubenurse"),
         ("Service", f"{RELEASE}-kubenurse-aggregator"),
         ("Service", f"{RELEASE}-kubenurse-aggregator-grpc"),
@@ -296,43 +324,76 @@ def test_user_labels_cannot_break_selection(render):
 # --- RBAC ------------------------------------------------------------------------------------
 
 
-def bound_subjects(r, kind: str) -> list[dict[str, Any]]:
-    return [s for b in r.all(kind) for s in b["subjects"]]
+def grants(r, sa: str, namespace: str = NAMESPACE) -> set[tuple[str, str, str, str]]:
+    """Every (scope, apiGroup, resource, verb) the release's RBAC gives ServiceAccount `sa` of
+    `namespace`, following each binding to its role: scope is the RoleBinding's namespace, or
+    "cluster" for a ClusterRoleBinding."""
+    out = set()
+    for b in r.all("RoleBinding") + r.all("ClusterRoleBinding"):
+        if {"kind": "ServiceAccount", "name": sa, "namespace": namespace} not in b["subjects"]:
+            continue
+        assert b["roleRef"]["apiGroup"] == "rbac.authorization.k8s.io"
+        role = r.one(b["roleRef"]["kind"], b["roleRef"]["name"])
+        scope = b["metadata"]["namespace"] if b["kind"] == "RoleBinding" else "cluster"
+        for rule in role["rules"]:
+            assert set(rule) == {"apiGroups", "resources", "verbs"}, rule  # no resourceNames, no wildcards elsewhere
+            out |= {(scope, g, res, v) for g in rule["apiGroups"] for res in rule["resources"] for v in rule["verbs"]}
+    return out
+
+
+def agent_sa_name(r) -> str:
+    return r.agent()["spec"]["template"]["spec"]["serviceAccountName"]
+
+
+def aggregator_sa_name(r) -> str:
+    return r.aggregator()["spec"]["template"]["spec"]["serviceAccountName"]
+
+
+# What the aggregator may do with aggregator.auth.mode tokenreview: check tokens, read pods.
+AGGREGATOR_GRANTS = {("cluster", "authentication.k8s.io", "tokenreviews", "create"), (NAMESPACE, "", "pods", "get")}
 
 
 @pytest.mark.parametrize("allow_unschedulable", [False, True, "true"])
 def test_rbac_is_what_the_agent_reads(render, allow_unschedulable):
     r = render({"allow_unschedulable": allow_unschedulable})
-    agent_sa = r.agent()["spec"]["template"]["spec"]["serviceAccountName"]
-    role = r.one("Role")
+    agent_sa = agent_sa_name(r)
+    role = r.one("Role", f"{RELEASE}-kubenurse")
     assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
-    binding = r.one("RoleBinding")
+    binding = r.one("RoleBinding", f"{RELEASE}-kubenurse")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                   "name": role["metadata"]["name"]}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": agent_sa, "namespace": NAMESPACE}]
     watches_nodes = allow_unschedulable is False
     assert r.agent_env()["KUBENURSE_ALLOW_UNSCHEDULABLE"] == ("false" if watches_nodes else "true")
+    reads = {(NAMESPACE, "", "pods", v) for v in ("get", "list", "watch")}
     if watches_nodes:
-        cr = r.one("ClusterRole")
+        cr = r.one("ClusterRole", f"{NAMESPACE}-{RELEASE}-kubenurse")
         assert cr["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}]
-        crb = r.one("ClusterRoleBinding")
+        crb = r.one("ClusterRoleBinding", f"{NAMESPACE}-{RELEASE}-kubenurse")
         assert crb["roleRef"]["name"] == cr["metadata"]["name"]
         assert crb["subjects"] == [{"kind": "ServiceAccount", "name": agent_sa, "namespace": NAMESPACE}]
+        reads |= {("cluster", "", "nodes", v) for v in ("get", "list", "watch")}
     else:
-        assert r.all("ClusterRole") == [] and r.all("ClusterRoleBinding") == []
-    # The aggregator needs no RBAC and gets no token.
-    agg_sa = r.aggregator()["spec"]["template"]["spec"]["serviceAccountName"]
+        # Only the aggregator's TokenReview role is left cluster-wide.
+        assert [o["metadata"]["name"] for o in r.all("ClusterRole") + r.all("ClusterRoleBinding")] == [
+            f"{NAMESPACE}-{RELEASE}-kubenurse-aggregator"] * 2
+    # Nothing else: the agent cannot review tokens; the aggregator gets only its own, smaller set.
+    assert grants(r, agent_sa) == reads
+    agg_sa = aggregator_sa_name(r)
     assert agg_sa != agent_sa
-    assert all(s["name"] != agg_sa for s in bound_subjects(r, "RoleBinding") + bound_subjects(r, "ClusterRoleBinding"))
-    assert r.aggregator()["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
-    assert r.one("ServiceAccount", agg_sa)["automountServiceAccountToken"] is False
+    assert grants(r, agg_sa) == AGGREGATOR_GRANTS
 
 
 def test_existing_service_account(render):
     r = render({"serviceAccount": {"create": False, "name": "existing"}})
     assert r.all("ServiceAccount") == []
-    assert r.agent()["spec"]["template"]["spec"]["serviceAccountName"] == "existing"
-    assert r.one("RoleBinding")["subjects"][0]["name"] == "existing"
+    assert agent_sa_name(r) == "existing"
+    assert r.one("RoleBinding", f"{RELEASE}-kubenurse")["subjects"][0]["name"] == "existing"
+    # The aggregator runs as the namespace's default account, which then gets its RBAC; the
+    # agents' tokens are those of the existing account.
+    assert aggregator_sa_name(r) == "default"
+    assert grants(r, "default") == AGGREGATOR_GRANTS
+    assert env_map(r.aggregator_container())["KUBENURSE_AGGREGATOR_AUTH_SERVICE_ACCOUNT"] == f"{NAMESPACE}:existing"
 
 
 # --- aggregator on / off, PDB ----------------------------------------------------------------
@@ -355,6 +416,11 @@ def test_aggregator_off(render):
     assert [s["metadata"]["name"] for s in r.all("ServiceAccount")] == [f"{RELEASE}-kubenurse"]
     assert "KUBENURSE_AGGREGATOR_URL" not in r.agent_env()
     assert "Aggregator" not in r.notes
+    # No stream, no credential for it: no token volume, no aggregator RBAC.
+    assert "KUBENURSE_AGGREGATOR_TOKEN_FILE" not in r.agent_env()
+    assert "volumes" not in r.agent()["spec"]["template"]["spec"]
+    assert [o["metadata"]["name"] for o in r.all("Role") + r.all("RoleBinding")] == [f"{RELEASE}-kubenurse"] * 2
+    assert "authentication.k8s.io" not in {g for _, g, _, _ in grants(r, f"{RELEASE}-kubenurse")}
 
 
 # --- ingress and me_ingress ------------------------------------------------------------------
@@ -414,8 +480,10 @@ def test_upstream_values_file(render):
     assert pod["spec"]["priorityClassName"] == "system-node-critical"
     assert pod["spec"]["tolerations"] == [{"operator": "Exists"}]
     assert pod["spec"]["dnsConfig"] == {"options": [{"name": "ndots", "value": "1"}]}
-    assert pod["spec"]["volumes"] == [{"name": "corporate-ca", "configMap": {"name": "corporate-ca"}}]
+    assert pod["spec"]["volumes"][0] == {"name": "corporate-ca", "configMap": {"name": "corporate-ca"}}
+    assert [v["name"] for v in pod["spec"]["volumes"]] == ["corporate-ca", "aggregator-token"]
     assert pod["spec"]["serviceAccountName"] == "kubenurse-sa"
+    assert env_map(r.aggregator_container())["KUBENURSE_AGGREGATOR_AUTH_SERVICE_ACCOUNT"] == f"{NAMESPACE}:kubenurse-sa"
     assert ds["spec"]["updateStrategy"]["rollingUpdate"] == {"maxUnavailable": "10%"}
     c = r.agent_container()
     assert c["image"] == "ghcr.io/kubenurse-rs/kubenurse-agent:v1.14.2"
@@ -460,7 +528,8 @@ def test_tls(render):
     assert env["KUBENURSE_USE_TLS"] == "true"
     assert env["KUBENURSE_CERT_FILE"] == "/etc/kubenurse/tls/tls.crt"
     assert env["KUBENURSE_CERT_KEY"] == "/etc/kubenurse/tls/tls.key"
-    assert c["volumeMounts"] == [{"name": "tls", "mountPath": "/etc/kubenurse/tls", "readOnly": True}]
+    assert c["volumeMounts"][0] == {"name": "tls", "mountPath": "/etc/kubenurse/tls", "readOnly": True}
+    assert [m["name"] for m in c["volumeMounts"]] == ["tls", "aggregator-token"]  # and aggregator.auth's token
     svc = r.one("Service", f"{RELEASE}-kubenurse")
     assert {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]} == {
         "8080-8080": (8080, "http"), "https": (8443, "https")}
@@ -556,9 +625,9 @@ def test_aggregator_tls_keeps_the_agents_own_volumes(render):
     assert env["KUBENURSE_CERT_FILE"] == "/etc/kubenurse/tls/tls.crt"  # the agent's own, from daemonset.volumes
     assert secret_keys(r.agent()) == {("kubenurse-tls", "*"), ("aggregator-tls", "ca.crt")}
     pod = r.agent()["spec"]["template"]["spec"]
-    assert [v["name"] for v in pod["volumes"]] == ["tls", "aggregator-ca"]
+    assert [v["name"] for v in pod["volumes"]] == ["tls", "aggregator-ca", "aggregator-token"]
     assert [m["mountPath"] for m in r.agent_container()["volumeMounts"]] == [
-        "/etc/kubenurse/tls", "/etc/kubenurse/aggregator-ca"]
+        "/etc/kubenurse/tls", "/etc/kubenurse/aggregator-ca", "/var/run/secrets/kubenurse/aggregator-token"]
     assert secret_file(r.agent(), env["KUBENURSE_AGGREGATOR_CA"]) == ("aggregator-tls", "ca.crt")
     assert env["KUBENURSE_AGGREGATOR_URL"].startswith("https://")
 
@@ -577,13 +646,207 @@ def test_aggregator_tls_is_off_by_default(render):
     assert env["KUBENURSE_AGGREGATOR_URL"].startswith("http://")
     assert "KUBENURSE_AGGREGATOR_CA" not in env
     assert not set(AGGREGATOR_TLS_ENV) & set(env_map(r.aggregator_container()))
-    for workload in (r.agent(), r.aggregator()):
-        assert "volumes" not in workload["spec"]["template"]["spec"]
-        assert "volumeMounts" not in container(workload)
+    # The agents mount only their token (aggregator.auth), the aggregator nothing.
+    assert [v["name"] for v in r.agent()["spec"]["template"]["spec"]["volumes"]] == ["aggregator-token"]
+    assert "volumes" not in r.aggregator()["spec"]["template"]["spec"]
+    assert "volumeMounts" not in r.aggregator_container()
     # Without the aggregator there is no stream to protect: nothing to mount, nothing required.
-    r = render({"aggregator": {"enabled": False, "tls": {"enabled": True}}})
-    assert not {"KUBENURSE_AGGREGATOR_URL", "KUBENURSE_AGGREGATOR_CA"} & set(r.agent_env())
+    for off in ({"enabled": False, "tls": {"enabled": True}}, {"enabled": False, "auth": {"mode": "mtls"}}):
+        r = render({"aggregator": off})
+        assert not {"KUBENURSE_AGGREGATOR_URL", "KUBENURSE_AGGREGATOR_CA"} & set(r.agent_env())
+        assert "volumes" not in r.agent()["spec"]["template"]["spec"]
+
+
+# --- authentication of the agents' stream (aggregator.auth) ------------------------------------
+
+TOKEN_FILE = "/var/run/secrets/kubenurse/aggregator-token/token"
+AGENT_CERT = "/etc/kubenurse/aggregator-client/tls.crt"
+AGENT_KEY = "/etc/kubenurse/aggregator-client/tls.key"
+CLIENT_CA = "/etc/kubenurse/client-ca/ca.crt"
+TOKEN_ENV = ("KUBENURSE_AGGREGATOR_AUTH_AUDIENCE", "KUBENURSE_AGGREGATOR_AUTH_SERVICE_ACCOUNT")
+MTLS_AGENT_ENV = ("KUBENURSE_AGGREGATOR_CERT", "KUBENURSE_AGGREGATOR_KEY")
+
+
+def mounted_volume(workload: dict[str, Any], path: str) -> dict[str, Any]:
+    """The volume the workload's container reads `path` from, through a read-only mount of its directory."""
+    c = container(workload)
+    directory = posixpath.dirname(path)
+    (mount,) = [m for m in c.get("volumeMounts", []) if m["mountPath"].rstrip("/") == directory]
+    assert mount.get("readOnly") is True and "subPath" not in mount, mount
+    (volume,) = [v for v in workload["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+    return volume
+
+
+def projected_token(workload: dict[str, Any], path: str) -> dict[str, Any]:
+    """The serviceAccountToken projection the workload's container reads at `path`."""
+    (source,) = mounted_volume(workload, path)["projected"]["sources"]
+    token = source["serviceAccountToken"]
+    assert token["path"] == posixpath.basename(path)
+    return token
+
+
+def aggregator_rbac(r) -> list[tuple[str, str]]:
+    return [(o["kind"], o["metadata"]["name"]) for o in r.objects
+            if o["kind"] in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")
+            and o["metadata"]["labels"]["app.kubernetes.io/component"] == "aggregator"]
+
+
+def token_mounted(workload: dict[str, Any]) -> bool:
+    return workload["spec"]["template"]["spec"].get("automountServiceAccountToken") is not False
+
+
+@pytest.mark.parametrize("name,namespace", [(RELEASE, NAMESPACE), ("kubenurse", "kube-system")])
+def test_tokenreview_is_the_default(render, name, namespace):
+    r = render(name=name, namespace=namespace)
+    agent_sa, agg_sa = agent_sa_name(r), aggregator_sa_name(r)
+    agg = r.aggregator()["metadata"]["name"]
+    # The agents send a projected token for the aggregator's audience, renewed by the kubelet.
+    env = r.agent_env()
+    assert env["KUBENURSE_AGGREGATOR_TOKEN_FILE"] == TOKEN_FILE
+    assert projected_token(r.agent(), TOKEN_FILE) == {
+        "audience": "kubenurse-aggregator", "expirationSeconds": 3600, "path": "token"}
+    assert mounted_volume(r.agent(), TOKEN_FILE)["name"] == "aggregator-token"
+    assert not set(MTLS_AGENT_ENV) & set(env)
+    assert token_mounted(r.agent())  # the agent's own API token (pods, nodes) stays
+    # The aggregator checks it: right audience, the agents' service account only.
+    agg_env = env_map(r.aggregator_container())
+    assert agg_env["KUBENURSE_AGGREGATOR_AUTH"] == "tokenreview"
+    assert agg_env["KUBENURSE_AGGREGATOR_AUTH_AUDIENCE"] == "kubenurse-aggregator"
+    assert agg_env["KUBENURSE_AGGREGATOR_AUTH_SERVICE_ACCOUNT"] == f"{namespace}:{agent_sa}"
+    assert r.one("ServiceAccount", agent_sa)["metadata"]["namespace"] == namespace
+    assert "KUBENURSE_AGGREGATOR_CLIENT_CA" not in agg_env
+    # ...with its in-cluster client: a token, and RBAC for exactly that.
+    assert r.aggregator()["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+    assert r.one("ServiceAccount", agg_sa)["automountServiceAccountToken"] is True
+    assert sorted(aggregator_rbac(r)) == sorted([
+        ("ClusterRole", f"{namespace}-{agg}"), ("ClusterRoleBinding", f"{namespace}-{agg}"),
+        ("Role", agg), ("RoleBinding", agg)])
+    assert r.one("ClusterRole", f"{namespace}-{agg}")["rules"] == [
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}]
+    assert r.one("Role", agg)["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]
+    assert r.one("Role", agg)["metadata"]["namespace"] == namespace
+    subject = [{"kind": "ServiceAccount", "name": agg_sa, "namespace": namespace}]
+    for kind, role_kind, role_name in (("ClusterRoleBinding", "ClusterRole", f"{namespace}-{agg}"),
+                                       ("RoleBinding", "Role", agg)):
+        binding = r.one(kind, role_name)
+        assert binding["subjects"] == subject
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role_name}
+    expected = {(namespace if scope != "cluster" else scope, g, res, v) for scope, g, res, v in AGGREGATOR_GRANTS}
+    assert grants(r, agg_sa, namespace) == expected
+    assert not {g for _, g, _, _ in grants(r, agent_sa, namespace)} & {"authentication.k8s.io"}
+    assert "TokenReview" in r.notes and "WARNING" not in r.notes
+    assert "unencrypted" in r.notes  # plain gRPC: say so
+    for workload in (r.agent(), r.aggregator()):
+        for kube_version in KUBE_VERSIONS:
+            kubernetes_validate.validate(workload, kube_version, strict=True)
+
+
+def test_tokenreview_audience_and_lifetime_reach_both_sides(render):
+    r = render({"aggregator": {"auth": {"audience": "https://nurse.example.com/aggregator",
+                                        "tokenExpirationSeconds": 86400}}})
+    assert projected_token(r.agent(), TOKEN_FILE) == {
+        "audience": "https://nurse.example.com/aggregator", "expirationSeconds": 86400, "path": "token"}
+    assert env_map(r.aggregator_container())["KUBENURSE_AGGREGATOR_AUTH_AUDIENCE"] == (
+        "https://nurse.example.com/aggregator")
+    assert 'audience "https://nurse.example.com/aggregator"' in r.notes
+
+
+def test_tokenreview_follows_the_agents_service_account(render):
+    r = render({"serviceAccount": {"name": "nurse-agents"}})
+    assert agent_sa_name(r) == "nurse-agents"
+    assert env_map(r.aggregator_container())["KUBENURSE_AGGREGATOR_AUTH_SERVICE_ACCOUNT"] == f"{NAMESPACE}:nurse-agents"
+    assert f"{NAMESPACE}:nurse-agents" in r.notes
+
+
+def test_tokenreview_keeps_the_agents_own_volumes(render):
+    r = render(TLS_VALUES)
+    pod = r.agent()["spec"]["template"]["spec"]
+    assert [v["name"] for v in pod["volumes"]] == ["tls", "aggregator-token"]
+    assert [m["mountPath"] for m in r.agent_container()["volumeMounts"]] == [
+        "/etc/kubenurse/tls", posixpath.dirname(TOKEN_FILE)]
+    assert r.agent_env()["KUBENURSE_CERT_FILE"] == "/etc/kubenurse/tls/tls.crt"
+    assert projected_token(r.agent(), TOKEN_FILE)["audience"] == "kubenurse-aggregator"
+    # Over TLS the tokens are protected: no hint.
+    assert "unencrypted" not in render(AGGREGATOR_TLS_VALUES).notes
+
+
+def test_auth_none(render):
+    r = render(AUTH_NONE_VALUES)
+    env = r.agent_env()
+    assert not {"KUBENURSE_AGGREGATOR_TOKEN_FILE", *MTLS_AGENT_ENV} & set(env)
     assert "volumes" not in r.agent()["spec"]["template"]["spec"]
+    assert "volumeMounts" not in r.agent_container()
+    agg_env = env_map(r.aggregator_container())
+    assert agg_env["KUBENURSE_AGGREGATOR_AUTH"] == "none"
+    assert not {*TOKEN_ENV, "KUBENURSE_AGGREGATOR_CLIENT_CA"} & set(agg_env)
+    # The aggregator is back to talking to nobody: no token, no RBAC.
+    agg_sa = aggregator_sa_name(r)
+    assert r.aggregator()["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert r.one("ServiceAccount", agg_sa)["automountServiceAccountToken"] is False
+    assert aggregator_rbac(r) == [] and grants(r, agg_sa) == set()
+    assert set(render().kinds()) - set(r.kinds()) == set(aggregator_rbac(render()))
+    assert 'WARNING: aggregator.auth.mode is "none"' in r.notes
+    assert "TokenReview" not in r.notes
+
+
+@pytest.mark.parametrize("name,namespace", [(RELEASE, NAMESPACE), ("kubenurse", "kube-system")])
+def test_mtls(render, name, namespace):
+    r = render(MTLS_VALUES, name=name, namespace=namespace)
+    # The agents present the certificate from their volume, and still verify the aggregator's.
+    env = r.agent_env()
+    assert env["KUBENURSE_AGGREGATOR_CERT"] == AGENT_CERT
+    assert env["KUBENURSE_AGGREGATOR_KEY"] == AGENT_KEY
+    assert mounted_volume(r.agent(), AGENT_CERT) == {"name": "aggregator-client", **AGENT_CERT_VOLUME}
+    assert mounted_volume(r.agent(), AGENT_KEY)["name"] == "aggregator-client"
+    assert env["KUBENURSE_AGGREGATOR_URL"].startswith("https://")
+    assert secret_file(r.agent(), env["KUBENURSE_AGGREGATOR_CA"]) == ("aggregator-tls", "ca.crt")
+    assert "KUBENURSE_AGGREGATOR_TOKEN_FILE" not in env
+    assert [v["name"] for v in r.agent()["spec"]["template"]["spec"]["volumes"]] == [
+        "aggregator-ca", "aggregator-client"]
+    # The aggregator verifies them against the client CA (only its key mounted), next to its own certificate.
+    agg_env = env_map(r.aggregator_container())
+    assert agg_env["KUBENURSE_AGGREGATOR_AUTH"] == "mtls"
+    assert agg_env["KUBENURSE_AGGREGATOR_CLIENT_CA"] == CLIENT_CA
+    assert secret_file(r.aggregator(), CLIENT_CA) == ("agents-ca", "ca.crt")
+    assert secret_keys(r.aggregator()) == {
+        ("aggregator-tls", "tls.crt"), ("aggregator-tls", "tls.key"), ("agents-ca", "ca.crt")}
+    assert agg_env["KUBENURSE_AGGREGATOR_TLS_CERT"] == AGGREGATOR_CERT
+    assert not set(TOKEN_ENV) & set(agg_env)
+    # No API server access needed.
+    agg_sa = aggregator_sa_name(r)
+    assert r.aggregator()["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert r.one("ServiceAccount", agg_sa)["automountServiceAccountToken"] is False
+    assert aggregator_rbac(r) == [] and grants(r, agg_sa, namespace) == set()
+    assert "client certificates" in r.notes and '"agents-ca"' in r.notes and "WARNING" not in r.notes
+    for workload in (r.agent(), r.aggregator()):
+        for kube_version in KUBE_VERSIONS:
+            kubernetes_validate.validate(workload, kube_version, strict=True)
+
+
+def test_mtls_with_a_custom_ca_key_keeps_the_agents_own_volumes(render):
+    r = render(deep_merge({**TLS_VALUES, **MTLS_VALUES}, {"aggregator": {"auth": {"mtls": {"clientCaKey": "root.pem"}}}}))
+    assert secret_file(r.aggregator(), CLIENT_CA) == ("agents-ca", "root.pem")
+    pod = r.agent()["spec"]["template"]["spec"]
+    assert [v["name"] for v in pod["volumes"]] == ["tls", "aggregator-ca", "aggregator-client"]
+    assert [m["mountPath"] for m in r.agent_container()["volumeMounts"]] == [
+        "/etc/kubenurse/tls", "/etc/kubenurse/aggregator-ca", posixpath.dirname(AGENT_CERT)]
+    assert r.agent_env()["KUBENURSE_CERT_FILE"] == "/etc/kubenurse/tls/tls.crt"
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"aggregator": {"tls": {"enabled": False}}},
+     "aggregator.auth.mode: mtls needs aggregator.tls.enabled: true"),
+    ({"aggregator": {"auth": {"mtls": {"clientCaSecretName": ""}}}},
+     "aggregator.auth.mode: mtls needs aggregator.auth.mtls.clientCaSecretName"),
+    ({"aggregator": {"auth": {"mtls": {"agentCertVolume": None}}}},
+     "aggregator.auth.mode: mtls needs aggregator.auth.mtls.agentCertVolume"),
+    ({"aggregator": {"auth": {"mtls": {"agentCertVolume": {"name": "mine"}}}}},
+     "aggregator.auth.mtls.agentCertVolume is a volume source without a name"),
+])
+def test_mtls_without_required_values_fails(chart, override, message):
+    with pytest.raises(helm.HelmError) as e:
+        chart.render(deep_merge(MTLS_VALUES, override), name=RELEASE, namespace=NAMESPACE)
+    assert message in str(e.value), str(e.value)
 
 
 # --- ServiceMonitor --------------------------------------------------------------------------
@@ -680,6 +943,20 @@ def test_wrong_type_fails_with_a_clear_message(chart, tmp_path):
     ({"aggregator": {"tls": {"caSecretName": 7}}}, "caSecretName"),
     ({"aggregator": {"tls": {"caKey": ""}}}, "caKey"),
     ({"aggregator": {"tls": {"secret": "x"}}}, "secret"),
+    ({"aggregator": {"auth": {"mode": "oidc"}}}, "mode"),
+    ({"aggregator": {"auth": {"mode": ""}}}, "mode"),
+    ({"aggregator": {"auth": {"mode": False}}}, "mode"),
+    ({"aggregator": {"auth": {"audience": ""}}}, "audience"),
+    ({"aggregator": {"auth": {"audience": "two words"}}}, "audience"),
+    ({"aggregator": {"auth": {"tokenExpirationSeconds": 599}}}, "tokenExpirationSeconds"),
+    ({"aggregator": {"auth": {"tokenExpirationSeconds": "3600"}}}, "tokenExpirationSeconds"),
+    ({"aggregator": {"auth": {"tokenExpirationSeconds": 3600.5}}}, "tokenExpirationSeconds"),
+    ({"aggregator": {"auth": {"tokenExpirationSeconds": 2 ** 32}}}, "tokenExpirationSeconds"),
+    ({"aggregator": {"auth": {"audiences": ["x"]}}}, "audiences"),
+    ({"aggregator": {"auth": {"mtls": {"clientCaSecretName": "Agents_CA"}}}}, "clientCaSecretName"),
+    ({"aggregator": {"auth": {"mtls": {"clientCaKey": ""}}}}, "clientCaKey"),
+    ({"aggregator": {"auth": {"mtls": {"agentCertVolume": "csi"}}}}, "agentCertVolume"),
+    ({"aggregator": {"auth": {"mtls": {"caSecretName": "x"}}}}, "caSecretName"),
 ])
 def test_schema_rejects(chart, values, key):
     with pytest.raises(helm.HelmValuesError) as e:
@@ -690,6 +967,8 @@ def test_schema_rejects(chart, values, key):
 def test_defaults_and_upstream_file_pass_the_schema(chart):
     chart.validate_schema({})
     chart.validate_schema(values_file("upstream-values.yaml"))
+    for values in (MTLS_VALUES, AUTH_NONE_VALUES, EVERYTHING_VALUES):
+        chart.validate_schema(values)
 
 
 def test_kubernetes_validate_catches_mistakes(render):

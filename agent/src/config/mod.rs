@@ -58,6 +58,10 @@ pub struct AggregatorConfig {
     pub urls: Vec<Uri>,
     /// The CA (PEM) an `https://` aggregator's certificate must chain to.
     pub ca_pem: Option<Vec<u8>>,
+    /// The projected token proving who we are (read again on every connect).
+    pub token_file: Option<PathBuf>,
+    /// Client certificate and key files for an aggregator with `--auth mtls`.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 /// The validated agent configuration.
@@ -250,7 +254,35 @@ impl Config {
                         ));
                     }
                 }
-                Some(AggregatorConfig { urls, ca_pem: aggregator_ca.map(|f| f.bytes) })
+                let client_cert = match (r.opt(&AGGREGATOR_CERT)?, r.opt(&AGGREGATOR_KEY)?) {
+                    (None, None) => None,
+                    (Some(cert), Some(key)) => {
+                        certs(AGGREGATOR_CERT.var.name, &cert)?;
+                        if !String::from_utf8_lossy(&key.bytes).contains("PRIVATE KEY") {
+                            return Err(err(
+                                AGGREGATOR_KEY.var.name,
+                                &key.path.display().to_string(),
+                                "no PEM private key in file",
+                            ));
+                        }
+                        if !urls.iter().all(|u| u.scheme_str() == Some("https")) {
+                            return Err(err(
+                                AGGREGATOR_CERT.var.name,
+                                &cert.path.display().to_string(),
+                                "a client certificate needs https:// aggregator URLs",
+                            ));
+                        }
+                        Some((cert.path, key.path))
+                    }
+                    (Some(_), None) => {
+                        return Err(err(AGGREGATOR_KEY.var.name, "", "required with KUBENURSE_AGGREGATOR_CERT"))
+                    }
+                    (None, Some(_)) => {
+                        return Err(err(AGGREGATOR_CERT.var.name, "", "required with KUBENURSE_AGGREGATOR_KEY"))
+                    }
+                };
+                let token_file = r.opt(&AGGREGATOR_TOKEN_FILE)?;
+                Some(AggregatorConfig { urls, ca_pem: aggregator_ca.map(|f| f.bytes), token_file, client_cert })
             }
         };
         let extra_ca = match r.opt(&EXTRA_CA)? {

@@ -3,7 +3,7 @@
 //! from the code (a test scans the source for names that are not declared here).
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::Uri;
@@ -149,6 +149,26 @@ pub struct FileContents {
 
 fn parse_file(v: &str) -> Result<FileContents, String> {
     Ok(FileContents { path: PathBuf::from(v), bytes: read_file(v)? })
+}
+
+/// A token file that exists and holds a token now (it is read again on every connect).
+pub fn parse_token_file(v: &str) -> Result<PathBuf, String> {
+    let token = read_token(Path::new(v))?;
+    if token.is_empty() {
+        return Err("the file is empty".into());
+    }
+    Ok(PathBuf::from(v))
+}
+
+/// The token in `path`, without surrounding whitespace.
+pub fn read_token(path: &Path) -> Result<String, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let token = String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8", path.display()))?;
+    let token = token.trim();
+    if token.chars().any(|c| !c.is_ascii_graphic()) {
+        return Err(format!("{} holds characters a bearer token cannot have", path.display()));
+    }
+    Ok(token.to_string())
 }
 
 /// Strictly increasing positive bucket bounds, in seconds.
@@ -339,6 +359,23 @@ pub const AGGREGATOR_CA: Setting<FileContents> = setting(
     "PEM CA an https:// aggregator's certificate must chain to (required with https://)",
     parse_file,
 );
+/// `KUBENURSE_AGGREGATOR_TOKEN_FILE`.
+pub const AGGREGATOR_TOKEN_FILE: Setting<PathBuf> = setting(
+    "KUBENURSE_AGGREGATOR_TOKEN_FILE",
+    Unset,
+    "projected service-account token sent as the stream's bearer token (read again on every connect, so rotation is taken up)",
+    parse_token_file,
+);
+/// `KUBENURSE_AGGREGATOR_CERT`.
+pub const AGGREGATOR_CERT: Setting<FileContents> = setting(
+    "KUBENURSE_AGGREGATOR_CERT",
+    Unset,
+    "PEM client certificate for an aggregator with --auth mtls (with KUBENURSE_AGGREGATOR_KEY; read again on every connect)",
+    parse_file,
+);
+/// `KUBENURSE_AGGREGATOR_KEY`.
+pub const AGGREGATOR_KEY: Setting<FileContents> =
+    setting("KUBENURSE_AGGREGATOR_KEY", Unset, "PEM private key of KUBENURSE_AGGREGATOR_CERT", parse_file);
 /// `KUBECONFIG`, read by the Kubernetes client itself (not parsed here).
 pub const KUBECONFIG: Var = Var {
     name: "KUBECONFIG",
@@ -383,5 +420,8 @@ pub const ALL: &[Var] = &[
     HTTPS_PORT.var,
     AGGREGATOR_URL.var,
     AGGREGATOR_CA.var,
+    AGGREGATOR_TOKEN_FILE.var,
+    AGGREGATOR_CERT.var,
+    AGGREGATOR_KEY.var,
     KUBECONFIG,
 ];

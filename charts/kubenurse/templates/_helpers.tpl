@@ -211,6 +211,65 @@ aggregator's private key) as /etc/kubenurse/aggregator-ca/ca.crt, whatever the k
 {{- include "kubenurse.secretFiles" (dict "name" "aggregator-ca" "secretName" (default $tls.secretName $tls.caSecretName) "dir" "/etc/kubenurse/aggregator-ca" "files" $files) -}}
 {{- end -}}
 
+{{/*
+Authentication of the agents' gRPC stream (aggregator.auth): the mode while the aggregator is
+installed ("tokenreview" unless set: "none" only when asked for), "" without the aggregator.
+*/}}
+{{- define "kubenurse.aggregatorAuth" -}}
+{{- if eq (include "kubenurse.aggregatorEnabled" .) "true" -}}
+{{- (default (dict) .Values.aggregator.auth).mode | default "tokenreview" | toString -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubenurse.aggregatorAuth.audience" -}}
+{{- (default (dict) .Values.aggregator.auth).audience | default "kubenurse-aggregator" | toString -}}
+{{- end -}}
+
+{{- define "kubenurse.aggregatorAuth.mtls" -}}
+{{- toYaml (default (dict) (default (dict) .Values.aggregator.auth).mtls) -}}
+{{- end -}}
+
+{{/* The agents' side, {volume, mount, env} (empty with mode none or without the aggregator):
+tokenreview: a projected service-account token for the aggregator's audience, which the kubelet
+renews; mtls: the user's volume source with the client certificate (tls.crt, tls.key). */}}
+{{- define "kubenurse.aggregatorAuth.agentFiles" -}}
+{{- $mode := include "kubenurse.aggregatorAuth" . -}}
+{{- if eq $mode "tokenreview" -}}
+{{- $auth := default (dict) .Values.aggregator.auth -}}
+{{- $dir := "/var/run/secrets/kubenurse/aggregator-token" -}}
+{{- $token := dict "audience" (include "kubenurse.aggregatorAuth.audience" .) "expirationSeconds" (int (default 3600 $auth.tokenExpirationSeconds)) "path" "token" -}}
+{{- $volume := dict "name" "aggregator-token" "projected" (dict "sources" (list (dict "serviceAccountToken" $token))) -}}
+{{- $env := list (dict "name" "KUBENURSE_AGGREGATOR_TOKEN_FILE" "value" (printf "%s/token" $dir)) -}}
+{{- toYaml (dict "volume" $volume "mount" (dict "name" "aggregator-token" "mountPath" $dir "readOnly" true) "env" $env) -}}
+{{- else if eq $mode "mtls" -}}
+{{- $dir := "/etc/kubenurse/aggregator-client" -}}
+{{- $volume := merge (dict "name" "aggregator-client") (deepCopy (default (dict) (fromYaml (include "kubenurse.aggregatorAuth.mtls" .)).agentCertVolume)) -}}
+{{- $env := list
+  (dict "name" "KUBENURSE_AGGREGATOR_CERT" "value" (printf "%s/tls.crt" $dir))
+  (dict "name" "KUBENURSE_AGGREGATOR_KEY" "value" (printf "%s/tls.key" $dir)) -}}
+{{- toYaml (dict "volume" $volume "mount" (dict "name" "aggregator-client" "mountPath" $dir "readOnly" true) "env" $env) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The aggregator's side in mtls mode: the CA that signed the agents' client certificates, key
+aggregator.auth.mtls.clientCaKey of clientCaSecretName, as /etc/kubenurse/client-ca/ca.crt. */}}
+{{- define "kubenurse.aggregatorAuth.serverFiles" -}}
+{{- if eq (include "kubenurse.aggregatorAuth" .) "mtls" -}}
+{{- $mtls := fromYaml (include "kubenurse.aggregatorAuth.mtls" .) -}}
+{{- $files := list (dict "env" "KUBENURSE_AGGREGATOR_CLIENT_CA" "key" (default "ca.crt" $mtls.clientCaKey) "path" "ca.crt") -}}
+{{- include "kubenurse.secretFiles" (dict "name" "aggregator-client-ca" "secretName" $mtls.clientCaSecretName "dir" "/etc/kubenurse/client-ca" "files" $files) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The aggregator's service-account token and RBAC: only TokenReview needs the API server. */}}
+{{- define "kubenurse.aggregator.needsApi" -}}
+{{- ternary "true" "false" (eq (include "kubenurse.aggregatorAuth" .) "tokenreview") -}}
+{{- end -}}
+
+{{- define "kubenurse.aggregator.clusterRoleName" -}}
+{{- printf "%s-%s" .Release.Namespace (include "kubenurse.aggregator.fullname" .) -}}
+{{- end -}}
+
 {{/* The chart's labels plus extra ones; the chart's win (selectors and neighbour_filter rely on them).
 Usage: include "kubenurse.mergeLabels" (dict "labels" (include "kubenurse.labels" .) "extra" .Values.daemonset.podLabels) */}}
 {{- define "kubenurse.mergeLabels" -}}
@@ -251,5 +310,20 @@ always rendered), so a bad combination fails the whole release with this message
 {{- end -}}
 {{- if and (eq (include "kubenurse.aggregatorTls" .) "true") (not .Values.aggregator.tls.secretName) -}}
 {{- fail (printf "aggregator.tls.enabled: true needs aggregator.tls.secretName (a kubernetes.io/tls Secret with tls.crt and tls.key, the certificate valid for %s)" (include "kubenurse.aggregatorHost" .)) -}}
+{{- end -}}
+{{- if eq (include "kubenurse.aggregatorAuth" .) "mtls" -}}
+{{- $mtls := fromYaml (include "kubenurse.aggregatorAuth.mtls" .) -}}
+{{- if ne (include "kubenurse.aggregatorTls" .) "true" -}}
+{{- fail "aggregator.auth.mode: mtls needs aggregator.tls.enabled: true and aggregator.tls.secretName (the agents present their client certificates in the aggregator's TLS handshake)" -}}
+{{- end -}}
+{{- if not $mtls.clientCaSecretName -}}
+{{- fail (printf "aggregator.auth.mode: mtls needs aggregator.auth.mtls.clientCaSecretName (a Secret whose key %s holds the CA, PEM, that signed the agents' client certificates)" (default "ca.crt" $mtls.clientCaKey)) -}}
+{{- end -}}
+{{- if not $mtls.agentCertVolume -}}
+{{- fail "aggregator.auth.mode: mtls needs aggregator.auth.mtls.agentCertVolume (a volume source, e.g. csi: {driver: csi.cert-manager.io, ...}, giving each agent tls.crt and tls.key of its client certificate)" -}}
+{{- end -}}
+{{- if hasKey $mtls.agentCertVolume "name" -}}
+{{- fail "aggregator.auth.mtls.agentCertVolume is a volume source without a name (the chart names the volume aggregator-client): drop its name key" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}

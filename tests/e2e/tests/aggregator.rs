@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use kubenurse_aggregator::state::Settings;
-use kubenurse_lab::aggregator::LocalAggregator;
+use kubenurse_lab::aggregator::{AggregatorOptions, LocalAggregator};
 use kubenurse_lab::cluster::{ClusterSpec, LocalCluster};
 use kubenurse_testkit::http::{eventually, http_get};
 use kubenurse_testkit::sim::{ring_targets, SimNode};
@@ -53,6 +53,7 @@ async fn matrix_suspects_and_restarts() -> anyhow::Result<()> {
         limit: LIMIT,
         env: vec![("KUBENURSE_AGGREGATOR_URL".into(), aggregator.grpc_url())],
         proxied: false,
+        token_audience: None,
     };
     let mut cluster = LocalCluster::start(&spec, &workdir("aggregator-e2e")).await?;
     let want = ring_pairs(&cluster.nodes);
@@ -171,6 +172,7 @@ async fn every_replica_gets_every_stream() -> anyhow::Result<()> {
         limit: LIMIT,
         env: vec![("KUBENURSE_AGGREGATOR_URL".into(), "http://127.0.0.1:18061,http://[::1]:18061".into())],
         proxied: false,
+        token_audience: None,
     };
     let cluster = LocalCluster::start(&spec, &workdir("aggregator-ha")).await?;
     let want = ring_pairs(&cluster.nodes);
@@ -202,8 +204,9 @@ async fn stream_over_tls_verifies_the_aggregator() -> anyhow::Result<()> {
     let ca_file = write_file(&dir, "aggregator-ca.crt", &ca.cert_pem())?;
     let other_ca_file = write_file(&dir, "other-ca.crt", &TestCa::new("someone-else")?.cert_pem())?;
     let tls = Some((leaf.cert_pem.into_bytes(), leaf.key_pem.into_bytes()));
+    let options = AggregatorOptions { tls, ..AggregatorOptions::default() };
     let aggregator =
-        LocalAggregator::start_with_tls("127.0.0.1:18071".parse()?, "127.0.0.1:18072".parse()?, settings(), tls)
+        LocalAggregator::start_with("127.0.0.1:18071".parse()?, "127.0.0.1:18072".parse()?, settings(), options)
             .await?;
     let spec = |subnet: u8, ca: &std::path::Path| ClusterSpec {
         nodes: 3,
@@ -216,6 +219,7 @@ async fn stream_over_tls_verifies_the_aggregator() -> anyhow::Result<()> {
             ("KUBENURSE_AGGREGATOR_CA".into(), ca.display().to_string()),
         ],
         proxied: false,
+        token_audience: None,
     };
     // Agents trusting another CA never connect.
     let strangers = LocalCluster::start(&spec(84, &other_ca_file), &workdir("aggregator-tls-strangers")).await?;

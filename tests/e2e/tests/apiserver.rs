@@ -101,3 +101,56 @@ async fn failing_closes_watches_and_refuses_requests() -> anyhow::Result<()> {
     assert_eq!(pods.list(&ListParams::default()).await?.items.len(), 1);
     Ok(())
 }
+
+/// TokenReview as the real `kubectl` sees it (`kubectl create -f review.json -o json`): 201,
+/// an authenticated service-account user with the pod and node extras, and kube-apiserver's
+/// audience error. Skipped, saying so, where kubectl is not installed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_review_speaks_kubectl() -> anyhow::Result<()> {
+    use kubenurse_testkit::apiserver::TokenRequest;
+    if std::process::Command::new("kubectl").arg("version").arg("--client").output().is_err() {
+        eprintln!("kubectl not installed: TokenReview wire check skipped");
+        return Ok(());
+    }
+    let dir = workdir("api-tokenreview");
+    let api = FakeApiServer::start(&dir).await?;
+    api.apply_pod(kubenurse_pod("kubenurse", "kubenurse-01", "node-01", "127.0.0.2"));
+    let token = api.issue_token(&TokenRequest {
+        namespace: "kubenurse".into(),
+        service_account: "kubenurse".into(),
+        pod: Some("kubenurse-01".into()),
+        node: Some("node-01".into()),
+        audience: "kubenurse-aggregator".into(),
+        ttl: Duration::from_secs(600),
+    });
+    let review = |audience: &str| -> anyhow::Result<serde_json::Value> {
+        let body = serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+            "spec": {"token": token, "audiences": [audience]},
+        });
+        let file = dir.join("review.json");
+        std::fs::write(&file, body.to_string())?;
+        let out = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(api.kubeconfig_path())
+            .args(["create", "--validate=false", "-o", "json", "-f"])
+            .arg(&file)
+            .output()?;
+        anyhow::ensure!(out.status.success(), "kubectl: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    // kubectl runs blocking: off the runtime's workers.
+    let (good, other) = tokio::task::block_in_place(|| {
+        Ok::<_, anyhow::Error>((review("kubenurse-aggregator")?, review("someone-else")?))
+    })?;
+    let status = &good["status"];
+    assert_eq!(status["authenticated"], true, "{good}");
+    assert_eq!(status["user"]["username"], "system:serviceaccount:kubenurse:kubenurse");
+    assert_eq!(status["user"]["extra"]["authentication.kubernetes.io/pod-name"][0], "kubenurse-01");
+    assert_eq!(status["user"]["extra"]["authentication.kubernetes.io/node-name"][0], "node-01");
+    assert_eq!(status["audiences"][0], "kubenurse-aggregator");
+    assert_ne!(other["status"]["authenticated"], true, "{other}");
+    assert!(other["status"]["error"].as_str().unwrap_or_default().contains("audiences"), "{other}");
+    assert_eq!(api.requests("create tokenreviews"), 2);
+    Ok(())
+}

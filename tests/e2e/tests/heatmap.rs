@@ -81,6 +81,7 @@ async fn heatmap_draws_the_lab_and_its_top_suspect() -> anyhow::Result<()> {
         limit: 4,
         env: Vec::new(),
         proxied: true,
+        token_audience: None,
     };
     let lab = Lab::start(spec, Settings { tick_micros: 250_000, ..Settings::default() }, &dir).await?;
     let victim = lab.cluster.nodes[4].node.clone();

@@ -49,6 +49,7 @@ async fn every_agent_metrics_output_passes_promtool() -> anyhow::Result<()> {
         // A failing extra check puts errors_total and round_trip_error series in the output.
         env: vec![("KUBENURSE_EXTRA_CHECKS".into(), "refused:http://127.0.61.250:9/".into())],
         proxied: false,
+        token_audience: None,
     };
     let cluster = LocalCluster::start(&spec, &dir).await?;
     for agent in &cluster.agents {

@@ -6,8 +6,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use kubenurse_aggregator::auth::DEFAULT_AUDIENCE;
 use kubenurse_aggregator::state::Settings;
-use kubenurse_lab::cluster::{ClusterSpec, LocalAgent};
+use kubenurse_lab::cluster::{write_agent_token, ClusterSpec, LocalAgent};
 use kubenurse_lab::lab::Lab;
 use kubenurse_testkit::apiserver::{kubenurse_pod, node, Faults};
 use kubenurse_testkit::http::{eventually, http_get};
@@ -30,6 +31,7 @@ async fn lab(subnet: u8, name: &str) -> anyhow::Result<Lab> {
         limit: 10,
         env: vec![("KUBENURSE_CHECK_TIMEOUT".into(), "500ms".into())],
         proxied: true,
+        token_audience: None,
     };
     let lab = Lab::start(spec, Settings { tick_micros: 250_000, ..Settings::default() }, &dir).await?;
     // Healthy first: every pair present.
@@ -259,6 +261,8 @@ async fn s6_nodes_come_and_go() -> anyhow::Result<()> {
     lab.cluster.api.apply_pod(kubenurse_pod(NAMESPACE, &new.pod, &new.node, &new.ip.to_string()));
     let mut env = agent_env(&lab.cluster.api, &new, 18080, "1s", 10);
     env.insert("KUBENURSE_AGGREGATOR_URL".into(), lab.aggregator.grpc_url());
+    let token = write_agent_token(&lab.cluster.api, &lab.cluster.dir, &new, DEFAULT_AUDIENCE)?;
+    env.insert("KUBENURSE_AGGREGATOR_TOKEN_FILE".into(), token.display().to_string());
     let new_agent = LocalAgent::start(&lab.cluster.api, new.clone(), 18080, env)?;
     let gone_label = format!("\"{gone_node}\"");
     let gone_type = format!("path_{gone_node}");

@@ -19,6 +19,8 @@ pub fn host_port(host: &str, port: u16) -> String {
 
 /// Namespace the simulated kubenurse pods live in.
 pub const NAMESPACE: &str = "kubenurse";
+/// Service account the simulated agents run as.
+pub const SERVICE_ACCOUNT: &str = "kubenurse";
 /// Zones the simulated nodes are spread over.
 pub const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
 

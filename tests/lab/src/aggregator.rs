@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use kubenurse_aggregator::config::Config;
+use kubenurse_aggregator::config::{AuthConfig, Config};
 use kubenurse_aggregator::state::Settings;
 use kubenurse_aggregator::AggregatorError;
 use tokio::sync::oneshot;
@@ -21,22 +21,42 @@ pub struct LocalAggregator {
     task: JoinHandle<Result<(), AggregatorError>>,
 }
 
+/// How a local aggregator is reached and checks its agents.
+#[derive(Debug, Clone)]
+pub struct AggregatorOptions {
+    /// TLS on the gRPC port: (certificate chain PEM, key PEM).
+    pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// How streams are authenticated.
+    pub auth: AuthConfig,
+    /// The API server TokenReview goes to.
+    pub kube: Option<kube::Config>,
+}
+
+impl Default for AggregatorOptions {
+    /// Plaintext and `--auth none`: for tests that speak gRPC to it by hand.
+    fn default() -> Self {
+        Self { tls: None, auth: AuthConfig::None, kube: None }
+    }
+}
+
 impl LocalAggregator {
-    /// Starts on the given addresses and waits until its HTTP API answers.
+    /// Starts on the given addresses with [`AggregatorOptions::default`] and waits until its
+    /// HTTP API answers.
     pub async fn start(grpc: SocketAddr, http: SocketAddr, settings: Settings) -> anyhow::Result<Self> {
-        Self::start_with_tls(grpc, http, settings, None).await
+        Self::start_with(grpc, http, settings, AggregatorOptions::default()).await
     }
 
-    /// Same, with TLS on the gRPC port: (certificate chain PEM, key PEM).
-    pub async fn start_with_tls(
+    /// Same, with TLS and authentication as `options` say.
+    pub async fn start_with(
         grpc: SocketAddr,
         http: SocketAddr,
         settings: Settings,
-        tls: Option<(Vec<u8>, Vec<u8>)>,
+        options: AggregatorOptions,
     ) -> anyhow::Result<Self> {
+        let AggregatorOptions { tls, auth, kube } = options;
         let (stop, stopped) = oneshot::channel::<()>();
-        let config = Config { grpc_address: grpc, http_address: http, settings, tls };
-        let task = tokio::spawn(kubenurse_aggregator::run(config, async move {
+        let config = Config { grpc_address: grpc, http_address: http, settings, tls, auth };
+        let task = tokio::spawn(kubenurse_aggregator::run(config, kube, async move {
             let _ = stopped.await;
         }));
         let url = format!("http://{http}/healthz");

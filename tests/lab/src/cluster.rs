@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use kubenurse_agent::config::Config;
 use kubenurse_agent::AgentError;
-use kubenurse_testkit::apiserver::{kubenurse_pod, node, FakeApiServer};
+use kubenurse_testkit::apiserver::{kubenurse_pod, node, FakeApiServer, TokenRequest};
 use kubenurse_testkit::http::{eventually, http_get};
+use kubenurse_testkit::pki::write_file;
 use kubenurse_testkit::proxy::{Fault, FaultProxy, Rule};
-use kubenurse_testkit::sim::{agent_env, host_port, SimNode, NAMESPACE};
+use kubenurse_testkit::sim::{agent_env, host_port, SimNode, NAMESPACE, SERVICE_ACCOUNT};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -89,18 +90,51 @@ pub struct ClusterSpec {
     pub env: Vec<(String, String)>,
     /// Put a fault proxy on each pod address (agents then listen on 127.0.(S+100).N).
     pub proxied: bool,
+    /// Give each agent a projected token of this audience for the aggregator
+    /// (`KUBENURSE_AGGREGATOR_TOKEN_FILE`), issued by the fake API server for its pod and node.
+    pub token_audience: Option<String>,
 }
 
 impl Default for ClusterSpec {
     fn default() -> Self {
-        Self { nodes: 5, subnet: 1, port: 8080, interval: "1s".into(), limit: 10, env: Vec::new(), proxied: false }
+        Self {
+            nodes: 5,
+            subnet: 1,
+            port: 8080,
+            interval: "1s".into(),
+            limit: 10,
+            env: Vec::new(),
+            proxied: false,
+            token_audience: None,
+        }
     }
+}
+
+/// Lifetime of the tokens the cluster gives its agents (the chart's default projection).
+pub const TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+/// Issues `sim`'s agent a token for `audience` (bound to its pod and node, as the kubelet's
+/// projection is) and writes it where `KUBENURSE_AGGREGATOR_TOKEN_FILE` will point.
+pub fn write_agent_token(api: &FakeApiServer, dir: &Path, sim: &SimNode, audience: &str) -> anyhow::Result<PathBuf> {
+    let token = api.issue_token(&TokenRequest {
+        namespace: NAMESPACE.into(),
+        service_account: SERVICE_ACCOUNT.into(),
+        pod: Some(sim.pod.clone()),
+        node: Some(sim.node.clone()),
+        audience: audience.into(),
+        ttl: TOKEN_TTL,
+    });
+    Ok(write_file(&dir.join("tokens"), &sim.node, &token)?)
 }
 
 impl LocalCluster {
     /// Starts the API server, creates nodes and pods, and starts every agent.
     pub async fn start(spec: &ClusterSpec, dir: &Path) -> anyhow::Result<Self> {
-        let api = FakeApiServer::start(dir).await?;
+        Self::start_on(FakeApiServer::start(dir).await?, spec, dir).await
+    }
+
+    /// Same, on an API server already running (one an aggregator reviews tokens with).
+    pub async fn start_on(api: FakeApiServer, spec: &ClusterSpec, dir: &Path) -> anyhow::Result<Self> {
         let mut nodes = Vec::new();
         let mut agents = Vec::new();
         anyhow::ensure!(!spec.proxied || spec.subnet <= 155, "a proxied cluster needs subnet <= 155");
@@ -126,6 +160,10 @@ impl LocalCluster {
                 tokio::time::sleep(stagger).await;
             }
             let mut env = agent_env(&api, sim, spec.port, &spec.interval, spec.limit);
+            if let Some(audience) = &spec.token_audience {
+                let token = write_agent_token(&api, dir, sim, audience)?;
+                env.insert("KUBENURSE_AGGREGATOR_TOKEN_FILE".into(), token.display().to_string());
+            }
             for (k, v) in &spec.env {
                 if v.is_empty() {
                     env.remove(k);

@@ -7,11 +7,14 @@ use std::time::Duration;
 
 use kubenurse_aggregator::state::Settings;
 
-use crate::aggregator::LocalAggregator;
+use kubenurse_aggregator::auth::{Expectation, ServiceAccount, DEFAULT_AUDIENCE};
+use kubenurse_aggregator::config::AuthConfig;
+
+use crate::aggregator::{AggregatorOptions, LocalAggregator};
 use crate::cluster::{ClusterSpec, LocalCluster};
-use kubenurse_testkit::apiserver::Faults;
+use kubenurse_testkit::apiserver::{FakeApiServer, Faults};
 use kubenurse_testkit::proxy::{Fault, Rule};
-use kubenurse_testkit::sim::NAMESPACE;
+use kubenurse_testkit::sim::{NAMESPACE, SERVICE_ACCOUNT};
 
 /// A fault to inject, as typed on the lab's command line, its stdin or its control endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,15 +79,23 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// Starts the aggregator, then the cluster streaming to it.
+    /// Starts the API server, the aggregator reviewing agents' tokens with it (the chart's
+    /// default, `--auth tokenreview`), then the cluster streaming to it.
     pub async fn start(mut spec: ClusterSpec, settings: Settings, dir: &std::path::Path) -> anyhow::Result<Self> {
         let interval = kubenurse_common::duration::parse_go_duration(&spec.interval)?;
         let ip = format!("127.0.{}.254", spec.subnet);
-        let aggregator =
-            LocalAggregator::start(format!("{ip}:50051").parse()?, format!("{ip}:{}", spec.port).parse()?, settings)
-                .await?;
+        let api = FakeApiServer::start(dir).await?;
+        let service_account = ServiceAccount { namespace: NAMESPACE.into(), name: SERVICE_ACCOUNT.into() };
+        let options = AggregatorOptions {
+            tls: None,
+            auth: AuthConfig::TokenReview(Expectation { audience: DEFAULT_AUDIENCE.into(), service_account }),
+            kube: Some(api.kube_config()),
+        };
+        let (grpc, http) = (format!("{ip}:50051").parse()?, format!("{ip}:{}", spec.port).parse()?);
+        let aggregator = LocalAggregator::start_with(grpc, http, settings, options).await?;
         spec.env.push(("KUBENURSE_AGGREGATOR_URL".into(), aggregator.grpc_url()));
-        let cluster = LocalCluster::start(&spec, dir).await?;
+        spec.token_audience = Some(DEFAULT_AUDIENCE.into());
+        let cluster = LocalCluster::start_on(api, &spec, dir).await?;
         Ok(Self { cluster, aggregator, interval })
     }
 

@@ -267,3 +267,27 @@ pub(super) async fn get_node(State(s): State<Arc<Shared>>, UrlPath(name): UrlPat
 pub(super) async fn not_found(req: Request) -> Response {
     status(StatusCode::NOT_FOUND, "NotFound", &format!("the fake API server does not serve {}", req.uri().path()))
 }
+
+/// Legacy discovery (`/api`, `/apis`, their resource lists), which `kubectl` reads before it
+/// sends anything: what this server serves and nothing more.
+pub(super) async fn discovery(req: Request) -> Response {
+    let resource = |name: &str, kind: &str, namespaced: bool, verbs: &[&str]| json!({"name": name, "singularName": kind.to_lowercase(), "namespaced": namespaced, "kind": kind, "verbs": verbs});
+    let value = match req.uri().path() {
+        "/api" => json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}),
+        "/apis" => json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [{
+            "name": "authentication.k8s.io",
+            "versions": [{"groupVersion": "authentication.k8s.io/v1", "version": "v1"}],
+            "preferredVersion": {"groupVersion": "authentication.k8s.io/v1", "version": "v1"},
+        }]}),
+        "/api/v1" => json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": [
+            resource("pods", "Pod", true, &["get", "list", "watch"]),
+            resource("nodes", "Node", false, &["get", "list", "watch"]),
+        ]}),
+        _ => {
+            json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "authentication.k8s.io/v1", "resources": [
+                resource("tokenreviews", "TokenReview", false, &["create"]),
+            ]})
+        }
+    };
+    json_response(value)
+}

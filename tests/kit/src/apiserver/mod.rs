@@ -1,7 +1,7 @@
 //! A fake Kubernetes API server that speaks the real wire format to the agent's real kube
 //! client: HTTPS with its own CA, bearer tokens (401 otherwise), `/version`, pods and nodes
 //! with list, get and watch (resourceVersion, label selectors, `410 Gone` for a version that
-//! is too old), k8s-openapi objects. Tests change pods and nodes while agents run, and can make
+//! is too old), TokenReview of the tokens it issues, k8s-openapi objects. Tests change pods and nodes while agents run, and can make
 //! the server slow or failing.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -26,10 +26,13 @@ use crate::pki::{write_file, TestCa};
 
 mod handlers;
 mod objects;
+mod tokens;
 
 use handlers::*;
 use objects::selector_matches;
 pub use objects::{kubenurse_pod, node};
+use tokens::{create_token_review, Tokens};
+pub use tokens::{TokenRequest, API_AUDIENCE};
 
 /// The bearer token the fake server accepts.
 pub const TOKEN: &str = "kubenurse-test-token";
@@ -60,6 +63,7 @@ struct Store {
     history: VecDeque<Change>,
     /// Versions at or below this are gone from history.
     compacted: u64,
+    tokens: Tokens,
 }
 
 /// Faults a test can switch on.
@@ -111,11 +115,16 @@ impl FakeApiServer {
         });
         let router = Router::new()
             .route("/version", get(version))
+            .route("/api", get(discovery))
+            .route("/apis", get(discovery))
+            .route("/api/v1", get(discovery))
+            .route("/apis/authentication.k8s.io/v1", get(discovery))
             .route("/api/v1/pods", get(pods_all))
             .route("/api/v1/namespaces/{ns}/pods", get(pods_in_ns))
             .route("/api/v1/namespaces/{ns}/pods/{name}", get(get_pod))
             .route("/api/v1/nodes", get(nodes_all))
             .route("/api/v1/nodes/{name}", get(get_node))
+            .route("/apis/authentication.k8s.io/v1/tokenreviews", axum::routing::post(create_token_review))
             .fallback(not_found)
             .layer(middleware::from_fn_with_state(shared.clone(), auth_and_faults))
             .with_state(shared.clone());
@@ -289,6 +298,22 @@ impl FakeApiServer {
         spec.unschedulable = Some(cordoned);
         self.apply_node(node);
         true
+    }
+
+    /// Issues a service-account token (as the kubelet's projection or `kubectl create token`).
+    pub fn issue_token(&self, request: &TokenRequest) -> String {
+        self.shared.store.lock().unwrap_or_else(|p| p.into_inner()).tokens.issue(request)
+    }
+
+    /// Invalidates a token; returns whether it was issued here.
+    pub fn revoke_token(&self, token: &str) -> bool {
+        self.shared.store.lock().unwrap_or_else(|p| p.into_inner()).tokens.revoke(token)
+    }
+
+    /// Whether reviews carry the `node-name` extra (on by default, as kube-apiserver ≥ 1.30;
+    /// off, a reviewer must look the pod up to learn its node).
+    pub fn set_node_extra(&self, on: bool) {
+        self.shared.store.lock().unwrap_or_else(|p| p.into_inner()).tokens.without_node_extra = !on;
     }
 
     /// Current faults.
