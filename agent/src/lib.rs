@@ -8,6 +8,7 @@ pub mod discovery;
 pub mod incoming;
 pub mod metrics;
 pub mod neighbourhood;
+pub mod outbox;
 pub mod probe;
 pub mod ring;
 pub mod selector;

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::trace::{FailureKind, Phase, RequestTrace};
+use crate::trace::{FailureKind, LocalCause, Phase, RequestTrace};
 
 /// Most of a response body we read before giving up on it (the checked endpoints answer empty).
 const MAX_BODY_BYTES: usize = 1 << 20;
@@ -304,7 +304,11 @@ impl ProbeClient {
                 let found = tokio::net::lookup_host((target.host.as_str(), target.port)).await;
                 let found: Vec<SocketAddr> = found
                     .map_err(|e| {
-                        (FailureKind::Phase(Phase::DnsDone), format!("GET {uri}: lookup {}: {e}", target.host))
+                        let kind = match LocalCause::of(&e) {
+                            Some(cause) => FailureKind::Local(Phase::DnsDone, cause),
+                            None => FailureKind::Phase(Phase::DnsDone),
+                        };
+                        (kind, format!("GET {uri}: lookup {}: {e}", target.host))
                     })?
                     .collect();
                 if found.is_empty() {
@@ -320,6 +324,7 @@ impl ProbeClient {
         trace.mark(Phase::ConnectStart);
         trace.begin(Phase::ConnectDone);
         let mut last_err = None;
+        let mut local = None;
         let mut tcp = None;
         for addr in &addrs {
             match self.dial(*addr).await {
@@ -327,11 +332,18 @@ impl ProbeClient {
                     tcp = Some(s);
                     break;
                 }
-                Err(e) => last_err = Some(format!("dial tcp {addr}: {e}")),
+                Err(e) => {
+                    local = local.or(LocalCause::of(&e));
+                    last_err = Some(format!("dial tcp {addr}: {e}"));
+                }
             }
         }
         let tcp = tcp.ok_or_else(|| {
-            (FailureKind::Phase(Phase::ConnectDone), format!("GET {uri}: {}", last_err.unwrap_or_default()))
+            let kind = match local {
+                Some(cause) => FailureKind::Local(Phase::ConnectDone, cause),
+                None => FailureKind::Phase(Phase::ConnectDone),
+            };
+            (kind, format!("GET {uri}: {}", last_err.unwrap_or_default()))
         })?;
         trace.mark(Phase::ConnectDone);
         // Latency probes: never wait for Nagle.

@@ -75,6 +75,47 @@ pub enum FailureKind {
     Status(u16),
     /// The service-account token could not be read, so no request was sent.
     Token,
+    /// A phase failed for a reason inside this node (see [`LocalCause`]).
+    Local(Phase, LocalCause),
+}
+
+/// Why a check failed without its target having any part in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalCause {
+    /// The process or the system is out of file descriptors (EMFILE, ENFILE).
+    FileDescriptors,
+    /// No local address or port is left to connect from (EADDRNOTAVAIL).
+    EphemeralPorts,
+    /// The kernel is out of buffers or memory (ENOBUFS, ENOMEM).
+    Memory,
+}
+
+impl LocalCause {
+    /// The cause of an OS error, when it lies in this node.
+    pub fn of(error: &std::io::Error) -> Option<Self> {
+        // Linux errno values (the agent's only platform).
+        const ENOMEM: i32 = 12;
+        const ENFILE: i32 = 23;
+        const EMFILE: i32 = 24;
+        const EADDRNOTAVAIL: i32 = 99;
+        const ENOBUFS: i32 = 105;
+        match error.raw_os_error()? {
+            EMFILE | ENFILE => Some(Self::FileDescriptors),
+            EADDRNOTAVAIL => Some(Self::EphemeralPorts),
+            ENOBUFS | ENOMEM => Some(Self::Memory),
+            _ => None,
+        }
+    }
+
+    /// Its `error_kind` on the wire.
+    pub fn wire_kind(self) -> String {
+        let cause = match self {
+            Self::FileDescriptors => "out_of_file_descriptors",
+            Self::EphemeralPorts => "no_ephemeral_port",
+            Self::Memory => "out_of_memory",
+        };
+        format!("{}{cause}", kubenurse_proto::LOCAL_ERROR_PREFIX)
+    }
 }
 
 impl FailureKind {
@@ -85,6 +126,16 @@ impl FailureKind {
             FailureKind::RoundTrip => ROUND_TRIP_ERROR.to_string(),
             FailureKind::Status(code) => format!("status_code_{code}"),
             FailureKind::Token => "token_error".to_string(),
+            // Upstream's label (the phase); the cause travels on the wire only.
+            FailureKind::Local(p, _) => p.as_str().to_string(),
+        }
+    }
+
+    /// The `error_kind` streamed to the aggregator: the event label, or `local_…`.
+    pub fn wire_kind(&self) -> String {
+        match self {
+            FailureKind::Local(_, cause) => cause.wire_kind(),
+            other => other.event_label(),
         }
     }
 }
@@ -139,5 +190,26 @@ impl RequestTrace {
     /// Time since request start.
     pub fn elapsed(&self) -> Duration {
         self.start.elapsed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_causes_are_the_agents_and_keep_upstreams_event_label() {
+        let of = |errno| LocalCause::of(&std::io::Error::from_raw_os_error(errno));
+        assert_eq!(of(24), Some(LocalCause::FileDescriptors));
+        assert_eq!(of(23), Some(LocalCause::FileDescriptors));
+        assert_eq!(of(99), Some(LocalCause::EphemeralPorts));
+        assert_eq!(of(105), Some(LocalCause::Memory));
+        assert_eq!(of(111), None, "connection refused is the target's");
+        assert_eq!(LocalCause::of(&std::io::Error::other("x")), None);
+        let kind = FailureKind::Local(Phase::ConnectDone, LocalCause::FileDescriptors);
+        assert_eq!(kind.event_label(), FailureKind::Phase(Phase::ConnectDone).event_label());
+        assert_eq!(kind.wire_kind(), "local_out_of_file_descriptors");
+        assert!(kind.wire_kind().starts_with(kubenurse_proto::LOCAL_ERROR_PREFIX));
+        assert_eq!(FailureKind::RoundTrip.wire_kind(), ROUND_TRIP_ERROR);
     }
 }

@@ -1,10 +1,10 @@
 //! The stream to the aggregator(s): results are queued as checks complete and streamed over
-//! gRPC (`nurse.v1`). The agent never waits for it: each replica has a bounded queue that
-//! drops its oldest entries when full (counted), and connections retry with capped, jittered
+//! gRPC (`nurse.v1`). The agent never waits for it: each replica has a queue bounded in
+//! entries and bytes ([`crate::outbox`]) that drops its oldest entries when full (counted), and connections retry with capped, jittered
 //! backoff. A DNS name resolving to several addresses (a headless Service) gets one stream per
 //! address, so every aggregator replica sees every result.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use kubenurse_common::backoff::Backoff;
 use kubenurse_proto::v1::nurse_client::NurseClient;
 use kubenurse_proto::v1::{
-    agent_message, aggregator_message, AgentMessage, CheckResult, Hello, Outcome, Phase, ResultBatch, RoundEnd,
+    agent_message, aggregator_message, AgentMessage, CheckResult, Hello, Outcome, Phase, RoundEnd,
 };
-use kubenurse_proto::{MAX_MESSAGE_BYTES, MAX_RESULTS_PER_BATCH};
+use kubenurse_proto::MAX_MESSAGE_BYTES;
 use prometheus::{IntCounter, IntGauge};
 use tokio::sync::{mpsc, watch, Notify};
 use tonic::metadata::{Ascii, MetadataValue};
@@ -26,9 +26,8 @@ use crate::checks::CheckOutcome;
 use crate::config::vars::read_token;
 use crate::config::AggregatorConfig;
 use crate::discovery::{Discovery, NeighbourhoodView};
+use crate::outbox::{batch_of, Item, Outbox};
 
-/// Entries one replica's queue holds before dropping the oldest.
-pub const QUEUE_CAPACITY: usize = 20_000;
 /// First reconnect delay.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Backoff cap: a restarted aggregator has every agent back within about two intervals.
@@ -38,14 +37,16 @@ const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// How often a DNS name is resolved again for new or removed replicas.
 const RESOLVE_EVERY: Duration = Duration::from_secs(15);
 
-enum Item {
-    Result(CheckResult),
-    RoundEnd(RoundEnd),
+struct Queue {
+    items: Mutex<Outbox>,
+    notify: Notify,
+    dropped: IntCounter,
 }
 
-struct Queue {
-    items: Mutex<VecDeque<Item>>,
-    notify: Notify,
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        self.items.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// One aggregator replica: its queue and the task streaming it.
@@ -120,14 +121,14 @@ pub fn to_wire(o: &CheckOutcome, round: u64) -> CheckResult {
                 None => r.set_outcome(Outcome::Ok),
                 Some((kind, message)) => {
                     r.set_outcome(Outcome::Failed);
-                    r.error_kind = kind.event_label();
+                    r.error_kind = kind.wire_kind();
                     r.error = message.clone();
                 }
             }
         }
         Err(not_sent) => {
             r.set_outcome(Outcome::Failed);
-            r.error_kind = not_sent.event_label();
+            r.error_kind = not_sent.wire_kind();
             r.error = o.value.clone();
         }
     }
@@ -224,7 +225,8 @@ impl Uplink {
         for (addr, tls) in addrs {
             queues.entry(addr).or_insert_with(|| {
                 info!(%addr, tls = tls.is_some(), "streaming to aggregator replica");
-                let queue = Arc::new(Queue { items: Mutex::new(VecDeque::new()), notify: Notify::new() });
+                let queue =
+                    Arc::new(Queue { items: Mutex::default(), notify: Notify::new(), dropped: self.dropped.clone() });
                 let (hello, connected) = (self.hello.subscribe(), self.connected.clone());
                 let task =
                     tokio::spawn(stream_forever(addr, tls, credentials.clone(), queue.clone(), hello, connected));
@@ -255,13 +257,8 @@ impl Uplink {
     fn push(&self, make: impl Fn() -> Item) {
         let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         for (queue, _) in queues.values() {
-            let mut items = queue.items.lock().unwrap_or_else(|p| p.into_inner());
-            if items.len() >= QUEUE_CAPACITY {
-                items.pop_front();
-                self.dropped.inc();
-            }
-            items.push_back(make());
-            drop(items);
+            let dropped = queue.lock().push(make());
+            self.dropped.inc_by(dropped);
             queue.notify.notify_one();
         }
     }
@@ -425,30 +422,16 @@ async fn stream_once(
                 Err(status) => return Err(status.into()),
             },
         }
-        // Send everything queued, in bounded batches; on failure put the batch back.
+        // Send everything queued, in batches that fit a message; on failure put the batch back.
         loop {
-            let items: Vec<Item> = {
-                let mut q = queue.items.lock().unwrap_or_else(|p| p.into_inner());
-                let n = q.len().min(MAX_RESULTS_PER_BATCH);
-                q.drain(..n).collect()
-            };
+            let items = queue.lock().take_batch();
             if items.is_empty() {
                 break;
             }
-            let mut batch = ResultBatch::default();
-            for item in &items {
-                match item {
-                    Item::Result(r) => batch.results.push(r.clone()),
-                    Item::RoundEnd(e) => batch.round_ends.push(e.clone()),
-                }
-            }
-            if tx.send(AgentMessage { msg: Some(agent_message::Msg::Batch(batch)) }).await.is_err() {
-                let mut q = queue.items.lock().unwrap_or_else(|p| p.into_inner());
-                for item in items.into_iter().rev() {
-                    if q.len() < QUEUE_CAPACITY {
-                        q.push_front(item);
-                    }
-                }
+            let message = AgentMessage { msg: Some(agent_message::Msg::Batch(batch_of(items.clone()))) };
+            if tx.send(message).await.is_err() {
+                let dropped = queue.lock().put_back(items);
+                queue.dropped.inc_by(dropped);
                 return Err("stream closed while sending".into());
             }
         }

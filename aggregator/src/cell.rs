@@ -72,6 +72,8 @@ pub struct Cell {
     pub last_micros: u64,
     /// Whether the last result failed.
     pub last_failed: bool,
+    /// Whether that failure lay in the source agent's own node (`local_…` error kind).
+    pub last_local: bool,
     /// Error text of the last failure (kept after recovery, for operators).
     pub last_error: Option<String>,
     /// When the last result arrived (aggregator clock, unix µs).

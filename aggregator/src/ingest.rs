@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::auth::gate::Gate;
 use crate::auth::AuthFailure;
+use crate::guard::Connections;
 use crate::metrics::AggregatorMetrics;
 use crate::owner::{now_micros, StateHandle};
 use crate::validate::{bounded_text as bounded, Rejection};
@@ -59,19 +60,21 @@ pub struct Ingest {
     metrics: Arc<AggregatorMetrics>,
     gate: Arc<Gate>,
     live: Arc<LiveStreams>,
+    connections: Arc<Connections>,
     shutdown: watch::Receiver<bool>,
 }
 
 impl Ingest {
-    /// A service feeding `state` with what passes `gate`; streams end with a GoAway when
-    /// `shutdown` turns true.
+    /// A service feeding `state` with what passes `gate`, marking in `connections` the ones
+    /// whose hello was accepted; streams end with a GoAway when `shutdown` turns true.
     pub fn new(
         state: StateHandle,
         metrics: Arc<AggregatorMetrics>,
         gate: Arc<Gate>,
+        connections: Arc<Connections>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        Self { state, metrics, gate, live: Arc::default(), shutdown }
+        Self { state, metrics, gate, live: Arc::default(), connections, shutdown }
     }
 }
 
@@ -116,6 +119,7 @@ impl Nurse for Ingest {
         let (state, metrics, gate, live) =
             (self.state.clone(), self.metrics.clone(), self.gate.clone(), self.live.clone());
         let mut shutdown = self.shutdown.clone();
+        let connections = self.connections.clone();
         tokio::spawn(async move {
             // The hello.
             let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await;
@@ -142,6 +146,7 @@ impl Nurse for Ingest {
                 let _ = tx.send(Err(Status::invalid_argument(format!("hello refused: {reason}")))).await;
                 return;
             }
+            connections.admit(peer);
             let (stream_id, mut replaced) = live.claim(&node);
             info!(%node, ?peer, auth = %gate.mode(), "agent connected");
             let expiry = time_left(admission.expires_at());

@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod cell;
 pub mod config;
+pub mod guard;
 pub mod ingest;
 pub mod metrics;
 pub mod owner;
@@ -17,6 +18,9 @@ pub mod views;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+use futures::TryStreamExt as _;
 
 use kubenurse_proto::v1::nurse_server::NurseServer;
 use kubenurse_proto::MAX_MESSAGE_BYTES;
@@ -27,6 +31,7 @@ use tracing::{info, warn};
 use crate::auth::gate::Gate;
 use crate::auth::review::TokenReviewer;
 use crate::config::{AuthConfig, Config};
+use crate::guard::{Connections, Guarded};
 use crate::metrics::AggregatorMetrics;
 use crate::owner::StateHandle;
 
@@ -61,9 +66,10 @@ pub fn grpc_service(
     state: StateHandle,
     metrics: Arc<AggregatorMetrics>,
     gate: Arc<Gate>,
+    connections: Arc<Connections>,
     shutdown: watch::Receiver<bool>,
 ) -> NurseServer<ingest::Ingest> {
-    NurseServer::new(ingest::Ingest::new(state, metrics, gate, shutdown))
+    NurseServer::new(ingest::Ingest::new(state, metrics, gate, connections, shutdown))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
@@ -115,9 +121,12 @@ pub async fn run(
             .with_graceful_shutdown(async move { kubenurse_common::signal::stopped(&mut http_stop).await })
             .await
     });
-    let service = grpc_service(state, metrics, gate, stop_rx.clone());
+    let connections = Arc::new(Connections::default());
+    let service = grpc_service(state, metrics, gate, connections.clone(), stop_rx.clone());
     let mut grpc_stop = stop_rx.clone();
-    let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
+    let incoming = tonic::transport::server::TcpIncoming::from(grpc)
+        .with_nodelay(Some(true))
+        .map_ok(move |tcp| Guarded::new(tcp, connections.clone(), ingest::HELLO_TIMEOUT));
     let mut builder = tonic::transport::Server::builder();
     if let Some((cert, key)) = &tls {
         let identity = tonic::transport::Identity::from_pem(cert, key);
@@ -132,6 +141,9 @@ pub async fn run(
             // Small flow-control windows bound what thousands of agents can have in flight.
             .initial_stream_window_size(Some(64 * 1024))
             .initial_connection_window_size(Some(256 * 1024))
+            // Peers that stop answering pings are dropped (agents ping every 20 s too).
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(service)
             .serve_with_incoming_shutdown(
                 incoming,

@@ -230,6 +230,7 @@ impl ClusterState {
         cell.record(now, slot, retention, r.duration_micros, failed);
         cell.last_micros = r.duration_micros;
         cell.last_failed = failed;
+        cell.last_local = failed && r.error_kind.starts_with(kubenurse_proto::LOCAL_ERROR_PREFIX);
         cell.last_seen = now;
         if failed {
             cell.last_error = Some(bounded_text(if r.error.is_empty() { &r.error_kind } else { &r.error }));
@@ -318,7 +319,13 @@ impl ClusterState {
             for (dst, cell) in row {
                 let Some(&d) = index.get(dst.as_str()) else { continue };
                 if now - cell.last_seen <= stale_after {
-                    cells.push(CellView { src: s, dst: d, failing: cell.health.bad, slow: cell.latency.bad });
+                    cells.push(CellView {
+                        src: s,
+                        dst: d,
+                        failing: cell.health.bad,
+                        slow: cell.latency.bad,
+                        local: cell.last_local,
+                    });
                 }
             }
         }

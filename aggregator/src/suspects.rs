@@ -41,6 +41,8 @@ pub struct CellView {
     pub failing: bool,
     /// Slow per hysteresis.
     pub slow: bool,
+    /// Its last failure lay in the source agent's own node (out of file descriptors, …).
+    pub local: bool,
 }
 
 /// What a suspect is.
@@ -67,6 +69,8 @@ pub enum Cause {
     Errors,
     /// Slow checks.
     Latency,
+    /// Checks that failed inside the source agent's own node: only ever a source suspect.
+    Local,
 }
 
 /// Why a suspect was named.
@@ -128,9 +132,40 @@ fn evidence(nodes: &[NodeView], bad: &[(usize, usize)], total: usize, note: Opti
 
 /// Names the suspects for both causes, highest score first.
 pub fn find_suspects(nodes: &[NodeView], cells: &[CellView]) -> Vec<Suspect> {
-    let mut out = localise(nodes, cells, Cause::Errors, |c| c.failing);
+    // A failure the source reports as its own says nothing about the destination or a zone.
+    let mut out = localise(nodes, cells, Cause::Errors, |c| c.failing && !c.local);
+    out.extend(local_sources(nodes, cells));
     out.extend(localise(nodes, cells, Cause::Latency, |c| c.slow && !c.failing));
     out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.kind.cmp(&b.kind)));
+    out
+}
+
+/// Sources whose failing cells failed locally: the agent's node is the suspect, alone.
+fn local_sources(nodes: &[NodeView], cells: &[CellView]) -> Vec<Suspect> {
+    let mut by_source: BTreeMap<usize, (Vec<(usize, usize)>, usize)> = BTreeMap::new();
+    for c in cells {
+        let entry = by_source.entry(c.src).or_default();
+        entry.1 += 1;
+        if c.failing && c.local {
+            entry.0.push((c.src, c.dst));
+        }
+    }
+    let mut out = Vec::new();
+    for (src, (bad, total)) in by_source {
+        if bad.is_empty() {
+            continue;
+        }
+        let note = Some("the checks failed inside the source's own node (its agent says so)".into());
+        let ev = evidence(nodes, &bad, total, note);
+        out.push(Suspect {
+            kind: Kind::Source,
+            node: Some(nodes[src].name.clone()),
+            zone: None,
+            cause: Cause::Local,
+            score: ev.bad_cells as f64 * ev.ratio,
+            evidence: ev,
+        });
+    }
     out
 }
 
@@ -283,7 +318,15 @@ mod tests {
             .map(|i| NodeView { name: format!("n{i:02}"), zone: format!("z{}", i % zones), agent_connected: true })
             .collect();
         let cells = (0..n)
-            .flat_map(|s| (1..=limit).map(move |k| CellView { src: s, dst: (s + k) % n, failing: false, slow: false }))
+            .flat_map(|s| {
+                (1..=limit).map(move |k| CellView {
+                    src: s,
+                    dst: (s + k) % n,
+                    failing: false,
+                    slow: false,
+                    local: false,
+                })
+            })
             .collect();
         (nodes, cells)
     }
@@ -388,5 +431,25 @@ mod tests {
         assert_eq!((s[0].kind, s[0].node.as_deref()), (Kind::Destination, Some("n03")));
         assert_eq!((s[1].kind, s[1].node.as_deref()), (Kind::Source, Some("n11")));
         assert!(s[0].score > s[1].score);
+    }
+
+    #[test]
+    fn local_failures_blame_only_their_source() {
+        let (nodes, mut cells) = cluster(12, 3, 10);
+        // Every agent of one zone out of file descriptors: all their checks fail, locally.
+        for c in cells.iter_mut() {
+            if nodes[c.src].zone == "z1" {
+                c.failing = true;
+                c.local = true;
+            }
+        }
+        let s = find_suspects(&nodes, &cells);
+        assert!(!s.is_empty());
+        for suspect in &s {
+            assert_eq!((suspect.kind, suspect.cause), (Kind::Source, Cause::Local), "{s:#?}");
+            let node = suspect.node.as_deref().unwrap_or_default();
+            assert!(nodes.iter().any(|n| n.name == node && n.zone == "z1"), "{s:#?}");
+        }
+        assert_eq!(s.len(), nodes.iter().filter(|n| n.zone == "z1").count());
     }
 }

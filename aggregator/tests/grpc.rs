@@ -38,6 +38,7 @@ async fn harness() -> Harness {
         state.clone(),
         metrics.clone(),
         Arc::new(kubenurse_aggregator::auth::gate::Gate::Open),
+        Arc::default(),
         stop_rx,
     );
     tokio::spawn(Server::builder().add_service(service).serve_with_incoming(incoming));

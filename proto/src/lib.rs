@@ -22,3 +22,7 @@ pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
 
 /// Most results in one batch.
 pub const MAX_RESULTS_PER_BATCH: usize = 4096;
+
+/// `CheckResult.error_kind` of a check that failed for a reason inside the agent's own node
+/// (out of file descriptors, no ephemeral port): the agent's failure, never its target's.
+pub const LOCAL_ERROR_PREFIX: &str = "local_";
