@@ -6,22 +6,17 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use kubenurse_aggregator::auth::{Expectation, ServiceAccount, DEFAULT_AUDIENCE};
-use kubenurse_aggregator::config::AuthConfig;
+use kubenurse_aggregator::auth::DEFAULT_AUDIENCE;
 use kubenurse_aggregator::state::Settings;
 use kubenurse_lab::aggregator::{AggregatorOptions, LocalAggregator};
 use kubenurse_lab::cluster::{write_agent_token, ClusterSpec, LocalCluster};
-use kubenurse_proto::v1::nurse_client::NurseClient;
-use kubenurse_proto::v1::{
-    agent_message, aggregator_message, AgentMessage, AggregatorMessage, CheckResult, Hello, Outcome, ResultBatch,
-};
-use kubenurse_proto::{CheckKind, PROTOCOL_REVISION};
-use kubenurse_testkit::apiserver::{kubenurse_pod, node, FakeApiServer, Faults, TokenRequest};
+use kubenurse_lab::impostor::{failure, hello, open, token_for};
+use kubenurse_proto::v1::{agent_message, aggregator_message, AgentMessage, AggregatorMessage, Hello};
+use kubenurse_testkit::apiserver::{kubenurse_pod, node, FakeApiServer, Faults};
 use kubenurse_testkit::http::{eventually, http_get};
 use kubenurse_testkit::sim::{SimNode, NAMESPACE, SERVICE_ACCOUNT};
 use serde_json::Value;
-use tokio::sync::mpsc;
-use tonic::{Code, Status, Streaming};
+use tonic::{Code, Status};
 
 fn workdir(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
@@ -37,12 +32,7 @@ async fn setup(subnet: u8, n: u8, dir: &std::path::Path) -> anyhow::Result<(Fake
         api.apply_node(node(&sim.node, &sim.zone));
         api.apply_pod(kubenurse_pod(NAMESPACE, &sim.pod, &sim.node, &sim.ip.to_string()));
     }
-    let service_account = ServiceAccount { namespace: NAMESPACE.into(), name: SERVICE_ACCOUNT.into() };
-    let options = AggregatorOptions {
-        tls: None,
-        auth: AuthConfig::TokenReview(Expectation { audience: DEFAULT_AUDIENCE.into(), service_account }),
-        kube: Some(api.kube_config()),
-    };
+    let options = AggregatorOptions::token_review(&api);
     let ip = format!("127.0.{subnet}.254");
     let settings = Settings { tick_micros: 100_000, ..Settings::default() };
     let aggregator =
@@ -51,100 +41,8 @@ async fn setup(subnet: u8, n: u8, dir: &std::path::Path) -> anyhow::Result<(Fake
     Ok((api, aggregator))
 }
 
-fn token_for(api: &FakeApiServer, sim: &SimNode, audience: &str, service_account: &str, ttl: Duration) -> String {
-    api.issue_token(&TokenRequest {
-        namespace: NAMESPACE.into(),
-        service_account: service_account.into(),
-        pod: Some(sim.pod.clone()),
-        node: Some(sim.node.clone()),
-        audience: audience.into(),
-        ttl,
-    })
-}
-
-fn hello(sim: &SimNode, targets: &[&SimNode]) -> Hello {
-    Hello {
-        protocol: PROTOCOL_REVISION,
-        node: sim.node.clone(),
-        pod: sim.pod.clone(),
-        zone: sim.zone.clone(),
-        interval_micros: 1_000_000,
-        neighbour_limit: 10,
-        targets: targets.iter().map(|t| t.node.clone()).collect(),
-        ..Hello::default()
-    }
-}
-
-/// A failed path check of `target` (what an impostor would send to frame it).
-fn failure(target: &SimNode, round: u64) -> AgentMessage {
-    let mut r = CheckResult {
-        check: Some(CheckKind::Path { node: target.node.clone() }.to_wire()),
-        round,
-        duration_micros: 1_000,
-        error_kind: "connection_refused".into(),
-        ..CheckResult::default()
-    };
-    r.set_outcome(Outcome::Failed);
-    AgentMessage { msg: Some(agent_message::Msg::Batch(ResultBatch { results: vec![r], round_ends: vec![] })) }
-}
-
-struct Stream {
-    tx: mpsc::Sender<AgentMessage>,
-    inbound: Streaming<AggregatorMessage>,
-}
-
-/// Opens a stream with `token` as bearer (if any) and sends `first`; `Err` is the status the
-/// aggregator refused the stream with.
-async fn open(agg: &LocalAggregator, token: Option<&str>, first: Hello) -> Result<Stream, Status> {
-    let mut client = NurseClient::connect(agg.grpc_url()).await.map_err(|e| Status::unknown(e.to_string()))?;
-    let (tx, rx) = mpsc::channel::<AgentMessage>(16);
-    tx.send(AgentMessage { msg: Some(agent_message::Msg::Hello(first)) })
-        .await
-        .map_err(|e| Status::unknown(e.to_string()))?;
-    let outbound = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-    let mut request = tonic::Request::new(outbound);
-    if let Some(token) = token {
-        let value = format!("Bearer {token}").parse().map_err(|_| Status::unknown("bad token"))?;
-        request.metadata_mut().insert("authorization", value);
-    }
-    let inbound = client.report(request).await?.into_inner();
-    Ok(Stream { tx, inbound })
-}
-
-impl Stream {
-    /// The next message within `wait`: `Ok(None)` when none came, `Err` the stream's end status.
-    async fn next(&mut self, wait: Duration) -> Result<Option<AggregatorMessage>, Status> {
-        match tokio::time::timeout(wait, self.inbound.message()).await {
-            Err(_) => Ok(None),
-            Ok(r) => r,
-        }
-    }
-
-    /// Sends `msg` and waits for the stream's verdict on it: an ack, a GoAway or an error.
-    async fn send(&mut self, msg: AgentMessage) -> Result<Option<AggregatorMessage>, Status> {
-        // A stream the aggregator ended no longer takes messages: its status says why.
-        let _ = self.tx.send(msg).await;
-        self.next(Duration::from_secs(3)).await
-    }
-}
-
-/// The status a stream ends with, whether refused at once or after its hello.
 async fn refusal(agg: &LocalAggregator, token: Option<&str>, first: Hello, then: &SimNode) -> Status {
-    match open(agg, token, first).await {
-        Err(status) => status,
-        Ok(mut s) => match s.send(failure(then, 1)).await {
-            Err(status) => status,
-            Ok(m) => Status::unknown(format!("stream was accepted: {m:?}")),
-        },
-    }
-}
-
-async fn auth_failures(agg: &LocalAggregator, reason: &str) -> anyhow::Result<f64> {
-    let (_, text) = http_get(&format!("{}/metrics", agg.url())).await?;
-    let line = format!("kubenurse_aggregator_auth_failures_total{{reason=\"{reason}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&line)?.trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no {reason} counter in /metrics"))
+    kubenurse_lab::impostor::refusal(&agg.grpc_url(), token, first, then).await
 }
 
 /// Source nodes of the matrix's cells.
@@ -162,7 +60,7 @@ async fn impostors_are_refused_with_their_reason_and_never_reach_the_matrix() ->
     let (_, status) = agg.get_json("/api/v1/status").await?;
     assert_eq!(status["auth"], "tokenreview");
     for reason in ["no_token", "invalid_token", "wrong_audience", "wrong_service_account", "node_mismatch"] {
-        assert_eq!(auth_failures(&agg, reason).await?, 0.0, "{reason} counter exists at zero");
+        assert_eq!(agg.auth_failures(reason).await?, 0.0, "{reason} counter exists at zero");
     }
     let hour = Duration::from_secs(3600);
     let cases: Vec<(&str, Option<String>, Hello, Code)> = vec![
@@ -195,7 +93,7 @@ async fn impostors_are_refused_with_their_reason_and_never_reach_the_matrix() ->
         if let Some(t) = &token {
             assert!(!status.message().contains(t.as_str()), "the status must not echo the token");
         }
-        assert_eq!(auth_failures(&agg, reason).await?, 1.0, "{reason} counted once");
+        assert_eq!(agg.auth_failures(reason).await?, 1.0, "{reason} counted once");
     }
     assert!(matrix_sources(&agg).await?.is_empty(), "no impostor cell in the matrix");
     let (_, status) = agg.get_json("/api/v1/status").await?;
@@ -206,8 +104,8 @@ async fn impostors_are_refused_with_their_reason_and_never_reach_the_matrix() ->
     let token = token_for(&api, &a, DEFAULT_AUDIENCE, SERVICE_ACCOUNT, hour);
     let status = refusal(&agg, Some(&token), hello(&b, &[&c]), &c).await;
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    assert_eq!(auth_failures(&agg, "node_mismatch").await?, 2.0);
-    let mut s = open(&agg, Some(&token), hello(&a, &[&b])).await?;
+    assert_eq!(agg.auth_failures("node_mismatch").await?, 2.0);
+    let mut s = open(&agg.grpc_url(), Some(&token), hello(&a, &[&b])).await?;
     assert!(matches!(
         s.send(failure(&b, 1)).await?,
         Some(AggregatorMessage { msg: Some(aggregator_message::Msg::Ack(_)) })
@@ -216,7 +114,7 @@ async fn impostors_are_refused_with_their_reason_and_never_reach_the_matrix() ->
     let err = s.send(AgentMessage { msg: Some(agent_message::Msg::Hello(hello(&c, &[&b]))) }).await;
     let err = err.expect_err("a hello for another node must end the stream");
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
-    assert_eq!(auth_failures(&agg, "node_mismatch").await?, 3.0);
+    assert_eq!(agg.auth_failures("node_mismatch").await?, 3.0);
     assert_eq!(matrix_sources(&agg).await?, vec![a.node.clone()], "only the real node-01's cell");
     drop(api);
     agg.stop().await
@@ -228,7 +126,7 @@ async fn revoked_expired_and_unreviewable_tokens() -> anyhow::Result<()> {
     let (api, agg) = setup(76, 2, &dir).await?;
     let [a, b] = [SimNode::new(76, 1), SimNode::new(76, 2)];
     let token = token_for(&api, &a, DEFAULT_AUDIENCE, SERVICE_ACCOUNT, Duration::from_secs(3600));
-    let mut s = open(&agg, Some(&token), hello(&a, &[&b])).await?;
+    let mut s = open(&agg.grpc_url(), Some(&token), hello(&a, &[&b])).await?;
     assert!(s.send(failure(&b, 1)).await?.is_some(), "a valid token is accepted");
 
     // The review API down: new streams UNAVAILABLE (agents retry), open ones unaffected.
@@ -236,10 +134,10 @@ async fn revoked_expired_and_unreviewable_tokens() -> anyhow::Result<()> {
     api.set_faults(Faults { failing: true, ..Faults::default() });
     let status = refusal(&agg, Some(&fresh), hello(&b, &[&a]), &a).await;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert_eq!(auth_failures(&agg, "review_unavailable").await?, 1.0);
+    assert_eq!(agg.auth_failures("review_unavailable").await?, 1.0);
     assert!(s.send(failure(&b, 2)).await?.is_some(), "an accepted stream outlives the outage");
     api.set_faults(Faults::default());
-    let mut s2 = open(&agg, Some(&fresh), hello(&b, &[&a])).await?;
+    let mut s2 = open(&agg.grpc_url(), Some(&fresh), hello(&b, &[&a])).await?;
     assert!(s2.send(failure(&a, 1)).await?.is_some(), "accepted once the API answers again");
 
     // Revoked: refused on the next connect once the 10 s positive cache has lapsed.
@@ -247,11 +145,11 @@ async fn revoked_expired_and_unreviewable_tokens() -> anyhow::Result<()> {
     tokio::time::sleep(kubenurse_aggregator::auth::review::POSITIVE_CACHE + Duration::from_millis(500)).await;
     let status = refusal(&agg, Some(&token), hello(&a, &[&b]), &b).await;
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
-    assert_eq!(auth_failures(&agg, "invalid_token").await?, 1.0);
+    assert_eq!(agg.auth_failures("invalid_token").await?, 1.0);
 
     // A stream lives no longer than its token: GoAway at expiry.
     let short = token_for(&api, &a, DEFAULT_AUDIENCE, SERVICE_ACCOUNT, Duration::from_secs(2));
-    let mut s3 = open(&agg, Some(&short), hello(&a, &[&b])).await?;
+    let mut s3 = open(&agg.grpc_url(), Some(&short), hello(&a, &[&b])).await?;
     let started = std::time::Instant::now();
     let go_away = loop {
         match s3.next(Duration::from_secs(5)).await {
@@ -303,7 +201,7 @@ async fn agents_with_tokens_fill_the_matrix_and_take_up_rotation() -> anyhow::Re
         let path = write_agent_token(&cluster.api, &dir, &n1, DEFAULT_AUDIENCE)?;
         std::fs::write(&path, &short)?;
         // Force a reconnect now: a second stream for node-01 replaces the agent's, which reconnects.
-        let mut intruder = open(&agg, Some(&short), hello(&n1, &[])).await?;
+        let mut intruder = open(&agg.grpc_url(), Some(&short), hello(&n1, &[])).await?;
         let replaced = loop {
             match intruder.next(Duration::from_secs(5)).await {
                 Ok(Some(AggregatorMessage { msg: Some(aggregator_message::Msg::GoAway(g)) })) => break g,
@@ -322,7 +220,7 @@ async fn agents_with_tokens_fill_the_matrix_and_take_up_rotation() -> anyhow::Re
         assert_eq!(status["connected_agents"], 3, "streams survive the API server failing: {status}");
         cluster.api.set_faults(Faults::default());
         for reason in ["no_token", "invalid_token", "wrong_audience", "wrong_service_account", "node_mismatch"] {
-            assert_eq!(auth_failures(&agg, reason).await?, 0.0, "{reason}: the real agents were never refused");
+            assert_eq!(agg.auth_failures(reason).await?, 0.0, "{reason}: the real agents were never refused");
         }
         anyhow::Ok(())
     }

@@ -3,9 +3,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use kubenurse_aggregator::auth::{Expectation, ServiceAccount, DEFAULT_AUDIENCE};
 use kubenurse_aggregator::config::{AuthConfig, Config};
 use kubenurse_aggregator::state::Settings;
 use kubenurse_aggregator::AggregatorError;
+use kubenurse_testkit::apiserver::FakeApiServer;
+use kubenurse_testkit::sim::{NAMESPACE, SERVICE_ACCOUNT};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -30,6 +33,19 @@ pub struct AggregatorOptions {
     pub auth: AuthConfig,
     /// The API server TokenReview goes to.
     pub kube: Option<kube::Config>,
+}
+
+impl AggregatorOptions {
+    /// Plaintext, `--auth tokenreview` against `api` for the simulated agents' service account
+    /// and the default audience (the chart's default install).
+    pub fn token_review(api: &FakeApiServer) -> Self {
+        let service_account = ServiceAccount { namespace: NAMESPACE.into(), name: SERVICE_ACCOUNT.into() };
+        Self {
+            tls: None,
+            auth: AuthConfig::TokenReview(Expectation { audience: DEFAULT_AUDIENCE.into(), service_account }),
+            kube: Some(api.kube_config()),
+        }
+    }
 }
 
 impl Default for AggregatorOptions {
@@ -82,6 +98,15 @@ impl LocalAggregator {
     pub async fn get_json(&self, path: &str) -> anyhow::Result<(u16, serde_json::Value)> {
         let (code, body) = http_get(&format!("{}{path}", self.url())).await?;
         Ok((code, serde_json::from_str(&body)?))
+    }
+
+    /// `kubenurse_aggregator_auth_failures_total{reason}` now.
+    pub async fn auth_failures(&self, reason: &str) -> anyhow::Result<f64> {
+        let (_, text) = http_get(&format!("{}/metrics", self.url())).await?;
+        let line = format!("kubenurse_aggregator_auth_failures_total{{reason=\"{reason}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&line)?.trim().parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no {reason} counter in /metrics"))
     }
 
     /// Graceful stop (GoAway to every agent).

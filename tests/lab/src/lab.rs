@@ -7,14 +7,13 @@ use std::time::Duration;
 
 use kubenurse_aggregator::state::Settings;
 
-use kubenurse_aggregator::auth::{Expectation, ServiceAccount, DEFAULT_AUDIENCE};
-use kubenurse_aggregator::config::AuthConfig;
+use kubenurse_aggregator::auth::DEFAULT_AUDIENCE;
 
 use crate::aggregator::{AggregatorOptions, LocalAggregator};
 use crate::cluster::{ClusterSpec, LocalCluster};
 use kubenurse_testkit::apiserver::{FakeApiServer, Faults};
 use kubenurse_testkit::proxy::{Fault, Rule};
-use kubenurse_testkit::sim::{NAMESPACE, SERVICE_ACCOUNT};
+use kubenurse_testkit::sim::NAMESPACE;
 
 /// A fault to inject, as typed on the lab's command line, its stdin or its control endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,12 +84,7 @@ impl Lab {
         let interval = kubenurse_common::duration::parse_go_duration(&spec.interval)?;
         let ip = format!("127.0.{}.254", spec.subnet);
         let api = FakeApiServer::start(dir).await?;
-        let service_account = ServiceAccount { namespace: NAMESPACE.into(), name: SERVICE_ACCOUNT.into() };
-        let options = AggregatorOptions {
-            tls: None,
-            auth: AuthConfig::TokenReview(Expectation { audience: DEFAULT_AUDIENCE.into(), service_account }),
-            kube: Some(api.kube_config()),
-        };
+        let options = AggregatorOptions::token_review(&api);
         let (grpc, http) = (format!("{ip}:50051").parse()?, format!("{ip}:{}", spec.port).parse()?);
         let aggregator = LocalAggregator::start_with(grpc, http, settings, options).await?;
         spec.env.push(("KUBENURSE_AGGREGATOR_URL".into(), aggregator.grpc_url()));

@@ -4,4 +4,5 @@
 
 pub mod aggregator;
 pub mod cluster;
+pub mod impostor;
 pub mod lab;
