@@ -176,8 +176,10 @@ proptest! {
             prop::sample::select(vec![
                 "--window", "--hysteresis", "--gone-after", "--slow-floor", "--grpc-address", "--http-address",
                 "--max-nodes", "--max-targets", "--tls-cert", "--tls-key", "--help", "-V",
+                "--auth", "--auth-audience", "--auth-service-account", "--client-ca",
             ]).prop_map(String::from),
-            prop::sample::select(vec!["5m", "0s", "1s", "x", "2", "101", "0", "127.0.0.1:0", "nowhere", "/etc/hostname", "-5ms"]).prop_map(String::from),
+            prop::sample::select(vec!["5m", "0s", "1s", "x", "2", "101", "0", "127.0.0.1:0", "nowhere", "/etc/hostname", "-5ms",
+                "tokenreview", "mtls", "none", "kubenurse:kubenurse", "a:b:c", ":"]).prop_map(String::from),
             "\\PC{0,12}",
         ], 0..8),
     ) {
@@ -189,6 +191,50 @@ proptest! {
                 }
             }
             Err((code, text)) => prop_assert!(!text.is_empty() && (code == 0 || code == 2), "{code}: {text}"),
+        }
+    }
+}
+
+proptest! {
+    /// Credentials are outside input too: any header, any token, any TokenReview answer.
+    #[test]
+    fn credentials_and_review_answers_never_panic(
+        header in "\\PC{0,80}",
+        token in prop_oneof!["[A-Za-z0-9_=.-]{0,200}", "\\PC{0,60}"],
+        sa in "\\PC{0,40}",
+        authenticated in any::<Option<bool>>(),
+        audiences in prop::option::of(prop::collection::vec("[a-z-]{0,24}", 0..3)),
+        username in prop::option::of("\\PC{0,60}"),
+        extras in prop::collection::btree_map(
+            prop::sample::select(vec![
+                kubenurse_aggregator::auth::EXTRA_POD_NAME.to_string(),
+                kubenurse_aggregator::auth::EXTRA_NODE_NAME.to_string(),
+                "other".to_string(),
+            ]),
+            prop::collection::vec("\\PC{0,20}", 0..3),
+            0..3,
+        ),
+        error in prop::option::of("\\PC{0,60}"),
+        hello_node in "\\PC{0,20}",
+    ) {
+        use k8s_openapi::api::authentication::v1::{TokenReviewStatus, UserInfo};
+        use kubenurse_aggregator::auth::{bearer, binds, judge, jwt_expiry, Expectation, ServiceAccount};
+        let _ = bearer(&header);
+        let _ = jwt_expiry(&token);
+        if let Ok(sa) = sa.parse::<ServiceAccount>() {
+            prop_assert_eq!(sa.to_string().parse::<ServiceAccount>(), Ok(sa));
+        }
+        let expect = Expectation { audience: "kubenurse-aggregator".into(), service_account: "kubenurse:kubenurse".parse().unwrap() };
+        let status = TokenReviewStatus {
+            authenticated,
+            audiences,
+            error,
+            user: Some(UserInfo { username, extra: Some(extras), ..UserInfo::default() }),
+        };
+        if let Ok(claims) = judge(&status, &expect) {
+            prop_assert_eq!(status.authenticated, Some(true));
+            prop_assert!(claims.pod.is_some() || claims.node.is_some());
+            let _ = binds(&claims, None, &hello_node, "p");
         }
     }
 }
