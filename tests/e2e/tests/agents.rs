@@ -49,6 +49,7 @@ async fn agents_check_exactly_their_ring_neighbours() -> anyhow::Result<()> {
         env: Vec::new(),
         proxied: false,
         token_audience: None,
+        client_cert_dir: None,
     };
     let cluster = LocalCluster::start(&spec, &workdir("ring")).await?;
     let all: Vec<&SimNode> = cluster.nodes.iter().collect();
@@ -180,6 +181,7 @@ async fn api_server_outage_keeps_path_checks_going() -> anyhow::Result<()> {
         env: Vec::new(),
         proxied: false,
         token_audience: None,
+        client_cert_dir: None,
     };
     let cluster = LocalCluster::start(&spec, &workdir("outage")).await?;
     let url = cluster.agents[0].url();
@@ -221,6 +223,7 @@ async fn slow_api_server_is_a_slow_check_not_a_failure() -> anyhow::Result<()> {
         env: Vec::new(),
         proxied: false,
         token_audience: None,
+        client_cert_dir: None,
     };
     let cluster = LocalCluster::start(&spec, &workdir("slow")).await?;
     let url = cluster.agents[0].url();
@@ -265,6 +268,7 @@ async fn ipv6_pod_ip_and_node_name_from_own_pod() -> anyhow::Result<()> {
         env: vec![("KUBENURSE_NODE_NAME".into(), String::new())],
         proxied: false,
         token_audience: None,
+        client_cert_dir: None,
     };
     let cluster = LocalCluster::start(&spec, &workdir("ipv6")).await?;
     // A third node whose pod has an IPv6 address (::1), its agent listening there.
@@ -313,6 +317,7 @@ async fn allow_unschedulable_never_watches_nodes() -> anyhow::Result<()> {
         env: vec![("KUBENURSE_ALLOW_UNSCHEDULABLE".into(), "true".into())],
         proxied: false,
         token_audience: None,
+        client_cert_dir: None,
     };
     let cluster = LocalCluster::start(&spec, &workdir("allow-unschedulable")).await?;
     assert!(cluster.api.cordon("node-02", true));
@@ -339,6 +344,7 @@ async fn reuse_connections_keeps_them_alive() -> anyhow::Result<()> {
         env: vec![("KUBENURSE_REUSE_CONNECTIONS".into(), "true".into())],
         proxied: false,
         token_audience: None,
+        client_cert_dir: None,
     };
     let cluster = LocalCluster::start(&spec, &workdir("reuse")).await?;
     let url = format!("{}/metrics", cluster.agents[0].url());

@@ -54,6 +54,7 @@ async fn matrix_suspects_and_restarts() -> anyhow::Result<()> {
         env: vec![("KUBENURSE_AGGREGATOR_URL".into(), aggregator.grpc_url())],
         proxied: false,
         token_audience: None,
+        client_cert_dir: None,
     };
     let mut cluster = LocalCluster::start(&spec, &workdir("aggregator-e2e")).await?;
     let want = ring_pairs(&cluster.nodes);
@@ -173,6 +174,7 @@ async fn every_replica_gets_every_stream() -> anyhow::Result<()> {
         env: vec![("KUBENURSE_AGGREGATOR_URL".into(), "http://127.0.0.1:18061,http://[::1]:18061".into())],
         proxied: false,
         token_audience: None,
+        client_cert_dir: None,
     };
     let cluster = LocalCluster::start(&spec, &workdir("aggregator-ha")).await?;
     let want = ring_pairs(&cluster.nodes);
@@ -220,6 +222,7 @@ async fn stream_over_tls_verifies_the_aggregator() -> anyhow::Result<()> {
         ],
         proxied: false,
         token_audience: None,
+        client_cert_dir: None,
     };
     // Agents trusting another CA never connect.
     let strangers = LocalCluster::start(&spec(84, &other_ca_file), &workdir("aggregator-tls-strangers")).await?;

@@ -82,6 +82,7 @@ async fn heatmap_draws_the_lab_and_its_top_suspect() -> anyhow::Result<()> {
         env: Vec::new(),
         proxied: true,
         token_audience: None,
+        client_cert_dir: None,
     };
     let lab = Lab::start(spec, Settings { tick_micros: 250_000, ..Settings::default() }, &dir).await?;
     let victim = lab.cluster.nodes[4].node.clone();

@@ -88,6 +88,7 @@ async fn prometheus_scrapes_the_lab_and_every_dashboard_query_has_data() -> anyh
         env: vec![("KUBENURSE_EXTRA_CHECKS".into(), "refused:http://127.0.99.250:9/".into())],
         proxied: true,
         token_audience: None,
+        client_cert_dir: None,
     };
     let lab = Lab::start(spec, Settings { tick_micros: 250_000, ..Settings::default() }, &dir).await?;
     // A refusing node: the suspects panel has something to show.

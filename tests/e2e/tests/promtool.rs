@@ -50,6 +50,7 @@ async fn every_agent_metrics_output_passes_promtool() -> anyhow::Result<()> {
         env: vec![("KUBENURSE_EXTRA_CHECKS".into(), "refused:http://127.0.61.250:9/".into())],
         proxied: false,
         token_audience: None,
+        client_cert_dir: None,
     };
     let cluster = LocalCluster::start(&spec, &dir).await?;
     for agent in &cluster.agents {

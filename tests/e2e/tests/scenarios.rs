@@ -32,6 +32,7 @@ async fn lab(subnet: u8, name: &str) -> anyhow::Result<Lab> {
         env: vec![("KUBENURSE_CHECK_TIMEOUT".into(), "500ms".into())],
         proxied: true,
         token_audience: None,
+        client_cert_dir: None,
     };
     let lab = Lab::start(spec, Settings { tick_micros: 250_000, ..Settings::default() }, &dir).await?;
     // Healthy first: every pair present.

@@ -93,6 +93,9 @@ pub struct ClusterSpec {
     /// Give each agent a projected token of this audience for the aggregator
     /// (`KUBENURSE_AGGREGATOR_TOKEN_FILE`), issued by the fake API server for its pod and node.
     pub token_audience: Option<String>,
+    /// Give each agent a client certificate for an aggregator with `--auth mtls`:
+    /// `DIR/<node>.crt` and `DIR/<node>.key` (`KUBENURSE_AGGREGATOR_CERT`, `_KEY`).
+    pub client_cert_dir: Option<PathBuf>,
 }
 
 impl Default for ClusterSpec {
@@ -106,6 +109,7 @@ impl Default for ClusterSpec {
             env: Vec::new(),
             proxied: false,
             token_audience: None,
+            client_cert_dir: None,
         }
     }
 }
@@ -163,6 +167,11 @@ impl LocalCluster {
             if let Some(audience) = &spec.token_audience {
                 let token = write_agent_token(&api, dir, sim, audience)?;
                 env.insert("KUBENURSE_AGGREGATOR_TOKEN_FILE".into(), token.display().to_string());
+            }
+            if let Some(certs) = &spec.client_cert_dir {
+                let file = |ext: &str| certs.join(format!("{}.{ext}", sim.node)).display().to_string();
+                env.insert("KUBENURSE_AGGREGATOR_CERT".into(), file("crt"));
+                env.insert("KUBENURSE_AGGREGATOR_KEY".into(), file("key"));
             }
             for (k, v) in &spec.env {
                 if v.is_empty() {

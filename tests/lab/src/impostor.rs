@@ -9,6 +9,7 @@ use kubenurse_proto::{CheckKind, PROTOCOL_REVISION};
 use kubenurse_testkit::apiserver::{FakeApiServer, TokenRequest};
 use kubenurse_testkit::sim::{SimNode, NAMESPACE};
 use tokio::sync::mpsc;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 use tonic::{Status, Streaming};
 
 /// A token for `sim`'s pod and node with `audience`, as `service_account`, valid for `ttl`.
@@ -59,7 +60,22 @@ pub struct Stream {
 /// Opens a stream to `grpc_url` with `token` as bearer (if any) and sends `first`; `Err` is
 /// the status the aggregator refused the stream with.
 pub async fn open(grpc_url: &str, token: Option<&str>, first: Hello) -> Result<Stream, Status> {
-    let mut client = NurseClient::connect(grpc_url.to_string()).await.map_err(|e| Status::unknown(e.to_string()))?;
+    open_with(grpc_url, None, token, first).await
+}
+
+/// Same, over TLS with `tls` (a client certificate in it, for `--auth mtls`).
+pub async fn open_with(
+    grpc_url: &str,
+    tls: Option<ClientTlsConfig>,
+    token: Option<&str>,
+    first: Hello,
+) -> Result<Stream, Status> {
+    let unknown = |e: tonic::transport::Error| Status::unknown(format!("{e}: {:?}", std::error::Error::source(&e)));
+    let mut endpoint = Endpoint::from_shared(grpc_url.to_string()).map_err(unknown)?;
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).map_err(unknown)?;
+    }
+    let mut client = NurseClient::new(endpoint.connect().await.map_err(unknown)?);
     let (tx, rx) = mpsc::channel::<AgentMessage>(16);
     tx.send(AgentMessage { msg: Some(agent_message::Msg::Hello(first)) })
         .await
