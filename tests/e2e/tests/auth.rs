@@ -7,8 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use kubenurse_aggregator::auth::DEFAULT_AUDIENCE;
-use kubenurse_aggregator::state::Settings;
-use kubenurse_lab::aggregator::{AggregatorOptions, LocalAggregator};
+use kubenurse_lab::aggregator::LocalAggregator;
 use kubenurse_lab::cluster::{write_agent_token, ClusterSpec, LocalCluster};
 use kubenurse_lab::impostor::{failure, hello, open, token_for};
 use kubenurse_proto::v1::{agent_message, aggregator_message, AgentMessage, AggregatorMessage, Hello};
@@ -32,12 +31,7 @@ async fn setup(subnet: u8, n: u8, dir: &std::path::Path) -> anyhow::Result<(Fake
         api.apply_node(node(&sim.node, &sim.zone));
         api.apply_pod(kubenurse_pod(NAMESPACE, &sim.pod, &sim.node, &sim.ip.to_string()));
     }
-    let options = AggregatorOptions::token_review(&api);
-    let ip = format!("127.0.{subnet}.254");
-    let settings = Settings { tick_micros: 100_000, ..Settings::default() };
-    let aggregator =
-        LocalAggregator::start_with(format!("{ip}:50051").parse()?, format!("{ip}:18080").parse()?, settings, options)
-            .await?;
+    let aggregator = LocalAggregator::reviewing(&api, subnet).await?;
     Ok((api, aggregator))
 }
 
@@ -172,17 +166,7 @@ async fn revoked_expired_and_unreviewable_tokens() -> anyhow::Result<()> {
 async fn agents_with_tokens_fill_the_matrix_and_take_up_rotation() -> anyhow::Result<()> {
     let dir = workdir("auth-agents");
     let (api, agg) = setup(77, 0, &dir).await?;
-    let spec = ClusterSpec {
-        nodes: 3,
-        subnet: 77,
-        port: 18080,
-        interval: "500ms".into(),
-        limit: 10,
-        env: vec![("KUBENURSE_AGGREGATOR_URL".into(), agg.grpc_url())],
-        token_audience: Some(DEFAULT_AUDIENCE.into()),
-        ..ClusterSpec::default()
-    };
-    let cluster = LocalCluster::start_on(api, &spec, &dir).await?;
+    let cluster = LocalCluster::start_on(api, &ClusterSpec::streaming(77, 3, &agg.grpc_url()), &dir).await?;
     let result = async {
         let url = agg.url();
         eventually("all 6 cells in the matrix", Duration::from_secs(20), || {

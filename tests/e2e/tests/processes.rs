@@ -13,8 +13,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use kubenurse_aggregator::auth::DEFAULT_AUDIENCE;
-use kubenurse_aggregator::state::Settings;
-use kubenurse_lab::aggregator::{AggregatorOptions, LocalAggregator};
+use kubenurse_lab::aggregator::LocalAggregator;
 use kubenurse_lab::cluster::{write_agent_token, ClusterSpec, LocalCluster};
 use kubenurse_testkit::apiserver::FakeApiServer;
 use kubenurse_testkit::http::{eventually, http_get};
@@ -122,19 +121,6 @@ fn workdir(name: &str) -> PathBuf {
     dir
 }
 
-fn spec(subnet: u8, nodes: u8, aggregator: &str) -> ClusterSpec {
-    ClusterSpec {
-        nodes,
-        subnet,
-        port: 18080,
-        interval: "500ms".into(),
-        limit: 10,
-        env: vec![("KUBENURSE_AGGREGATOR_URL".into(), aggregator.into())],
-        token_audience: Some(DEFAULT_AUDIENCE.into()),
-        ..ClusterSpec::default()
-    }
-}
-
 async fn suspects(agg_url: &str) -> Option<Vec<Value>> {
     let (_, body) = http_get(&format!("{agg_url}/api/v1/suspects")).await.ok()?;
     serde_json::from_str::<Value>(&body).ok()?["suspects"].as_array().cloned()
@@ -144,16 +130,8 @@ async fn starved_agent() -> anyhow::Result<()> {
     let dir = workdir("process-starved");
     let subnet = 87;
     let api = FakeApiServer::start(&dir).await?;
-    let ip = format!("127.0.{subnet}.254");
-    let settings = Settings { tick_micros: 100_000, ..Settings::default() };
-    let agg = LocalAggregator::start_with(
-        format!("{ip}:50051").parse()?,
-        format!("{ip}:18080").parse()?,
-        settings,
-        AggregatorOptions::token_review(&api),
-    )
-    .await?;
-    let mut cluster = LocalCluster::start_on(api, &spec(subnet, 6, &agg.grpc_url()), &dir).await?;
+    let agg = LocalAggregator::reviewing(&api, subnet).await?;
+    let mut cluster = LocalCluster::start_on(api, &ClusterSpec::streaming(subnet, 6, &agg.grpc_url()), &dir).await?;
     // node-01 runs as its own process under the low limit.
     let starved = cluster.agents.remove(0);
     let sim = starved.sim.clone();
@@ -240,7 +218,8 @@ async fn aggregator_killed() -> anyhow::Result<()> {
     };
     let mut aggregator = ChildGuard::spawn("aggregator", &env, None, &dir.join("aggregator-1.log"))?;
     eventually("aggregator up", Duration::from_secs(20), || status(agg_url.clone())).await?;
-    let cluster = LocalCluster::start_on(api, &spec(subnet, 4, &format!("http://{ip}:50051")), &dir).await?;
+    let cluster =
+        LocalCluster::start_on(api, &ClusterSpec::streaming(subnet, 4, &format!("http://{ip}:50051")), &dir).await?;
     let result = async {
         eventually("4 agents streaming", Duration::from_secs(20), || {
             let s = status(agg_url.clone());

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use kubenurse_aggregator::auth::DEFAULT_AUDIENCE;
 use kubenurse_aggregator::ingest::HELLO_TIMEOUT;
 use kubenurse_aggregator::state::Settings;
-use kubenurse_lab::aggregator::{AggregatorOptions, LocalAggregator};
+use kubenurse_lab::aggregator::LocalAggregator;
 use kubenurse_lab::cluster::{ClusterSpec, LocalCluster};
 use kubenurse_lab::impostor::{failure, hello, open, refusal, token_for};
 use kubenurse_proto::v1::{aggregator_message, AggregatorMessage};
@@ -33,26 +33,8 @@ async fn authenticated_cluster(
     dir: &std::path::Path,
 ) -> anyhow::Result<(LocalCluster, LocalAggregator)> {
     let api = FakeApiServer::start(dir).await?;
-    let ip = format!("127.0.{subnet}.254");
-    let settings = Settings { tick_micros: 100_000, ..Settings::default() };
-    let agg = LocalAggregator::start_with(
-        format!("{ip}:50051").parse()?,
-        format!("{ip}:18080").parse()?,
-        settings,
-        AggregatorOptions::token_review(&api),
-    )
-    .await?;
-    let spec = ClusterSpec {
-        nodes,
-        subnet,
-        port: 18080,
-        interval: "500ms".into(),
-        limit: 10,
-        env: vec![("KUBENURSE_AGGREGATOR_URL".into(), agg.grpc_url())],
-        token_audience: Some(DEFAULT_AUDIENCE.into()),
-        ..ClusterSpec::default()
-    };
-    let cluster = LocalCluster::start_on(api, &spec, dir).await?;
+    let agg = LocalAggregator::reviewing(&api, subnet).await?;
+    let cluster = LocalCluster::start_on(api, &ClusterSpec::streaming(subnet, nodes, &agg.grpc_url()), dir).await?;
     Ok((cluster, agg))
 }
 

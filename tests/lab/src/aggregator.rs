@@ -84,6 +84,15 @@ impl LocalAggregator {
         Ok(Self { grpc, http, stop: Some(stop), task })
     }
 
+    /// The chart's default on the lab's addresses for `subnet` (gRPC `127.0.S.254:50051`, HTTP
+    /// `:18080`): `--auth tokenreview` against `api`, ticking every 100 ms.
+    pub async fn reviewing(api: &FakeApiServer, subnet: u8) -> anyhow::Result<Self> {
+        let ip = format!("127.0.{subnet}.254");
+        let settings = Settings { tick_micros: 100_000, ..Settings::default() };
+        let options = AggregatorOptions::token_review(api);
+        Self::start_with(format!("{ip}:50051").parse()?, format!("{ip}:18080").parse()?, settings, options).await
+    }
+
     /// `http://…` base of its HTTP API.
     pub fn url(&self) -> String {
         format!("http://{}", self.http)

@@ -114,6 +114,23 @@ impl Default for ClusterSpec {
     }
 }
 
+impl ClusterSpec {
+    /// `nodes` agents on `subnet` (port 18080, every 500 ms) streaming to `aggregator_url`
+    /// with projected tokens of the default audience: what an authenticated install looks like.
+    pub fn streaming(subnet: u8, nodes: u8, aggregator_url: &str) -> Self {
+        Self {
+            nodes,
+            subnet,
+            port: 18080,
+            interval: "500ms".into(),
+            limit: 10,
+            env: vec![("KUBENURSE_AGGREGATOR_URL".into(), aggregator_url.into())],
+            token_audience: Some(kubenurse_aggregator::auth::DEFAULT_AUDIENCE.into()),
+            ..Self::default()
+        }
+    }
+}
+
 /// Lifetime of the tokens the cluster gives its agents (the chart's default projection).
 pub const TOKEN_TTL: Duration = Duration::from_secs(3600);
 
