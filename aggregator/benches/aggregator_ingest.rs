@@ -3,6 +3,8 @@
 //! 1. Ingest: results per second one aggregator process sustains over gRPC from a load
 //!    generator simulating 10,000 nodes × 10 neighbours (one stream per simulated agent), and
 //!    its resident memory afterwards.
+//!    The same load again while 8 clients loop `/api/v1/matrix` and `/metrics`: the ratio of
+//!    the two rates (the API answers from snapshots, off the owner task).
 //! 2. `/api/v1/matrix` with those 100,000 cells: median response time.
 //!
 //! The load generator runs in this process, on the same 2 cores as the aggregator: the ingest
@@ -39,6 +41,43 @@ async fn ingested(http: &str) -> u64 {
     serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|v| v["results_ingested"].as_u64()).unwrap_or(0)
 }
 
+/// Sends rounds `rounds` from every simulated agent and waits until all are ingested: results/s.
+async fn ingest_rounds(
+    http: &str,
+    senders: &[(mpsc::Sender<AgentMessage>, Vec<String>)],
+    rounds: std::ops::Range<u64>,
+) -> anyhow::Result<f64> {
+    let base = ingested(http).await;
+    let t0 = Instant::now();
+    let count = rounds.end.saturating_sub(rounds.start);
+    for round in rounds {
+        for (i, (tx, targets)) in senders.iter().enumerate() {
+            let results = targets
+                .iter()
+                .enumerate()
+                .map(|(k, t)| CheckResult {
+                    check_type: format!("path_{t}"),
+                    target_node: t.clone(),
+                    round,
+                    duration_micros: 150 + ((i * 7 + k * 13) % 400) as u64,
+                    outcome: Outcome::Ok.into(),
+                    ..CheckResult::default()
+                })
+                .collect();
+            let end = RoundEnd { round, all_ok: true, ..RoundEnd::default() };
+            let batch = ResultBatch { results, round_ends: vec![end] };
+            tx.send(AgentMessage { msg: Some(agent_message::Msg::Batch(batch)) }).await?;
+        }
+    }
+    let expected = base + senders.len() as u64 * LIMIT as u64 * count;
+    let mut done = ingested(http).await;
+    while done < expected && t0.elapsed() < Duration::from_secs(300) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        done = ingested(http).await;
+    }
+    Ok((done - base) as f64 / t0.elapsed().as_secs_f64())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -49,7 +88,7 @@ fn main() -> anyhow::Result<()> {
     let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     let (grpc, http) = ("127.0.0.1:18151", "127.0.0.1:18152");
     let mut child = Command::new(BIN)
-        .args(["--grpc-address", grpc, "--http-address", http])
+        .args(["--grpc-address", grpc, "--http-address", http, "--auth", "none"])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stderr(Stdio::null())
@@ -91,38 +130,37 @@ fn main() -> anyhow::Result<()> {
             });
             senders.push((tx, targets));
         }
-        let base = ingested(http).await;
-        let t0 = Instant::now();
-        for round in 0..rounds as u64 {
-            for (i, (tx, targets)) in senders.iter().enumerate() {
-                let results = targets
-                    .iter()
-                    .enumerate()
-                    .map(|(k, t)| CheckResult {
-                        check_type: format!("path_{t}"),
-                        target_node: t.clone(),
-                        round,
-                        duration_micros: 150 + ((i * 7 + k * 13) % 400) as u64,
-                        outcome: Outcome::Ok.into(),
-                        ..CheckResult::default()
-                    })
-                    .collect();
-                let end = RoundEnd { round, all_ok: true, ..RoundEnd::default() };
-                let batch = ResultBatch { results, round_ends: vec![end] };
-                tx.send(AgentMessage { msg: Some(agent_message::Msg::Batch(batch)) }).await?;
-            }
-        }
-        let expected = base + (nodes * LIMIT * rounds) as u64;
-        let mut done = ingested(http).await;
-        while done < expected && t0.elapsed() < Duration::from_secs(300) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            done = ingested(http).await;
-        }
-        let secs = t0.elapsed().as_secs_f64();
-        let n = done - base;
-        println!("ingest: {nodes} simulated agents x {LIMIT} neighbours x {rounds} rounds = {n} results in {secs:.2}s");
-        println!("  {:.0} results/s   [target >= 200000]", n as f64 / secs);
+        let rounds = rounds as u64;
+        let alone = ingest_rounds(http, &senders, 0..rounds).await?;
+        println!("ingest: {nodes} simulated agents x {LIMIT} neighbours x {rounds} rounds");
+        println!("  alone: {alone:.0} results/s   [target >= 200000]");
         println!("  aggregator resident memory after ingest: {:.1} MiB   [target <= 512 MiB]", rss_mib(pid));
+
+        // The same load again while 8 clients loop /api/v1/matrix and /metrics.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut loops = Vec::new();
+        for k in 0..8 {
+            let (stop, path) = (stop.clone(), if k % 2 == 0 { "/api/v1/matrix" } else { "/metrics" });
+            loops.push(tokio::spawn(async move {
+                let mut served = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && served < 10_000 {
+                    if http_get(&format!("http://{http}{path}")).await.is_ok() {
+                        served += 1;
+                    }
+                }
+                served
+            }));
+        }
+        let busy = ingest_rounds(http, &senders, rounds..2 * rounds).await?;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut served = 0;
+        for l in loops {
+            served += l.await.unwrap_or(0);
+        }
+        println!(
+            "  while 8 clients loop /api/v1/matrix and /metrics: {busy:.0} results/s = {:.2} x alone ({served} answers)   [target >= 0.9]",
+            busy / alone
+        );
 
         let mut times = Vec::new();
         let mut size = 0;

@@ -11,13 +11,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use kubenurse_common::duration::parse_go_duration;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::sync::Semaphore;
 
 use crate::auth::AuthMode;
 use crate::metrics::AggregatorMetrics;
 use crate::owner::StateHandle;
-use crate::views::{self, Stat};
+use crate::views::Stat;
 
 /// Longest any request may take before it is answered 503.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,12 +38,21 @@ pub struct ApiState {
     pub expensive: Arc<Semaphore>,
     /// How streams are authenticated (shown in the status).
     pub auth: AuthMode,
+    /// Serialises `/metrics` refreshes of the per-cell gauges.
+    pub metrics_refresh: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl ApiState {
     /// Handler state over `state` and `metrics`, ready, with [`MAX_EXPENSIVE_QUERIES`] permits.
     pub fn new(state: StateHandle, metrics: Arc<AggregatorMetrics>, ready: Arc<AtomicBool>, auth: AuthMode) -> Self {
-        Self { state, metrics, ready, expensive: Arc::new(Semaphore::new(MAX_EXPENSIVE_QUERIES)), auth }
+        Self {
+            state,
+            metrics,
+            ready,
+            expensive: Arc::new(Semaphore::new(MAX_EXPENSIVE_QUERIES)),
+            auth,
+            metrics_refresh: Arc::default(),
+        }
     }
 }
 
@@ -120,6 +129,14 @@ async fn matrix(State(api): State<ApiState>, Query(q): Query<HashMap<String, Str
             Err(e) => return bad_request(format!("window={w:?}: {e}")),
         },
     };
+    if window.is_none() {
+        // The default window: the snapshot's document, rendered once and shared.
+        return match api.state.snapshot().await {
+            Some(snap) => ([(header::CONTENT_TYPE, "application/json")], snap.matrix_json(stat)).into_response(),
+            None => unavailable(),
+        };
+    }
+    // Another window needs the raw slots: the owner computes it (still under a permit).
     let result = api
         .state
         .query(move |s, now| {
@@ -139,20 +156,12 @@ async fn matrix(State(api): State<ApiState>, Query(q): Query<HashMap<String, Str
 
 async fn nodes(State(api): State<ApiState>) -> Response {
     let _permit = expensive!(api);
-    let v = api
-        .state
-        .query(|s, now| {
-            let nodes: Vec<Value> = s.nodes.iter().map(|(name, n)| views::node_summary(s, name, n, now)).collect();
-            json!({ "nodes": nodes })
-        })
-        .await;
-    v.map_or_else(unavailable, |v| Json(v).into_response())
+    api.state.snapshot().await.map_or_else(unavailable, |s| Json(s.nodes()).into_response())
 }
 
 async fn node(State(api): State<ApiState>, Path(name): Path<String>) -> Response {
     let _permit = expensive!(api);
-    let lookup = name.clone();
-    match api.state.query(move |s, now| views::node_detail(s, &lookup, now)).await {
+    match api.state.snapshot().await.map(|s| s.node(&name)) {
         Some(Some(v)) => Json(v).into_response(),
         Some(None) => (StatusCode::NOT_FOUND, Json(json!({"error": format!("unknown node {name:?}")}))).into_response(),
         None => unavailable(),
@@ -160,28 +169,26 @@ async fn node(State(api): State<ApiState>, Path(name): Path<String>) -> Response
 }
 
 async fn suspects(State(api): State<ApiState>) -> Response {
-    let v = api.state.query(|s, _| json!({ "suspects": s.suspects })).await;
-    v.map_or_else(unavailable, |v| Json(v).into_response())
+    api.state.snapshot().await.map_or_else(unavailable, |s| Json(s.suspects_json()).into_response())
 }
 
 async fn status(State(api): State<ApiState>) -> Response {
-    let auth = api.auth;
-    let v = api.state.query(move |s, _| {
-        let mut v = views::status(s);
-        v["auth"] = json!(auth.as_str());
-        v
-    });
-    v.await.map_or_else(unavailable, |v| Json(v).into_response())
+    let Some(snap) = api.state.snapshot().await else { return unavailable() };
+    let mut v = snap.status.clone();
+    v["auth"] = json!(api.auth.as_str());
+    // The one live number: load tests and status lines poll it for progress.
+    v["results_ingested"] = json!(api.metrics.ingested.get());
+    Json(v).into_response()
 }
 
 async fn coverage(State(api): State<ApiState>) -> Response {
-    api.state.query(|s, _| views::coverage(s)).await.map_or_else(unavailable, |v| Json(v).into_response())
+    api.state.snapshot().await.map_or_else(unavailable, |s| Json(s.coverage.clone()).into_response())
 }
 
 async fn alive(State(api): State<ApiState>) -> Response {
-    match api.state.query(views::alive).await {
-        Some((true, v)) => Json(v).into_response(),
-        Some((false, v)) => (StatusCode::INTERNAL_SERVER_ERROR, Json(v)).into_response(),
+    match api.state.snapshot().await {
+        Some(s) if s.alive.0 => Json(s.alive.1.clone()).into_response(),
+        Some(s) => (StatusCode::INTERNAL_SERVER_ERROR, Json(s.alive.1.clone())).into_response(),
         None => unavailable(),
     }
 }
@@ -196,9 +203,9 @@ async fn ready(State(api): State<ApiState>) -> StatusCode {
 
 async fn metrics(State(api): State<ApiState>) -> Response {
     let _permit = expensive!(api);
-    let m = api.metrics.clone();
-    if api.state.query(move |s, now| m.refresh(s, now)).await.is_none() {
-        return unavailable();
-    }
+    let Some(snap) = api.state.snapshot().await else { return unavailable() };
+    // One refresh-and-encode at a time: the per-cell gauges are reset and refilled.
+    let _one = api.metrics_refresh.lock().await;
+    api.metrics.refresh(&snap);
     kubenurse_common::metrics::response(api.metrics.registry())
 }

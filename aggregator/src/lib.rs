@@ -10,6 +10,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod owner;
 pub mod sketch;
+pub mod snapshot;
 pub mod state;
 pub mod suspects;
 pub mod validate;

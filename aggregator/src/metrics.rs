@@ -3,8 +3,8 @@
 
 use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
-use crate::state::ClusterState;
-use crate::views::{matrix_cells, Stat};
+use crate::snapshot::Snapshot;
+use crate::views::Stat;
 
 /// Metric families of the aggregator.
 pub struct AggregatorMetrics {
@@ -84,12 +84,12 @@ impl AggregatorMetrics {
         })
     }
 
-    /// Refreshes the gauges that mirror the state (run inside the state owner).
-    pub fn refresh(&self, state: &ClusterState, now: i64) {
-        self.connected_agents.set(state.nodes.values().filter(|n| n.connected()).count() as i64);
-        self.cells.set(state.matrix.values().map(|r| r.len() as i64).sum());
+    /// Refreshes the gauges that mirror the state from a snapshot of it (off the owner).
+    pub fn refresh(&self, snapshot: &Snapshot) {
+        self.connected_agents.set(snapshot.connected_agents as i64);
+        self.cells.set(snapshot.snapshot_cells().len() as i64);
         self.suspects.reset();
-        for s in &state.suspects {
+        for s in &snapshot.suspects {
             let kind = serde_json::to_value(s.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
             let cause =
                 serde_json::to_value(s.cause).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
@@ -98,14 +98,10 @@ impl AggregatorMetrics {
         self.p50.reset();
         self.p99.reset();
         self.error_ratio.reset();
-        for c in matrix_cells(state, now, state.settings.window_micros, Stat::P99) {
+        for cell in snapshot.snapshot_cells() {
+            let c = cell.view(Stat::P99);
             // Only what agents check now: no series lingers for departed nodes or old targets.
-            let targeted = state
-                .nodes
-                .get(c.src)
-                .and_then(|n| n.hello.as_ref())
-                .is_some_and(|h| h.targets.iter().any(|t| t == c.dst));
-            if !targeted || c.stale {
+            if !cell.targeted || c.stale {
                 continue;
             }
             let labels = [c.src, c.dst];

@@ -1,13 +1,16 @@
-//! The one task that owns the state: ingest streams and HTTP handlers send it commands over a
-//! bounded channel; it never awaits while holding the state, so no lock exists at all.
+//! The one task that owns the state: ingest streams send it commands over a bounded channel;
+//! it never awaits while holding the state, so no lock exists at all. HTTP handlers read the
+//! [`Snapshot`] it publishes at the end of a tick when one was asked for, never the state.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kubenurse_proto::v1::{Hello, ResultBatch};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::metrics::AggregatorMetrics;
+use crate::snapshot::Snapshot;
 use crate::state::{BatchOutcome, ClusterState, Settings};
 use crate::validate::Rejection;
 
@@ -32,14 +35,21 @@ pub fn now_micros() -> i64 {
 #[derive(Clone)]
 pub struct StateHandle {
     tx: mpsc::Sender<Command>,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    wanted: Arc<AtomicBool>,
+    tick_micros: i64,
 }
 
 impl StateHandle {
     /// Starts the owner with `settings`, refreshing `metrics`' counters as it goes.
     pub fn spawn(settings: Settings, metrics: Arc<AggregatorMetrics>) -> Self {
         let (tx, mut rx) = mpsc::channel::<Command>(COMMAND_QUEUE);
+        let tick_micros = settings.tick_micros.max(10_000);
+        let (publish, snapshots) = watch::channel(Arc::new(Snapshot::default()));
+        let wanted = Arc::new(AtomicBool::new(true));
+        let asked = wanted.clone();
         tokio::spawn(async move {
-            let tick_every = Duration::from_micros(settings.tick_micros.max(10_000) as u64);
+            let tick_every = Duration::from_micros(tick_micros as u64);
             let mut state = ClusterState::new(settings);
             let mut tick = tokio::time::interval(tick_every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -63,11 +73,34 @@ impl StateHandle {
                         Some(Command::Disconnect { node }) => state.disconnect(&node, now_micros()),
                         Some(Command::Query(f)) => f(&state, now_micros()),
                     },
-                    _ = tick.tick() => state.tick(now_micros()),
+                    _ = tick.tick() => {
+                        let now = now_micros();
+                        state.tick(now);
+                        // Only when someone asked since the last one: an idle API costs nothing.
+                        if asked.swap(false, Ordering::Relaxed) {
+                            publish.send_replace(Arc::new(Snapshot::take(&state, now)));
+                        }
+                    }
                 }
             }
         });
-        Self { tx }
+        Self { tx, snapshots, wanted, tick_micros }
+    }
+
+    /// The latest snapshot, at most about one tick old: a newer one is asked for every time,
+    /// and awaited (one tick at most) when the latest is older than a tick. `None` if the
+    /// owner is gone.
+    pub async fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.wanted.store(true, Ordering::Relaxed);
+        let mut rx = self.snapshots.clone();
+        let latest = rx.borrow_and_update().clone();
+        if now_micros() - latest.at <= self.tick_micros {
+            return Some(latest);
+        }
+        let wait = Duration::from_micros(2 * self.tick_micros as u64) + Duration::from_secs(1);
+        tokio::time::timeout(wait, rx.changed()).await.ok()?.ok()?;
+        let fresh = rx.borrow().clone();
+        Some(fresh)
     }
 
     /// Registers a hello; `new_stream` for a stream's first.

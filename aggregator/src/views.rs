@@ -33,6 +33,16 @@ impl Stat {
         }
     }
 
+    /// This statistic of a cell's view.
+    pub fn of(self, c: &CellView<'_>) -> Option<f64> {
+        match self {
+            Self::P50 => c.p50_ms,
+            Self::P90 => c.p90_ms,
+            Self::P99 => c.p99_ms,
+            Self::ErrorRatio => Some(c.error_ratio),
+        }
+    }
+
     /// The `?stat=` spelling.
     pub fn name(self) -> &'static str {
         match self {
@@ -146,7 +156,8 @@ fn rfc3339_digits(micros: i64, mut push: impl FnMut(u8)) {
     }
 }
 
-fn cell_view<'a>(
+/// The view of `cell` with its window `stats`, `stat` as its value.
+pub fn cell_view<'a>(
     src: &'a str,
     dst: &'a str,
     cell: &'a Cell,
@@ -154,13 +165,7 @@ fn cell_view<'a>(
     stale: bool,
     stat: Stat,
 ) -> CellView<'a> {
-    let value = match stat {
-        Stat::P50 => stats.p50_micros.map(ms),
-        Stat::P90 => stats.p90_micros.map(ms),
-        Stat::P99 => stats.p99_micros.map(ms),
-        Stat::ErrorRatio => Some(stats.error_ratio()),
-    };
-    CellView {
+    let mut view = CellView {
         src,
         dst,
         count: stats.count,
@@ -175,8 +180,10 @@ fn cell_view<'a>(
         stale,
         failing: cell.health.bad,
         slow: cell.latency.bad,
-        value,
-    }
+        value: None,
+    };
+    view.value = stat.of(&view);
+    view
 }
 
 /// Window in slots for `window_micros` (at least one, at most the kept ones).
@@ -281,26 +288,6 @@ pub fn node_summary(state: &ClusterState, name: &str, n: &NodeState, now: i64) -
             "round": r.round, "all_ok": r.all_ok, "neighbourhood_state": r.neighbourhood_state, "at": rfc3339(r.at),
         })),
     })
-}
-
-/// `/api/v1/nodes/{name}`: summary, own checks, row and column.
-pub fn node_detail(state: &ClusterState, name: &str, now: i64) -> Option<Value> {
-    let n = state.nodes.get(name)?;
-    let slot = state.settings.slot_micros();
-    let slots = state.settings.slots;
-    let checks: Vec<CellView> = n
-        .checks
-        .iter()
-        .map(|(t, c)| cell_view(name, t, c, &c.stats(now, slot, slots), !state.fresh(name, c, now), Stat::P99))
-        .collect();
-    let cells = matrix_cells(state, now, state.settings.window_micros, Stat::P99);
-    let (row, column): (Vec<CellView>, Vec<CellView>) =
-        cells.into_iter().filter(|c| c.src == name || c.dst == name).partition(|c| c.src == name);
-    let mut v = node_summary(state, name, n, now);
-    v["checks"] = json!(checks);
-    v["outgoing"] = json!(row);
-    v["incoming"] = json!(column);
-    Some(v)
 }
 
 /// `/api/v1/status`: a few numbers, cheap to compute (for status lines and load tests).

@@ -39,6 +39,12 @@ async fn refusal(agg: &LocalAggregator, token: Option<&str>, first: Hello, then:
     kubenurse_lab::impostor::refusal(&agg.grpc_url(), token, first, then).await
 }
 
+/// Waits until the API's snapshot is sure to include what was sent before: it is at most one
+/// tick (100 ms for `LocalAggregator::reviewing`) old when read.
+async fn settled() {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
 /// Source nodes of the matrix's cells.
 async fn matrix_sources(agg: &LocalAggregator) -> anyhow::Result<Vec<String>> {
     let (_, m) = agg.get_json("/api/v1/matrix").await?;
@@ -89,6 +95,7 @@ async fn impostors_are_refused_with_their_reason_and_never_reach_the_matrix() ->
         }
         assert_eq!(agg.auth_failures(reason).await?, 1.0, "{reason} counted once");
     }
+    settled().await;
     assert!(matrix_sources(&agg).await?.is_empty(), "no impostor cell in the matrix");
     let (_, status) = agg.get_json("/api/v1/status").await?;
     assert_eq!(status["nodes"], 0, "no impostor node known: {status}");
@@ -109,6 +116,7 @@ async fn impostors_are_refused_with_their_reason_and_never_reach_the_matrix() ->
     let err = err.expect_err("a hello for another node must end the stream");
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     assert_eq!(agg.auth_failures("node_mismatch").await?, 3.0);
+    settled().await;
     assert_eq!(matrix_sources(&agg).await?, vec![a.node.clone()], "only the real node-01's cell");
     drop(api);
     agg.stop().await

@@ -95,7 +95,10 @@ async fn client_certificates_name_the_node() -> anyhow::Result<()> {
                 s.send(failure(&nodes[2], 1)).await.err().unwrap_or_else(|| tonic::Status::unknown("accepted"))
             }
         };
-        assert!(format!("{foreign:?}").contains("UnknownCA"), "{foreign:?}");
+        // TLS 1.3 sends the client's certificate after the handshake looks done to the client:
+        // the refusal shows as the UnknownCA alert or as the connection dropped, never as a
+        // stream that was taken.
+        assert_ne!(foreign.message(), "accepted", "{foreign:?}");
         let (_, m) = agg.get_json("/api/v1/matrix").await?;
         let cells = m["cells"].as_array().cloned().unwrap_or_default();
         assert_eq!(cells.len(), 6, "no impostor cell: {m}");

@@ -244,13 +244,15 @@ async fn aggregator_killed() -> anyhow::Result<()> {
         })
         .await?;
         let back = restarted.elapsed();
-        // What they queued arrives at once: ≥ 10 rounds × 7 checks × 4 agents were queued in
-        // the outage (≥ 5 s at 500 ms), while a second of live rounds brings about 56.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let after = status(agg_url.clone()).await.ok_or_else(|| anyhow::anyhow!("no status"))?;
-        let ingested = after["results_ingested"].as_u64().unwrap_or(0);
-        anyhow::ensure!(ingested >= 200, "only {ingested} results a second after reconnecting: {after}");
-        println!("aggregator SIGKILL: agents back {back:?} after the restart, {ingested} results 1 s later");
+        // What they queued arrives at once: ≥ 10 rounds × 7 checks × 4 agents = 280 were queued
+        // in the outage (≥ 5 s at 500 ms), while live rounds bring 56 a second: 250 within 2 s
+        // (the status is read from a snapshot at most a 1 s tick old) takes the queued ones.
+        let ingested = eventually("the queued results delivered", Duration::from_secs(2), || {
+            let s = status(agg_url.clone());
+            async move { s.await?["results_ingested"].as_u64().filter(|n| *n >= 250) }
+        })
+        .await?;
+        println!("aggregator SIGKILL: agents back {back:?} after the restart, {ingested} results within 2 s");
         anyhow::Ok(())
     }
     .await;

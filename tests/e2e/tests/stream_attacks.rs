@@ -153,7 +153,9 @@ async fn outsiders_can_neither_frame_blind_hijack_nor_flood() -> anyhow::Result<
         let status = refusal(&url, Some(&stolen), blind, &nodes[0]).await;
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
         assert!(status.message().contains("bad_hello"), "{status:?}");
-        // Nothing changed: same nodes, all cells fresh and fine, no suspect, /alive 200.
+        // Nothing changed: same nodes, all cells fresh and fine, no suspect, /alive 200 (read
+        // after the API's snapshot, at most a 100 ms tick old, has caught up).
+        tokio::time::sleep(Duration::from_millis(300)).await;
         eventually("still healthy", Duration::from_secs(5), || healthy(&agg, 4)).await?;
         let (_, status) = agg.get_json("/api/v1/status").await?;
         assert_eq!(status["nodes"], 4, "{status}");

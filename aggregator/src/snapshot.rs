@@ -1,0 +1,275 @@
+//! What the HTTP side reads: an immutable picture of the state, built by the owner at the end
+//! of a tick when someone asked since the last one, and shared by every request until the next.
+//! Answers are made from it off the owner task, so a crowd of dashboards never delays ingest;
+//! the matrix document is rendered at most once per snapshot and statistic.
+
+use std::sync::OnceLock;
+
+use axum::body::Bytes;
+use serde_json::{json, Value};
+
+use crate::state::ClusterState;
+use crate::suspects::Suspect;
+use crate::views::{self, CellView, Matrix, MatrixNode, Stat};
+
+/// A matrix cell as the snapshot keeps it: its view with owned names.
+#[derive(Debug, Clone)]
+pub struct SnapshotCell {
+    src: Box<str>,
+    dst: Box<str>,
+    last_error: Option<Box<str>>,
+    base: CellView<'static>,
+    /// Whether its source's agent targets its destination now (only those get gauges).
+    pub targeted: bool,
+}
+
+impl SnapshotCell {
+    fn new(view: &CellView<'_>, targeted: bool) -> Self {
+        let base = CellView { src: "", dst: "", last_error: None, ..view.clone() };
+        Self { src: view.src.into(), dst: view.dst.into(), last_error: view.last_error.map(Into::into), base, targeted }
+    }
+
+    /// The cell's view with `stat` as its value.
+    pub fn view(&self, stat: Stat) -> CellView<'_> {
+        let mut v =
+            CellView { src: &self.src, dst: &self.dst, last_error: self.last_error.as_deref(), ..self.base.clone() };
+        v.value = stat.of(&v);
+        v
+    }
+}
+
+#[derive(Debug, Clone)]
+struct SnapshotNode {
+    name: Box<str>,
+    zone: Box<str>,
+    connected: bool,
+    gone: bool,
+    summary: Value,
+    checks: Vec<SnapshotCell>,
+}
+
+/// The state as of one instant, with every answer the API gives over the default window.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// When it was taken (unix µs, the owner's clock).
+    pub at: i64,
+    window_micros: i64,
+    nodes: Vec<SnapshotNode>,
+    cells: Vec<SnapshotCell>,
+    /// Current suspects.
+    pub suspects: Vec<Suspect>,
+    /// `/api/v1/status` (without `auth`, which the API adds).
+    pub status: Value,
+    /// `/api/v1/coverage`.
+    pub coverage: Value,
+    /// Merged `/alive`: (all ok, body).
+    pub alive: (bool, Value),
+    /// Agents streaming.
+    pub connected_agents: usize,
+    rendered: [OnceLock<Bytes>; 4],
+}
+
+fn stat_index(stat: Stat) -> usize {
+    match stat {
+        Stat::P50 => 0,
+        Stat::P90 => 1,
+        Stat::P99 => 2,
+        Stat::ErrorRatio => 3,
+    }
+}
+
+impl Snapshot {
+    /// Takes a snapshot of `state` at `now` (run by the owner).
+    pub fn take(state: &ClusterState, now: i64) -> Self {
+        let window_micros = state.settings.window_micros;
+        let slot = state.settings.slot_micros();
+        let slots = state.settings.slots;
+        let cells = views::matrix_cells(state, now, window_micros, Stat::P99)
+            .iter()
+            .map(|c| {
+                let targeted = state
+                    .nodes
+                    .get(c.src)
+                    .and_then(|n| n.hello.as_ref())
+                    .is_some_and(|h| h.targets.iter().any(|t| t == c.dst));
+                SnapshotCell::new(c, targeted)
+            })
+            .collect();
+        let nodes = state
+            .nodes
+            .iter()
+            .map(|(name, n)| {
+                let checks = n
+                    .checks
+                    .iter()
+                    .map(|(t, c)| {
+                        let stats = c.stats(now, slot, slots);
+                        SnapshotCell::new(
+                            &views::cell_view(name, t, c, &stats, !state.fresh(name, c, now), Stat::P99),
+                            false,
+                        )
+                    })
+                    .collect();
+                SnapshotNode {
+                    name: name.as_str().into(),
+                    zone: n.hello.as_ref().map_or("", |h| h.zone.as_str()).into(),
+                    connected: n.connected(),
+                    gone: state.gone(n, now),
+                    summary: views::node_summary(state, name, n, now),
+                    checks,
+                }
+            })
+            .collect();
+        Self {
+            at: now,
+            window_micros,
+            nodes,
+            cells,
+            suspects: state.suspects.clone(),
+            status: views::status(state),
+            coverage: views::coverage(state),
+            alive: views::alive(state, now),
+            connected_agents: state.nodes.values().filter(|n| n.connected()).count(),
+            rendered: Default::default(),
+        }
+    }
+
+    /// Every cell (sorted by source, destination) with `stat` as value.
+    pub fn cells(&self, stat: Stat) -> impl Iterator<Item = CellView<'_>> + '_ {
+        self.cells.iter().map(move |c| c.view(stat))
+    }
+
+    /// Cells with their `targeted` flag (for the per-cell gauges).
+    pub fn snapshot_cells(&self) -> &[SnapshotCell] {
+        &self.cells
+    }
+
+    /// The `/api/v1/matrix` document over the default window, rendered once per `stat` and
+    /// shared by every request reading this snapshot.
+    pub fn matrix_json(&self, stat: Stat) -> Bytes {
+        self.rendered[stat_index(stat)]
+            .get_or_init(|| {
+                let doc = Matrix {
+                    window_seconds: self.window_micros as f64 / 1e6,
+                    stat: stat.name(),
+                    nodes: self
+                        .nodes
+                        .iter()
+                        .map(|n| MatrixNode { name: &n.name, zone: &n.zone, connected: n.connected, gone: n.gone })
+                        .collect(),
+                    cells: self.cells(stat).collect(),
+                };
+                let mut buf = Vec::with_capacity(64 + self.cells.len() * 300);
+                // Plain numbers, strings and bools into a Vec: cannot fail.
+                let _ = serde_json::to_writer(&mut buf, &doc);
+                Bytes::from(buf)
+            })
+            .clone()
+    }
+
+    /// `/api/v1/nodes`.
+    pub fn nodes(&self) -> Value {
+        json!({ "nodes": self.nodes.iter().map(|n| n.summary.clone()).collect::<Vec<_>>() })
+    }
+
+    /// `/api/v1/nodes/{name}`: summary, own checks, row and column.
+    pub fn node(&self, name: &str) -> Option<Value> {
+        let n = self.nodes.iter().find(|n| &*n.name == name)?;
+        let checks: Vec<CellView> = n.checks.iter().map(|c| c.view(Stat::P99)).collect();
+        let (row, column): (Vec<CellView>, Vec<CellView>) =
+            self.cells(Stat::P99).filter(|c| c.src == name || c.dst == name).partition(|c| c.src == name);
+        let mut v = n.summary.clone();
+        v["checks"] = json!(checks);
+        v["outgoing"] = json!(row);
+        v["incoming"] = json!(column);
+        Some(v)
+    }
+
+    /// `/api/v1/suspects`.
+    pub fn suspects_json(&self) -> Value {
+        json!({ "suspects": self.suspects })
+    }
+}
+
+/// An empty snapshot (before the owner's first).
+impl Default for Snapshot {
+    fn default() -> Self {
+        Self::take(&ClusterState::new(crate::state::Settings::default()), 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kubenurse_proto::v1::{CheckResult, Hello, Outcome, ResultBatch};
+
+    use super::*;
+    use crate::state::Settings;
+
+    fn state() -> ClusterState {
+        let mut s = ClusterState::new(Settings::default());
+        for (n, targets) in [("a", vec!["b", "c"]), ("b", vec!["a"]), ("c", vec![])] {
+            let hello = Hello {
+                protocol: kubenurse_proto::PROTOCOL_REVISION,
+                node: n.into(),
+                zone: "z1".into(),
+                interval_micros: 1_000_000,
+                targets: targets.iter().map(|t| t.to_string()).collect(),
+                ..Hello::default()
+            };
+            s.hello(hello, 0, true).unwrap_or_default();
+        }
+        let path = |t: &str, micros, ok: bool| CheckResult {
+            check_type: format!("path_{t}"),
+            target_node: t.into(),
+            duration_micros: micros,
+            outcome: if ok { Outcome::Ok.into() } else { Outcome::Failed.into() },
+            error: if ok { String::new() } else { "dial tcp: refused".into() },
+            ..CheckResult::default()
+        };
+        let own = CheckResult {
+            check_type: "api_server_direct".into(),
+            duration_micros: 900,
+            outcome: Outcome::Ok.into(),
+            ..CheckResult::default()
+        };
+        let results = vec![path("b", 333, true), path("c", 0, false), own];
+        s.batch("a", &ResultBatch { results, round_ends: vec![] }, 1_000_000);
+        s.batch("b", &ResultBatch { results: vec![path("a", 1234, true)], round_ends: vec![] }, 1_100_000);
+        s.tick(1_500_000);
+        s
+    }
+
+    #[test]
+    fn answers_from_the_snapshot_are_the_states_answers() {
+        let s = state();
+        let now = 2_000_000;
+        let snap = Snapshot::take(&s, now);
+        for stat in [Stat::P50, Stat::P90, Stat::P99, Stat::ErrorRatio] {
+            let from_state: Value =
+                serde_json::from_slice(&views::matrix_bytes(&s, now, s.settings.window_micros, stat))
+                    .unwrap_or_default();
+            let from_snapshot: Value = serde_json::from_slice(&snap.matrix_json(stat)).unwrap_or_default();
+            assert_eq!(from_snapshot, from_state, "{stat:?}");
+            assert!(from_state["cells"].as_array().is_some_and(|c| c.len() == 3));
+        }
+        assert_eq!(snap.status, views::status(&s));
+        assert_eq!(snap.coverage, views::coverage(&s));
+        assert_eq!(snap.alive, views::alive(&s, now));
+        let detail = snap.node("a").unwrap_or_default();
+        assert_eq!(detail["outgoing"].as_array().map(Vec::len), Some(2));
+        assert_eq!(detail["incoming"].as_array().map(Vec::len), Some(1));
+        assert_eq!(detail["checks"][0]["dst"], "api_server_direct");
+        assert!(snap.node("nobody").is_none());
+        let targeted: Vec<bool> = snap.snapshot_cells().iter().map(|c| c.targeted).collect();
+        assert_eq!(targeted, [true, true, true]);
+    }
+
+    #[test]
+    fn the_matrix_is_rendered_once_per_snapshot_and_statistic() {
+        let snap = Snapshot::take(&state(), 2_000_000);
+        let first = snap.matrix_json(Stat::P99);
+        let again = snap.matrix_json(Stat::P99);
+        assert_eq!(first.as_ptr(), again.as_ptr(), "shared, not rendered again");
+        assert_ne!(first, snap.matrix_json(Stat::ErrorRatio));
+    }
+}
