@@ -139,8 +139,11 @@ fn main() -> anyhow::Result<()> {
         // The same load again while 8 clients loop /api/v1/matrix and /metrics.
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut loops = Vec::new();
+        // BENCH_LOOP_METRICS=0: all 8 loop the matrix (to tell the two costs apart).
+        let with_metrics = std::env::var("BENCH_LOOP_METRICS").map_or(true, |v| v != "0");
         for k in 0..8 {
-            let (stop, path) = (stop.clone(), if k % 2 == 0 { "/api/v1/matrix" } else { "/metrics" });
+            let path = if k % 2 == 0 || !with_metrics { "/api/v1/matrix" } else { "/metrics" };
+            let stop = stop.clone();
             loops.push(tokio::spawn(async move {
                 let mut served = 0u32;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) && served < 10_000 {
@@ -157,10 +160,12 @@ fn main() -> anyhow::Result<()> {
         for l in loops {
             served += l.await.unwrap_or(0);
         }
+        let what = if with_metrics { "/api/v1/matrix and /metrics" } else { "/api/v1/matrix" };
         println!(
-            "  while 8 clients loop /api/v1/matrix and /metrics: {busy:.0} results/s = {:.2} x alone ({served} answers)   [target >= 0.9]",
+            "  while 8 clients loop {what}: {busy:.0} results/s = {:.2} x alone ({served} answers)   [target >= 0.9]",
             busy / alone
         );
+        println!("  aggregator resident memory after that: {:.1} MiB", rss_mib(pid));
 
         let mut times = Vec::new();
         let mut size = 0;
