@@ -286,9 +286,6 @@ impl Credentials {
     fn bearer(&self) -> Result<Option<MetadataValue<Ascii>>, String> {
         let Some(path) = &self.token_file else { return Ok(None) };
         let token = read_token(path)?;
-        if token.is_empty() {
-            return Err(format!("{} is empty", path.display()));
-        }
         MetadataValue::try_from(format!("Bearer {token}")).map(Some).map_err(|_| "token is not valid metadata".into())
     }
 

@@ -34,16 +34,6 @@ impl Connections {
             flag.store(true, Ordering::Relaxed);
         }
     }
-
-    /// Connections open now.
-    pub fn len(&self) -> usize {
-        self.by_peer.len()
-    }
-
-    /// Whether none is open.
-    pub fn is_empty(&self) -> bool {
-        self.by_peer.is_empty()
-    }
 }
 
 /// A TCP connection with a hello deadline and an idle timeout.

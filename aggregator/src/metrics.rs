@@ -86,7 +86,7 @@ impl AggregatorMetrics {
 
     /// Refreshes the gauges that mirror the state from a snapshot of it (off the owner).
     pub fn refresh(&self, snapshot: &Snapshot) {
-        self.connected_agents.set(snapshot.connected_agents as i64);
+        self.connected_agents.set(snapshot.connected_agents() as i64);
         self.cells.set(snapshot.snapshot_cells().len() as i64);
         self.suspects.reset();
         for s in &snapshot.suspects {

@@ -64,8 +64,6 @@ pub struct Snapshot {
     pub coverage: Value,
     /// Merged `/alive`: (all ok, body).
     pub alive: (bool, Value),
-    /// Agents streaming.
-    pub connected_agents: usize,
     rendered: [OnceLock<Bytes>; 4],
 }
 
@@ -129,9 +127,13 @@ impl Snapshot {
             status: views::status(state),
             coverage: views::coverage(state),
             alive: views::alive(state, now),
-            connected_agents: state.nodes.values().filter(|n| n.connected()).count(),
             rendered: Default::default(),
         }
+    }
+
+    /// Agents streaming.
+    pub fn connected_agents(&self) -> usize {
+        self.nodes.iter().filter(|n| n.connected).count()
     }
 
     /// Every cell (sorted by source, destination) with `stat` as value.

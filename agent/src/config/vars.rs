@@ -153,18 +153,18 @@ fn parse_file(v: &str) -> Result<FileContents, String> {
 
 /// A token file that exists and holds a token now (it is read again on every connect).
 pub fn parse_token_file(v: &str) -> Result<PathBuf, String> {
-    let token = read_token(Path::new(v))?;
-    if token.is_empty() {
-        return Err("the file is empty".into());
-    }
+    read_token(Path::new(v))?;
     Ok(PathBuf::from(v))
 }
 
-/// The token in `path`, without surrounding whitespace.
+/// The token in `path`, without surrounding whitespace; an empty one is an error.
 pub fn read_token(path: &Path) -> Result<String, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let token = String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8", path.display()))?;
     let token = token.trim();
+    if token.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
     if token.chars().any(|c| !c.is_ascii_graphic()) {
         return Err(format!("{} holds characters a bearer token cannot have", path.display()));
     }
