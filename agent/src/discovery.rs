@@ -1,37 +1,29 @@
-//! Watch-backed neighbour discovery: kube-rs reflectors keep stripped Pods (and Nodes, unless
-//! unschedulable nodes are allowed) in memory; a round reads the cache, never LISTs. Watches
-//! retry with backoff by themselves; their last error is reported in `neighbourhood_state`.
+//! Neighbour discovery, two ways. Local: kube-rs reflectors keep stripped Pods (and Nodes,
+//! unless unschedulable nodes are allowed) in memory and a round reads the cache, never LISTs
+//! (upstream's way: every agent watches every Node). Pushed: the aggregator sends the targets
+//! down the stream and the agent watches at most its own Node. `KUBENURSE_DISCOVERY` picks;
+//! in `auto` the local watches run only while the aggregator has been unreachable for the
+//! fallback time ([`crate::pushed::Source`]) and stop when its targets come back.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::watcher::{self, Event};
+use kube::runtime::watcher;
 use kube::runtime::WatchStreamExt as _;
 use kube::{Api, Client};
-use kubenurse_common::backoff::Backoff;
+use kubenurse_common::backoff::{random_unit, Backoff};
+use kubenurse_neighbours::watch::{drive, health_of, Health, FIRST_RETRY_DELAY};
+use kubenurse_proto::v1::Targets;
 use tracing::{info, warn};
 
 use crate::neighbourhood::{eligible_neighbours, node_is_unschedulable, strip_node, strip_pod};
+use crate::pushed::{DiscoveryMode, PushedList, Source};
 use crate::ring::{select_neighbours, Neighbour};
 use crate::selector::LabelSelector;
-
-#[derive(Default)]
-struct WatchStatus {
-    synced: bool,
-    last_error: Option<String>,
-}
-
-#[derive(Default)]
-struct Status {
-    pods: WatchStatus,
-    nodes: WatchStatus,
-    own_node: Option<String>,
-    own_node_error: Option<String>,
-}
 
 /// What a round checks: the selected neighbours and whether discovery is healthy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,188 +51,292 @@ pub struct DiscoverySettings {
     pub pod_name: String,
     /// `KUBENURSE_NODE_NAME`, when given.
     pub node_name: Option<String>,
+    /// `KUBENURSE_DISCOVERY`.
+    pub mode: DiscoveryMode,
+    /// `KUBENURSE_DISCOVERY_FALLBACK_AFTER`.
+    pub fallback_after: Duration,
 }
 
-/// Handle to the running watches.
-#[derive(Clone)]
-pub struct Discovery {
+/// How often `auto` decides whether local watches should run.
+const SUPERVISE_EVERY: Duration = Duration::from_secs(1);
+/// Longest delay between attempts to learn the own node from the own pod.
+const OWN_NODE_MAX_DELAY: Duration = Duration::from_secs(10);
+
+/// The watches of local discovery; dropping them stops the watches.
+struct LocalWatches {
     pods: Store<Pod>,
     nodes: Option<Store<Node>>,
-    status: Arc<Mutex<Status>>,
-    own_pod: String,
-    namespace: Option<String>,
-    limit: usize,
-    filter: crate::selector::LabelSelector,
+    pods_health: Health,
+    nodes_health: Health,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-impl Discovery {
-    /// Starts the watches on the current tokio runtime.
-    pub fn spawn(client: Client, config: DiscoverySettings) -> Self {
-        let status = Arc::new(Mutex::new(Status { own_node: config.node_name.clone(), ..Status::default() }));
-        // any_semantic: the API server may answer LISTs from its watch cache (cheap at scale).
-        let mut watch_config = watcher::Config::default().any_semantic();
-        if !config.neighbour_filter.is_empty() {
-            watch_config = watch_config.labels(&config.neighbour_filter.to_string());
+impl Drop for LocalWatches {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
         }
-        let pod_api: Api<Pod> = match &config.namespace {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        };
-        let (pods, pod_writer) = reflector::store();
-        tokio::spawn(drive(
-            move || watcher::watcher(pod_api.clone(), watch_config.clone()).modify(strip_pod),
-            pod_writer,
-            status.clone(),
-            |s| &mut s.pods,
-            "pods",
-        ));
+    }
+}
 
-        let nodes = if config.allow_unschedulable {
-            None
-        } else {
-            let node_api: Api<Node> = Api::all(client.clone());
-            let (nodes, node_writer) = reflector::store();
-            tokio::spawn(drive(
-                move || {
-                    watcher::watcher(node_api.clone(), watcher::Config::default().any_semantic()).modify(strip_node)
-                },
-                node_writer,
-                status.clone(),
-                |s| &mut s.nodes,
-                "nodes",
-            ));
-            Some(nodes)
-        };
+/// A watch of the own Node only (field selector): its zone and schedulability.
+struct OwnNodeWatch {
+    store: Store<Node>,
+    task: tokio::task::JoinHandle<()>,
+}
 
-        let discovery = Self {
-            pods,
-            nodes,
-            status,
-            own_pod: config.pod_name.clone(),
-            namespace: config.namespace.clone(),
-            limit: config.neighbour_limit,
-            filter: config.neighbour_filter,
-        };
-        if config.node_name.is_none() {
-            let d = discovery.clone();
-            tokio::spawn(async move { d.resolve_own_node(client).await });
+impl Drop for OwnNodeWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Default)]
+struct OwnNode {
+    name: Option<String>,
+    error: Option<String>,
+}
+
+struct Inner {
+    client: Client,
+    settings: DiscoverySettings,
+    local: Mutex<Option<Arc<LocalWatches>>>,
+    own_watch: Mutex<Option<Arc<OwnNodeWatch>>>,
+    own: Mutex<OwnNode>,
+    source: Mutex<Source>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Handle to discovery, whichever way it runs.
+#[derive(Clone)]
+pub struct Discovery(Arc<Inner>);
+
+impl Discovery {
+    /// Starts discovery on the current tokio runtime.
+    pub fn spawn(client: Client, settings: DiscoverySettings) -> Self {
+        let source = Source::new(settings.mode, settings.fallback_after, Instant::now(), random_unit());
+        let own = OwnNode { name: settings.node_name.clone(), error: None };
+        let inner = Arc::new(Inner {
+            client,
+            settings,
+            local: Mutex::default(),
+            own_watch: Mutex::default(),
+            own: Mutex::new(own),
+            source: Mutex::new(source),
+        });
+        let discovery = Self(inner);
+        if discovery.0.settings.mode == DiscoveryMode::Local {
+            discovery.start_local();
+        }
+        match discovery.own_node() {
+            Some(node) => discovery.watch_own_node(&node),
+            None => {
+                let weak = Arc::downgrade(&discovery.0);
+                tokio::spawn(resolve_own_node(weak));
+            }
+        }
+        if discovery.0.settings.mode == DiscoveryMode::Auto {
+            tokio::spawn(supervise(Arc::downgrade(&discovery.0)));
         }
         discovery
     }
 
-    fn status(&self) -> std::sync::MutexGuard<'_, Status> {
-        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    fn local(&self) -> Option<Arc<LocalWatches>> {
+        lock(&self.0.local).clone()
     }
 
-    /// Finds the own node from the own pod (cache first, then a GET), retrying until it works.
-    async fn resolve_own_node(&self, client: Client) {
-        let mut backoff = Backoff::new(FIRST_RETRY_DELAY, OWN_NODE_MAX_DELAY);
-        loop {
-            let from_cache = self
-                .pods
-                .state()
-                .iter()
-                .find(|p| p.metadata.name.as_deref() == Some(self.own_pod.as_str()))
-                .and_then(|p| p.spec.as_ref()?.node_name.clone());
-            let found = match from_cache {
-                Some(node) => Ok(node),
-                None => match &self.namespace {
-                    Some(ns) => Api::<Pod>::namespaced(client.clone(), ns)
-                        .get(&self.own_pod)
-                        .await
-                        .map_err(|e| format!("looking up own pod {ns}/{}: {e}", self.own_pod))
-                        .and_then(|p| {
-                            p.spec
-                                .and_then(|s| s.node_name)
-                                .ok_or_else(|| format!("own pod {} has no node yet", self.own_pod))
-                        }),
-                    None => Err(format!(
-                        "own pod {} not in the watched pods; set KUBENURSE_NODE_NAME or KUBENURSE_NAMESPACE",
-                        self.own_pod
-                    )),
+    /// Starts the Pod (and Node) watches of local discovery.
+    fn start_local(&self) {
+        let s = &self.0.settings;
+        // any_semantic: the API server may answer LISTs from its watch cache (cheap at scale).
+        let mut pod_config = watcher::Config::default().any_semantic();
+        if !s.neighbour_filter.is_empty() {
+            pod_config = pod_config.labels(&s.neighbour_filter.to_string());
+        }
+        let pod_api: Api<Pod> = match &s.namespace {
+            Some(ns) => Api::namespaced(self.0.client.clone(), ns),
+            None => Api::all(self.0.client.clone()),
+        };
+        let (pods, pod_writer) = reflector::store();
+        let (pods_health, nodes_health) = (Health::default(), Health::default());
+        let mut tasks = vec![tokio::spawn(drive(
+            move || watcher::watcher(pod_api.clone(), pod_config.clone()).modify(strip_pod),
+            pod_writer,
+            pods_health.clone(),
+            "pods",
+            || {},
+        ))];
+        let nodes = if s.allow_unschedulable {
+            None
+        } else {
+            let node_api: Api<Node> = Api::all(self.0.client.clone());
+            let (nodes, node_writer) = reflector::store();
+            tasks.push(tokio::spawn(drive(
+                move || {
+                    watcher::watcher(node_api.clone(), watcher::Config::default().any_semantic()).modify(strip_node)
                 },
-            };
-            match found {
-                Ok(node) => {
-                    info!(node = %node, "own node resolved");
-                    let mut s = self.status();
-                    s.own_node = Some(node);
-                    s.own_node_error = None;
-                    return;
-                }
-                Err(e) => {
-                    warn!(error = %e, "own node not known yet");
-                    self.status().own_node_error = Some(e);
-                }
-            }
-            tokio::time::sleep(backoff.next_delay()).await;
-        }
+                node_writer,
+                nodes_health.clone(),
+                "nodes",
+                || {},
+            )));
+            Some(nodes)
+        };
+        *lock(&self.0.local) = Some(Arc::new(LocalWatches { pods, nodes, pods_health, nodes_health, tasks }));
     }
 
-    /// Whether `pod` is a kubenurse pod the cache holds (in the watched namespace): only those
-    /// count as origins of incoming checks, so made-up origins cannot crowd out real ones.
-    pub fn knows_pod(&self, pod: &str) -> bool {
-        match &self.namespace {
-            Some(ns) => self.pods.get(&ObjectRef::new(pod).within(ns)).is_some(),
-            None => self.pods.state().iter().any(|p| p.metadata.name.as_deref() == Some(pod)),
+    /// Watches the own Node alone, where pushed targets spare the full Node watch.
+    fn watch_own_node(&self, node: &str) {
+        let s = &self.0.settings;
+        if s.mode == DiscoveryMode::Local || s.allow_unschedulable {
+            return;
         }
+        let api: Api<Node> = Api::all(self.0.client.clone());
+        let config = watcher::Config::default().fields(&format!("metadata.name={node}")).any_semantic();
+        let (store, writer) = reflector::store();
+        let task = tokio::spawn(drive(
+            move || watcher::watcher(api.clone(), config.clone()).modify(strip_node),
+            writer,
+            Health::default(),
+            "own node",
+            || {},
+        ));
+        *lock(&self.0.own_watch) = Some(Arc::new(OwnNodeWatch { store, task }));
+    }
+
+    /// The store holding the own Node: the full Node watch when local discovery runs, else the
+    /// own-Node watch.
+    fn own_node_object(&self) -> Option<Arc<Node>> {
+        let own = self.own_node()?;
+        let key = ObjectRef::new(&own);
+        if let Some(nodes) = self.local().and_then(|l| l.nodes.clone()) {
+            if let Some(n) = nodes.get(&key) {
+                return Some(n);
+            }
+        }
+        lock(&self.0.own_watch).as_ref().and_then(|w| w.store.get(&key))
+    }
+
+    /// A stream from replica `from` delivered targets (`Some`) or ended (`None`); returns why
+    /// a list was not taken, for the uplink to log.
+    pub fn pushed(&self, from: SocketAddr, targets: Option<Targets>) -> Result<(), crate::pushed::TargetsError> {
+        let mut source = lock(&self.0.source);
+        match targets {
+            Some(t) => {
+                let list = PushedList::from_wire(t, self.0.settings.neighbour_limit)?;
+                source.received(from, list, Instant::now());
+            }
+            None => source.lost(from, Instant::now(), random_unit()),
+        }
+        Ok(())
+    }
+
+    /// The mode.
+    pub fn mode(&self) -> DiscoveryMode {
+        self.0.settings.mode
+    }
+
+    /// Whether `pod` is a kubenurse pod known to check us: a pod the local cache holds (in the
+    /// watched namespace), or one the aggregator says checks us. Only those count as origins of
+    /// incoming checks, so made-up origins cannot crowd out real ones.
+    pub fn knows_pod(&self, pod: &str) -> bool {
+        if let Some(local) = self.local() {
+            let cached = match &self.0.settings.namespace {
+                Some(ns) => local.pods.get(&ObjectRef::new(pod).within(ns)).is_some(),
+                None => local.pods.state().iter().any(|p| p.metadata.name.as_deref() == Some(pod)),
+            };
+            if cached {
+                return true;
+            }
+        }
+        lock(&self.0.source).last().is_some_and(|l| l.checked_by.contains(pod))
     }
 
     /// The own node's name, once known.
     pub fn own_node(&self) -> Option<String> {
-        self.status().own_node.clone()
+        lock(&self.0.own).name.clone()
     }
 
-    /// The own pod's IP and host IP, from the cache (when the own pod matches the filter).
+    /// The own pod's IP and host IP, from the cache or the aggregator.
     pub fn own_addresses(&self) -> (String, String) {
-        self.pods
-            .state()
-            .iter()
-            .find(|p| p.metadata.name.as_deref() == Some(self.own_pod.as_str()))
-            .and_then(|p| p.status.as_ref())
-            .map(|s| (s.pod_ip.clone().unwrap_or_default(), s.host_ip.clone().unwrap_or_default()))
-            .unwrap_or_default()
+        let own_pod = self.0.settings.pod_name.as_str();
+        let cached = self.local().and_then(|l| {
+            l.pods
+                .state()
+                .iter()
+                .find(|p| p.metadata.name.as_deref() == Some(own_pod))
+                .and_then(|p| p.status.as_ref())
+                .map(|s| (s.pod_ip.clone().unwrap_or_default(), s.host_ip.clone().unwrap_or_default()))
+        });
+        cached.unwrap_or_else(|| {
+            lock(&self.0.source).last().map(|l| (l.own.0.clone(), l.own.1.clone())).unwrap_or_default()
+        })
     }
 
-    /// The own node's `topology.kubernetes.io/zone` label (empty without a node watch).
+    /// The own node's `topology.kubernetes.io/zone` label (from a Node watch, else from the
+    /// aggregator; empty when neither knows it).
     pub fn own_zone(&self) -> String {
-        let (Some(nodes), Some(own)) = (&self.nodes, self.own_node()) else { return String::new() };
-        nodes
-            .get(&ObjectRef::new(&own))
-            .and_then(|n| n.metadata.labels.as_ref()?.get("topology.kubernetes.io/zone").cloned())
-            .unwrap_or_default()
+        let from_node = self
+            .own_node_object()
+            .and_then(|n| n.metadata.labels.as_ref()?.get("topology.kubernetes.io/zone").cloned());
+        from_node.unwrap_or_else(|| lock(&self.0.source).last().map(|l| l.own.2.clone()).unwrap_or_default())
     }
 
     /// False when the own node is cordoned or tainted unschedulable (then `/ready` is 503).
     pub fn own_node_schedulable(&self) -> bool {
-        let (Some(nodes), Some(own)) = (&self.nodes, self.own_node()) else { return true };
-        nodes.get(&ObjectRef::new(&own)).is_none_or(|n| !node_is_unschedulable(&n))
+        self.own_node_object().is_none_or(|n| !node_is_unschedulable(&n))
     }
 
-    /// The neighbours to check now, from the caches.
+    /// The neighbours to check now: local caches when local discovery runs and has synced,
+    /// else the aggregator's latest list.
     pub fn view(&self) -> NeighbourhoodView {
-        let (pods_synced, pod_error, nodes_synced, node_error, own_node, own_error) = {
-            let s = self.status();
-            (
-                s.pods.synced,
-                s.pods.last_error.clone(),
-                s.nodes.synced,
-                s.nodes.last_error.clone(),
-                s.own_node.clone(),
-                s.own_node_error.clone(),
-            )
+        let local = self.local();
+        let pushed = {
+            let source = lock(&self.0.source);
+            source.last().cloned().map(|l| (l, source.is_live(), source.outage_since()))
+        };
+        let local_view = local.as_ref().map(|l| self.local_view(l));
+        match (local_view, pushed) {
+            (Some(v), _) if v.known => v,
+            (local_view, Some((list, live, outage))) => {
+                let state = if live {
+                    list.state
+                } else {
+                    let secs = outage.map_or(0, |t| t.elapsed().as_secs());
+                    let local = if local_view.is_some() { "; local discovery starting" } else { "" };
+                    format!("aggregator unreachable for {secs}s, checking its last targets{local}")
+                };
+                NeighbourhoodView { state, neighbours: list.neighbours, known: true }
+            }
+            (Some(v), None) => v,
+            (None, None) => NeighbourhoodView {
+                state: "waiting for targets from the aggregator".into(),
+                neighbours: Vec::new(),
+                known: false,
+            },
+        }
+    }
+
+    fn local_view(&self, local: &LocalWatches) -> NeighbourhoodView {
+        let (pods, nodes) = (health_of(&local.pods_health), health_of(&local.nodes_health));
+        let (own_node, own_error) = {
+            let o = lock(&self.0.own);
+            (o.name.clone(), o.error.clone())
         };
         let waiting = |what: &str, err: Option<String>| NeighbourhoodView {
             state: format!("waiting for {what}: {}", err.unwrap_or_else(|| "not synced yet".into())),
             neighbours: Vec::new(),
             known: false,
         };
-        if !pods_synced {
-            return waiting("the pod list", pod_error);
+        if !pods.synced {
+            return waiting("the pod list", pods.last_error);
         }
-        let node_map: Option<HashMap<String, bool>> = match &self.nodes {
+        let node_map: Option<HashMap<String, bool>> = match &local.nodes {
             None => None,
-            Some(_) if !nodes_synced => return waiting("the node list", node_error),
+            Some(_) if !nodes.synced => return waiting("the node list", nodes.last_error),
             Some(store) => Some(
                 store
                     .state()
@@ -252,11 +348,12 @@ impl Discovery {
         let Some(own_node) = own_node else {
             return waiting("the own node name", own_error);
         };
-        let pods = self.pods.state();
+        let s = &self.0.settings;
+        let cached = local.pods.state();
         let candidates =
-            eligible_neighbours(pods.iter().map(AsRef::as_ref), node_map.as_ref(), &self.own_pod, &self.filter);
-        let neighbours = select_neighbours(&own_node, candidates, self.limit);
-        let state = match (pod_error, node_error) {
+            eligible_neighbours(cached.iter().map(AsRef::as_ref), node_map.as_ref(), &s.pod_name, &s.neighbour_filter);
+        let neighbours = select_neighbours(&own_node, candidates, s.neighbour_limit);
+        let state = match (pods.last_error, nodes.last_error) {
             (None, None) => "ok".to_string(),
             (Some(e), _) | (None, Some(e)) => format!("watch failing, checking cached neighbours: {e}"),
         };
@@ -264,56 +361,70 @@ impl Discovery {
     }
 }
 
-/// First delay before re-establishing a failed watch; doubles up to `MAX_RETRY_DELAY`.
-const FIRST_RETRY_DELAY: Duration = Duration::from_millis(500);
-/// Longest delay between attempts to learn the own node from the own pod.
-const OWN_NODE_MAX_DELAY: Duration = Duration::from_secs(10);
-/// Longest delay between attempts while the API server is unreachable: with ±25 % jitter and
-/// the LIST itself, discovery is `ok` again within 10 s of the API server's recovery.
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(6);
-
-/// Runs a watch into `writer` forever. On an error the watch is restarted (a fresh LIST, then
-/// WATCH) after a jittered, capped backoff: the LIST's completion is what proves recovery, so
-/// `neighbourhood_state` clears as soon as the API server is back, and the cache stays valid
-/// (kube swaps it in whole at the end of the LIST) meanwhile.
-async fn drive<K, S>(
-    make_stream: impl Fn() -> S,
-    mut writer: reflector::store::Writer<K>,
-    status: Arc<Mutex<Status>>,
-    pick: fn(&mut Status) -> &mut WatchStatus,
-    what: &'static str,
-) where
-    K: kube::Resource + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-    S: futures::Stream<Item = Result<Event<K>, watcher::Error>>,
-{
-    let mut backoff = Backoff::new(FIRST_RETRY_DELAY, MAX_RETRY_DELAY);
+/// `auto`: starts local watches once the aggregator has been unreachable long enough, and
+/// stops them when its targets come back. Ends with the discovery.
+async fn supervise(inner: Weak<Inner>) {
     loop {
-        let stream = make_stream();
-        futures::pin_mut!(stream);
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(event) => {
-                    writer.apply_watcher_event(&event);
-                    if matches!(event, Event::InitDone) {
-                        let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
-                        let w = pick(&mut s);
-                        if !w.synced || w.last_error.is_some() {
-                            info!(resource = what, "watch synced");
-                        }
-                        w.synced = true;
-                        w.last_error = None;
-                        backoff.reset();
-                    }
-                }
-                Err(e) => {
-                    warn!(resource = what, error = %e, retry_in = ?backoff.current(), "watch failed");
-                    let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
-                    pick(&mut s).last_error = Some(format!("{what} watch: {e}"));
-                    break;
-                }
+        tokio::time::sleep(SUPERVISE_EVERY).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let discovery = Discovery(inner);
+        let (wants, outage) = {
+            let source = lock(&discovery.0.source);
+            (source.wants_local(Instant::now()), source.outage_since())
+        };
+        let running = discovery.local().is_some();
+        if wants && !running {
+            let secs = outage.map_or(0, |t| t.elapsed().as_secs());
+            warn!(without_targets_for_s = secs, "no targets from the aggregator: starting local discovery");
+            discovery.start_local();
+        } else if !wants && running {
+            info!("targets from the aggregator again: local discovery stopped");
+            *lock(&discovery.0.local) = None;
+        }
+    }
+}
+
+/// Finds the own node from the own pod (local cache first, then a GET), retrying until it
+/// works; then watches that Node alone when local discovery does not watch them all.
+async fn resolve_own_node(inner: Weak<Inner>) {
+    let mut backoff = Backoff::new(FIRST_RETRY_DELAY, OWN_NODE_MAX_DELAY);
+    loop {
+        let Some(strong) = inner.upgrade() else { return };
+        let discovery = Discovery(strong);
+        let own_pod = discovery.0.settings.pod_name.clone();
+        let from_cache = discovery.local().and_then(|l| {
+            l.pods
+                .state()
+                .iter()
+                .find(|p| p.metadata.name.as_deref() == Some(own_pod.as_str()))
+                .and_then(|p| p.spec.as_ref()?.node_name.clone())
+        });
+        let found = match (from_cache, &discovery.0.settings.namespace) {
+            (Some(node), _) => Ok(node),
+            (None, Some(ns)) => Api::<Pod>::namespaced(discovery.0.client.clone(), ns)
+                .get(&own_pod)
+                .await
+                .map_err(|e| format!("looking up own pod {ns}/{own_pod}: {e}"))
+                .and_then(|p| {
+                    p.spec.and_then(|s| s.node_name).ok_or_else(|| format!("own pod {own_pod} has no node yet"))
+                }),
+            (None, None) => Err(format!(
+                "own pod {own_pod} not in the watched pods; set KUBENURSE_NODE_NAME or KUBENURSE_NAMESPACE"
+            )),
+        };
+        match found {
+            Ok(node) => {
+                info!(node = %node, "own node resolved");
+                *lock(&discovery.0.own) = OwnNode { name: Some(node.clone()), error: None };
+                discovery.watch_own_node(&node);
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "own node not known yet");
+                lock(&discovery.0.own).error = Some(e);
             }
         }
+        drop(discovery);
         tokio::time::sleep(backoff.next_delay()).await;
     }
 }

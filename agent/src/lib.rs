@@ -7,16 +7,17 @@ pub mod config;
 pub mod discovery;
 pub mod incoming;
 pub mod metrics;
-pub mod neighbourhood;
 pub mod outbox;
 pub mod probe;
-pub mod ring;
-pub mod selector;
+pub mod pushed;
 pub mod server;
 pub mod state;
 pub mod tls;
 pub mod trace;
 pub mod uplink;
+
+// Who checks whom has one home, shared with the aggregator.
+pub use kubenurse_neighbours::{neighbourhood, ring, selector};
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -123,6 +124,8 @@ pub async fn run(
         http_port,
         https_port,
         aggregator,
+        discovery: discovery_mode,
+        discovery_fallback_after,
     } = config;
     tls::install_crypto_provider();
     let client_tls = tls::client_config(insecure, &service_account_dir.join("ca.crt"), &extra_ca)?;
@@ -151,6 +154,8 @@ pub async fn run(
                 allow_unschedulable,
                 pod_name: pod_name.clone(),
                 node_name: node_name.clone(),
+                mode: discovery_mode,
+                fallback_after: discovery_fallback_after,
             },
         ))
     } else {
@@ -178,7 +183,7 @@ pub async fn run(
         Some(target) => {
             let (dropped, connected) = metrics.register_aggregator()?;
             let identity = HelloIdentity { node_name, pod_name: pod_name.clone(), check_interval, neighbour_limit };
-            Some(Uplink::start(target, identity, dropped, connected))
+            Some(Uplink::start(target, identity, dropped, connected, discovery.clone()))
         }
         None => None,
     };

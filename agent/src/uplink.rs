@@ -81,6 +81,7 @@ impl HelloIdentity {
             interval_micros: u64::try_from(self.check_interval.as_micros()).unwrap_or(u64::MAX),
             neighbour_limit: u32::try_from(self.neighbour_limit).unwrap_or(u32::MAX),
             targets: view.map(|v| v.neighbours.iter().map(|n| n.node_name.clone()).collect()).unwrap_or_default(),
+            wants_targets: discovery.is_some_and(|d| d.mode().wants_targets()),
         })
     }
 }
@@ -93,6 +94,8 @@ pub struct Uplink {
     hello: watch::Sender<Option<Hello>>,
     dropped: IntCounter,
     connected: IntGauge,
+    /// Where pushed targets go (pushed or auto discovery).
+    discovery: Option<Discovery>,
 }
 
 /// Converts a finished check into its wire form.
@@ -145,6 +148,7 @@ impl Uplink {
         identity: HelloIdentity,
         dropped: IntCounter,
         connected: IntGauge,
+        discovery: Option<Discovery>,
     ) -> Arc<Self> {
         let AggregatorConfig { urls, ca_pem, token_file, client_cert } = target;
         let credentials = Arc::new(Credentials { token_file, client_cert });
@@ -155,6 +159,7 @@ impl Uplink {
             hello: watch::channel(None).0,
             dropped,
             connected,
+            discovery: discovery.filter(|d| d.mode().wants_targets()),
         });
         let targets: Vec<(String, u16, Option<ClientTlsConfig>)> = urls
             .iter()
@@ -227,9 +232,15 @@ impl Uplink {
                 info!(%addr, tls = tls.is_some(), "streaming to aggregator replica");
                 let queue =
                     Arc::new(Queue { items: Mutex::default(), notify: Notify::new(), dropped: self.dropped.clone() });
-                let (hello, connected) = (self.hello.subscribe(), self.connected.clone());
-                let task =
-                    tokio::spawn(stream_forever(addr, tls, credentials.clone(), queue.clone(), hello, connected));
+                let link = Link {
+                    addr,
+                    tls,
+                    credentials: credentials.clone(),
+                    queue: queue.clone(),
+                    connected: self.connected.clone(),
+                    discovery: self.discovery.clone(),
+                };
+                let task = tokio::spawn(stream_forever(link, self.hello.subscribe()));
                 (queue, task)
             });
         }
@@ -322,15 +333,19 @@ impl From<tonic::Status> for StreamFailure {
     }
 }
 
-async fn stream_forever(
+/// One replica's stream and what it feeds.
+struct Link {
     addr: SocketAddr,
     tls: Option<ClientTlsConfig>,
     credentials: Arc<Credentials>,
     queue: Arc<Queue>,
-    mut hello: watch::Receiver<Option<Hello>>,
     connected: IntGauge,
-) {
+    discovery: Option<Discovery>,
+}
+
+async fn stream_forever(link: Link, mut hello: watch::Receiver<Option<Hello>>) {
     let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
+    let addr = link.addr;
     loop {
         // Nothing to say before we know who we are.
         if hello.wait_for(Option::is_some).await.is_err() {
@@ -338,9 +353,13 @@ async fn stream_forever(
         }
         let started = Instant::now();
         let mut up = false;
-        let result = stream_once(addr, tls.clone(), &credentials, &queue, &mut hello, &connected, &mut up).await;
+        let result = stream_once(&link, &mut hello, &mut up).await;
         if up {
-            connected.dec();
+            link.connected.dec();
+        }
+        if let Some(d) = &link.discovery {
+            // This replica's targets are no longer live (a no-op if it never sent any).
+            let _ = d.pushed(addr, None);
         }
         match result {
             Ok(reason) => info!(%addr, %reason, "aggregator stream ended, reconnecting"),
@@ -355,14 +374,12 @@ async fn stream_forever(
 }
 
 async fn stream_once(
-    addr: SocketAddr,
-    tls: Option<ClientTlsConfig>,
-    credentials: &Credentials,
-    queue: &Queue,
+    link: &Link,
     hello: &mut watch::Receiver<Option<Hello>>,
-    connected: &IntGauge,
     up: &mut bool,
 ) -> Result<String, StreamFailure> {
+    let Link { addr, tls, credentials, queue, connected, discovery } = link;
+    let (addr, tls) = (*addr, tls.clone());
     let scheme = if tls.is_some() { "https" } else { "http" };
     let mut endpoint =
         tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|e| e.to_string())?;
@@ -413,6 +430,16 @@ async fn stream_once(
                     Some(aggregator_message::Msg::Ack(a)) if a.rejected > 0 => {
                         debug!(%addr, rejected = a.rejected, last = %a.last_rejection, "aggregator rejected results");
                     }
+                    Some(aggregator_message::Msg::Targets(t)) => match discovery {
+                        Some(d) => {
+                            let count = t.targets.len();
+                            match d.pushed(addr, Some(t)) {
+                                Ok(()) => debug!(%addr, targets = count, "targets from the aggregator"),
+                                Err(e) => warn!(%addr, error = %e, "refused the aggregator's targets, keeping the previous ones"),
+                            }
+                        }
+                        None => debug!(%addr, "targets from the aggregator ignored: KUBENURSE_DISCOVERY=local"),
+                    },
                     _ => {}
                 },
                 Ok(None) => return Ok("closed by the aggregator".into()),

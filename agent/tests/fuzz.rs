@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use kubenurse_agent::config::vars::{parse_buckets, parse_extra_checks, ALL};
 use kubenurse_agent::config::Config;
-use kubenurse_agent::selector::LabelSelector;
+use kubenurse_neighbours::selector::LabelSelector;
 use proptest::prelude::*;
 
 /// Values that are valid for some variables and garbage for others, plus arbitrary text.

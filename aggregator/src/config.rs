@@ -11,7 +11,11 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser};
 use kubenurse_common::duration::parse_go_duration;
 
+use kubenurse_neighbours::selector::LabelSelector;
+use kubenurse_neighbours::vars::{self as shared, parse_bool, parse_limit, parse_selector};
+
 use crate::auth::{AuthMode, Expectation, ServiceAccount, DEFAULT_AUDIENCE};
+use crate::discovery::DiscoveryConfig;
 use crate::state::Settings;
 
 /// Shortest window accepted: the window holds ten slots of at least a second.
@@ -118,6 +122,25 @@ pub struct Args {
     /// PEM CA bundle the agents' client certificates must chain to (mtls; required there, with --tls-cert).
     #[arg(long, env = "KUBENURSE_AGGREGATOR_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,
+    /// Watch the agents' Pods and the Nodes once and push each agent its targets (true or
+    /// false; uses KUBECONFIG or the in-cluster config).
+    #[arg(long, env = "KUBENURSE_AGGREGATOR_DISCOVERY", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub discovery: bool,
+    /// Shared with the agents ([`shared::NAMESPACE`]).
+    #[arg(long, env = shared::NAMESPACE.name, help = shared::NAMESPACE.help)]
+    pub namespace: Option<String>,
+    /// Shared with the agents ([`shared::NEIGHBOUR_FILTER`]).
+    #[arg(long, env = shared::NEIGHBOUR_FILTER.name, help = shared::NEIGHBOUR_FILTER.help,
+          default_value = shared::NEIGHBOUR_FILTER.default_text(), value_parser = parse_selector)]
+    pub neighbour_filter: LabelSelector,
+    /// Shared with the agents ([`shared::NEIGHBOUR_LIMIT`]).
+    #[arg(long, env = shared::NEIGHBOUR_LIMIT.name, help = shared::NEIGHBOUR_LIMIT.help,
+          default_value = shared::NEIGHBOUR_LIMIT.default_text(), value_parser = parse_limit)]
+    pub neighbour_limit: usize,
+    /// Shared with the agents ([`shared::ALLOW_UNSCHEDULABLE`]).
+    #[arg(long, env = shared::ALLOW_UNSCHEDULABLE.name, help = shared::ALLOW_UNSCHEDULABLE.help,
+          default_value = shared::ALLOW_UNSCHEDULABLE.default_text(), value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub allow_unschedulable: bool,
 }
 
 /// A value that cannot be used, naming the flag and its variable.
@@ -182,6 +205,8 @@ pub struct Config {
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
     /// How streams are authenticated.
     pub auth: AuthConfig,
+    /// Pushed discovery (`--discovery true`): what the agents' variables say.
+    pub discovery: Option<DiscoveryConfig>,
 }
 
 /// How streams are authenticated, with what the mode needs.
@@ -235,6 +260,11 @@ impl Config {
             auth_audience,
             auth_service_account,
             client_ca,
+            discovery,
+            namespace,
+            neighbour_filter,
+            neighbour_limit,
+            allow_unschedulable,
         } = args;
         if window.0 < MIN_WINDOW {
             return Err(ConfigError::new("window", window, format!("must be at least {}", GoDuration(MIN_WINDOW))));
@@ -275,11 +305,19 @@ impl Config {
                 AuthConfig::Mtls { client_ca_pem: read_pem("client_ca", &path, "BEGIN CERTIFICATE", "certificate")? }
             }
         };
+        let discovery = discovery.then(|| DiscoveryConfig {
+            // Empty is all namespaces, as for the agents.
+            namespace: namespace.filter(|ns| !ns.trim().is_empty()),
+            neighbour_filter,
+            neighbour_limit,
+            allow_unschedulable,
+        });
         Ok(Self {
             grpc_address,
             http_address,
             tls,
             auth,
+            discovery,
             settings: Settings {
                 window_micros: window.micros(),
                 hysteresis,

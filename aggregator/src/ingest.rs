@@ -13,7 +13,7 @@ use dashmap::DashMap;
 use futures::Stream;
 use kubenurse_common::signal::stopped;
 use kubenurse_proto::v1::nurse_server::Nurse;
-use kubenurse_proto::v1::{agent_message, aggregator_message, Ack, AgentMessage, AggregatorMessage, GoAway};
+use kubenurse_proto::v1::{agent_message, aggregator_message, Ack, AgentMessage, AggregatorMessage, GoAway, Targets};
 use kubenurse_proto::{MAX_MESSAGE_BYTES, MAX_RESULTS_PER_BATCH};
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::auth::gate::Gate;
 use crate::auth::AuthFailure;
+use crate::discovery::Books;
 use crate::guard::Connections;
 use crate::metrics::AggregatorMetrics;
 use crate::owner::{now_micros, StateHandle};
@@ -62,6 +63,7 @@ pub struct Ingest {
     live: Arc<LiveStreams>,
     connections: Arc<Connections>,
     shutdown: watch::Receiver<bool>,
+    books: Option<Books>,
 }
 
 impl Ingest {
@@ -74,8 +76,25 @@ impl Ingest {
         connections: Arc<Connections>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        Self { state, metrics, gate, live: Arc::default(), connections, shutdown }
+        Self { state, metrics, gate, live: Arc::default(), connections, shutdown, books: None }
     }
+
+    /// Pushes each agent that asks for them its targets from `books` (pushed discovery).
+    pub fn with_targets(mut self, books: Books) -> Self {
+        self.books = Some(books);
+        self
+    }
+}
+
+/// The agent's targets from the latest book, unless it has them already.
+fn targets_update(books: &Books, node: &str, pod: &str, sent: &mut Option<Targets>) -> Option<AggregatorMessage> {
+    let book = books.borrow().clone()?;
+    let targets = book.targets_for(node, pod)?;
+    if sent.as_ref() == Some(&targets) {
+        return None;
+    }
+    *sent = Some(targets.clone());
+    Some(AggregatorMessage { msg: Some(aggregator_message::Msg::Targets(targets)) })
 }
 
 type Outbound = Pin<Box<dyn Stream<Item = Result<AggregatorMessage, Status>> + Send>>;
@@ -120,6 +139,7 @@ impl Nurse for Ingest {
             (self.state.clone(), self.metrics.clone(), self.gate.clone(), self.live.clone());
         let mut shutdown = self.shutdown.clone();
         let connections = self.connections.clone();
+        let books = self.books.clone();
         tokio::spawn(async move {
             // The hello.
             let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await;
@@ -141,6 +161,7 @@ impl Nurse for Ingest {
                 return;
             }
             let (node, mut targets) = (hello.node.clone(), hello.targets.clone());
+            let (pod, mut books) = (hello.pod.clone(), books.filter(|_| hello.wants_targets));
             if let Err(reason) = state.hello(hello, true).await {
                 reject(&metrics, reason, 1);
                 let _ = tx.send(Err(Status::invalid_argument(format!("hello refused: {reason}")))).await;
@@ -158,8 +179,34 @@ impl Nurse for Ingest {
             };
             tokio::pin!(token_expired);
             let (mut accepted, mut rejected, mut last_rejection) = (0u64, 0u64, String::new());
+            let mut sent_targets = None;
+            if let Some(update) = books.as_ref().and_then(|b| targets_update(b, &node, &pod, &mut sent_targets)) {
+                metrics.targets_sent.inc();
+                let _ = tx.send(Ok(update)).await;
+            }
             loop {
                 let msg = tokio::select! {
+                    changed = async {
+                        match books.as_mut() {
+                            Some(b) => b.changed().await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        let update = match (&changed, &books) {
+                            (Ok(()), Some(b)) => targets_update(b, &node, &pod, &mut sent_targets),
+                            _ => None,
+                        };
+                        if changed.is_err() {
+                            books = None;
+                        }
+                        if let Some(update) = update {
+                            metrics.targets_sent.inc();
+                            if tx.send(Ok(update)).await.is_err() {
+                                break;
+                            }
+                        }
+                        continue;
+                    }
                     _ = stopped(&mut shutdown) => {
                         let _ = tx.send(go_away("aggregator shutting down")).await;
                         break;

@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod cell;
 pub mod config;
+pub mod discovery;
 pub mod guard;
 pub mod ingest;
 pub mod metrics;
@@ -59,6 +60,9 @@ pub enum AggregatorError {
     /// No kube client for TokenReview (neither in-cluster nor `KUBECONFIG`).
     #[error("kube client for --auth tokenreview: {0}")]
     Kube(String),
+    /// No kube client for pushed discovery.
+    #[error("kube client for --discovery: {0}")]
+    DiscoveryKube(String),
 }
 
 /// The gRPC service for `state` behind `gate`, with message size bounds (also used by
@@ -70,9 +74,11 @@ pub fn grpc_service(
     connections: Arc<Connections>,
     shutdown: watch::Receiver<bool>,
 ) -> NurseServer<ingest::Ingest> {
-    NurseServer::new(ingest::Ingest::new(state, metrics, gate, connections, shutdown))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    bounded(NurseServer::new(ingest::Ingest::new(state, metrics, gate, connections, shutdown)))
+}
+
+fn bounded(server: NurseServer<ingest::Ingest>) -> NurseServer<ingest::Ingest> {
+    server.max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
 /// The gate for `auth`; TokenReview uses `kube_config`, else in-cluster or `KUBECONFIG`.
@@ -103,7 +109,21 @@ pub async fn run(
 ) -> Result<(), AggregatorError> {
     let metrics = Arc::new(AggregatorMetrics::new()?);
     // Every setting is taken apart here, so one that is read but not wired fails to compile.
-    let Config { grpc_address, http_address, settings, tls, auth } = config;
+    let Config { grpc_address, http_address, settings, tls, auth, discovery } = config;
+    // Kept until the aggregator stops: dropping it stops the watches.
+    let discovery = match discovery {
+        Some(discovery) => {
+            let kube_config = match kube_config.clone() {
+                Some(c) => c,
+                None => kube::Config::infer().await.map_err(|e| AggregatorError::DiscoveryKube(e.to_string()))?,
+            };
+            let client =
+                kube::Client::try_from(kube_config).map_err(|e| AggregatorError::DiscoveryKube(e.to_string()))?;
+            info!(namespace = ?discovery.namespace, limit = discovery.neighbour_limit, "pushed discovery on: watching Pods and Nodes");
+            Some(discovery::spawn(client, discovery))
+        }
+        None => None,
+    };
     let gate = Arc::new(gate(&auth, kube_config).await?);
     let state = StateHandle::spawn(settings, metrics.clone());
     let ready = Arc::new(AtomicBool::new(true));
@@ -123,7 +143,11 @@ pub async fn run(
             .await
     });
     let connections = Arc::new(Connections::default());
-    let service = grpc_service(state, metrics, gate, connections.clone(), stop_rx.clone());
+    let mut ingest = ingest::Ingest::new(state, metrics, gate, connections.clone(), stop_rx.clone());
+    if let Some(running) = &discovery {
+        ingest = ingest.with_targets(running.books.clone());
+    }
+    let service = bounded(NurseServer::new(ingest));
     let mut grpc_stop = stop_rx.clone();
     let incoming = tonic::transport::server::TcpIncoming::from(grpc)
         .with_nodelay(Some(true))
@@ -162,5 +186,6 @@ pub async fn run(
     if let Ok(r) = http_task.await {
         r.map_err(AggregatorError::Http)?;
     }
+    drop(discovery);
     Ok(())
 }

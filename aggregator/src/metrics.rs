@@ -19,6 +19,8 @@ pub struct AggregatorMetrics {
     pub auth_failures: IntCounterVec,
     /// Matrix cells held.
     pub cells: IntGauge,
+    /// Target lists pushed to agents (pushed discovery).
+    pub targets_sent: IntCounter,
     /// Current suspects by kind and cause.
     pub suspects: GaugeVec,
     p50: GaugeVec,
@@ -49,6 +51,10 @@ impl AggregatorMetrics {
             auth_failures.with_label_values(&[&reason.to_string()]);
         }
         let cells = IntGauge::new("kubenurse_aggregator_matrix_cells", "Source-destination cells in the matrix.")?;
+        let targets_sent = IntCounter::new(
+            "kubenurse_aggregator_targets_sent_total",
+            "Target lists pushed to agents (pushed discovery).",
+        )?;
         let suspects = GaugeVec::new(
             Opts::new("kubenurse_aggregator_suspects", "Current fault suspects by kind and cause."),
             &["kind", "cause"],
@@ -63,6 +69,7 @@ impl AggregatorMetrics {
             Box::new(ingest_errors.clone()),
             Box::new(auth_failures.clone()),
             Box::new(cells.clone()),
+            Box::new(targets_sent.clone()),
             Box::new(suspects.clone()),
             Box::new(p50.clone()),
             Box::new(p99.clone()),
@@ -77,6 +84,7 @@ impl AggregatorMetrics {
             ingest_errors,
             auth_failures,
             cells,
+            targets_sent,
             suspects,
             p50,
             p99,

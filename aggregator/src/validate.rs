@@ -7,8 +7,8 @@ use kubenurse_proto::{CheckKind, KindError, OLDEST_PROTOCOL_REVISION};
 
 /// Longest duration accepted: far above any check timeout.
 pub const MAX_DURATION_MICROS: u64 = 10 * 60 * 1_000_000;
-/// Most targets one agent may declare, unless `--max-targets` says otherwise.
-pub const MAX_TARGETS: usize = 1_000;
+/// Most targets one agent may declare, unless `--max-targets` says otherwise (the protocol's).
+pub use kubenurse_proto::MAX_TARGETS;
 /// Shortest check interval a hello may declare, µs (its cells go stale after 3 intervals).
 pub const MIN_INTERVAL_MICROS: u64 = 100_000;
 /// Longest check interval a hello may declare, µs.

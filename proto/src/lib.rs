@@ -11,8 +11,14 @@ pub mod kind;
 
 pub use kind::{CheckKind, KindError};
 
-/// Protocol revision within v1 that this build speaks (2: typed `CheckResult.check`).
-pub const PROTOCOL_REVISION: u32 = 2;
+/// Protocol revision within v1 that this build speaks (2: typed `CheckResult.check`; 3: the
+/// aggregator may push `Targets`).
+pub const PROTOCOL_REVISION: u32 = 3;
+
+/// Most targets of one agent: in its hello (the aggregator's default cap), in a `Targets`
+/// message and in its `checked_by`. Far above any neighbour limit in use, far below the
+/// message size limit.
+pub const MAX_TARGETS: usize = 1_000;
 
 /// Oldest revision still understood: revision 1 agents identify checks by `check_type` only.
 pub const OLDEST_PROTOCOL_REVISION: u32 = 1;

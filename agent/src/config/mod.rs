@@ -13,6 +13,7 @@ use http::Uri;
 use kubenurse_proto::CheckKind;
 use rustls::pki_types::CertificateDer;
 
+use crate::pushed::DiscoveryMode;
 use crate::selector::LabelSelector;
 use crate::tls;
 use vars::{DefaultValue, FileContents, Setting};
@@ -132,6 +133,10 @@ pub struct Config {
     pub https_port: u16,
     /// The stream to the aggregator; `None` (no URL) makes the agent exactly a kubenurse.
     pub aggregator: Option<AggregatorConfig>,
+    /// `KUBENURSE_DISCOVERY` (`Local` whenever there is no aggregator).
+    pub discovery: DiscoveryMode,
+    /// `KUBENURSE_DISCOVERY_FALLBACK_AFTER`.
+    pub discovery_fallback_after: Duration,
 }
 
 /// Reads declared settings through a lookup (the environment in `main`, a map in tests).
@@ -285,6 +290,15 @@ impl Config {
                 Some(AggregatorConfig { urls, ca_pem: aggregator_ca.map(|f| f.bytes), token_file, client_cert })
             }
         };
+        let discovery = match (r.opt(&DISCOVERY)?, &aggregator) {
+            (Some(DiscoveryMode::Aggregator), None) => {
+                return Err(err(DISCOVERY.var.name, "aggregator", "needs KUBENURSE_AGGREGATOR_URL"))
+            }
+            // Without an aggregator there is nothing to wait for: auto is local.
+            (Some(DiscoveryMode::Auto | DiscoveryMode::Local) | None, None) => DiscoveryMode::Local,
+            (Some(mode), Some(_)) => mode,
+            (None, Some(_)) => DiscoveryMode::Auto,
+        };
         let extra_ca = match r.opt(&EXTRA_CA)? {
             Some(f) => certs(EXTRA_CA.var.name, &f)?,
             None => Vec::new(),
@@ -322,6 +336,8 @@ impl Config {
             http_port: r.get(&HTTP_PORT)?,
             https_port: r.get(&HTTPS_PORT)?,
             aggregator,
+            discovery,
+            discovery_fallback_after: r.get(&DISCOVERY_FALLBACK_AFTER)?,
         })
     }
 

@@ -10,7 +10,9 @@ use http::Uri;
 use kubenurse_common::duration::parse_go_duration;
 
 use super::{ExtraCheck, DEFAULT_BUCKETS_TEXT};
+use crate::pushed::DiscoveryMode;
 use crate::selector::LabelSelector;
+use kubenurse_neighbours::vars::{self as shared, SharedVar};
 
 /// What a variable is when it is unset or empty.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,16 +64,19 @@ const fn setting<T>(
     Setting { var: Var { name, default, help }, parse }
 }
 
+/// A variable the aggregator reads too: its name, default and help come from the shared one.
+const fn shared_setting<T>(var: SharedVar, parse: fn(&str) -> Result<T, String>) -> Setting<T> {
+    let default = match var.default {
+        Some(v) => Value(v),
+        None => Unset,
+    };
+    setting(var.name, default, var.help, parse)
+}
+
 use DefaultValue::{Derived, Unset, Value};
 
 /// Go's `strconv.ParseBool` spellings; anything else is an error.
-pub fn parse_bool(v: &str) -> Result<bool, String> {
-    match v {
-        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
-        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
-        _ => Err("expected true or false".into()),
-    }
-}
+pub use shared::parse_bool;
 
 fn parse_interval(v: &str) -> Result<Duration, String> {
     match parse_go_duration(v).map_err(|e| e.to_string())? {
@@ -91,10 +96,6 @@ fn parse_port(v: &str) -> Result<u16, String> {
     }
 }
 
-fn parse_limit(v: &str) -> Result<usize, String> {
-    v.parse::<usize>().map_err(|_| "expected a non-negative integer".into())
-}
-
 fn parse_text(v: &str) -> Result<String, String> {
     Ok(v.to_string())
 }
@@ -105,10 +106,6 @@ fn parse_path(v: &str) -> Result<PathBuf, String> {
 
 fn parse_ip(v: &str) -> Result<IpAddr, String> {
     v.parse::<IpAddr>().map_err(|_| "expected an IP address".into())
-}
-
-fn parse_selector(v: &str) -> Result<LabelSelector, String> {
-    LabelSelector::parse(v).map_err(|e| e.to_string())
 }
 
 /// An `http://` or `https://` URL with a host.
@@ -215,26 +212,14 @@ pub const INSECURE: Setting<bool> =
 /// `KUBENURSE_EXTRA_CA`.
 pub const EXTRA_CA: Setting<FileContents> =
     setting("KUBENURSE_EXTRA_CA", Unset, "PEM file with extra CA certificates to trust", parse_file);
-/// `KUBENURSE_NAMESPACE`.
-pub const NAMESPACE: Setting<String> =
-    setting("KUBENURSE_NAMESPACE", Unset, "namespace of the neighbour pods (empty: all namespaces)", parse_text);
-/// `KUBENURSE_NEIGHBOUR_FILTER`.
-pub const NEIGHBOUR_FILTER: Setting<LabelSelector> = setting(
-    "KUBENURSE_NEIGHBOUR_FILTER",
-    Value(""),
-    "label selector for neighbour pods (empty: all pods)",
-    parse_selector,
-);
-/// `KUBENURSE_NEIGHBOUR_LIMIT`.
-pub const NEIGHBOUR_LIMIT: Setting<usize> =
-    setting("KUBENURSE_NEIGHBOUR_LIMIT", Value("10"), "neighbours checked per node (0: everyone)", parse_limit);
-/// `KUBENURSE_ALLOW_UNSCHEDULABLE`.
-pub const ALLOW_UNSCHEDULABLE: Setting<bool> = setting(
-    "KUBENURSE_ALLOW_UNSCHEDULABLE",
-    Value("false"),
-    "also check pods on unschedulable nodes (no node watch)",
-    parse_bool,
-);
+/// `KUBENURSE_NAMESPACE` (shared with the aggregator).
+pub const NAMESPACE: Setting<String> = shared_setting(shared::NAMESPACE, parse_text);
+/// `KUBENURSE_NEIGHBOUR_FILTER` (shared with the aggregator).
+pub const NEIGHBOUR_FILTER: Setting<LabelSelector> = shared_setting(shared::NEIGHBOUR_FILTER, shared::parse_selector);
+/// `KUBENURSE_NEIGHBOUR_LIMIT` (shared with the aggregator).
+pub const NEIGHBOUR_LIMIT: Setting<usize> = shared_setting(shared::NEIGHBOUR_LIMIT, shared::parse_limit);
+/// `KUBENURSE_ALLOW_UNSCHEDULABLE` (shared with the aggregator).
+pub const ALLOW_UNSCHEDULABLE: Setting<bool> = shared_setting(shared::ALLOW_UNSCHEDULABLE, parse_bool);
 /// `KUBENURSE_CHECK_API_SERVER_DIRECT`.
 pub const CHECK_API_SERVER_DIRECT: Setting<bool> = setting(
     "KUBENURSE_CHECK_API_SERVER_DIRECT",
@@ -376,6 +361,20 @@ pub const AGGREGATOR_CERT: Setting<FileContents> = setting(
 /// `KUBENURSE_AGGREGATOR_KEY`.
 pub const AGGREGATOR_KEY: Setting<FileContents> =
     setting("KUBENURSE_AGGREGATOR_KEY", Unset, "PEM private key of KUBENURSE_AGGREGATOR_CERT", parse_file);
+/// `KUBENURSE_DISCOVERY`.
+pub const DISCOVERY: Setting<DiscoveryMode> = setting(
+    "KUBENURSE_DISCOVERY",
+    Derived("(auto with KUBENURSE_AGGREGATOR_URL, else local)"),
+    "where neighbours come from: auto (the aggregator's pushed targets, local watches after it has been unreachable for KUBENURSE_DISCOVERY_FALLBACK_AFTER), local (watch Pods and Nodes, upstream's way) or aggregator (pushed targets only)",
+    DiscoveryMode::parse,
+);
+/// `KUBENURSE_DISCOVERY_FALLBACK_AFTER`.
+pub const DISCOVERY_FALLBACK_AFTER: Setting<Duration> = setting(
+    "KUBENURSE_DISCOVERY_FALLBACK_AFTER",
+    Value("60s"),
+    "auto: how long without pushed targets before local watches start, plus a random share of it (Go duration)",
+    parse_interval,
+);
 /// `KUBECONFIG`, read by the Kubernetes client itself (not parsed here).
 pub const KUBECONFIG: Var = Var {
     name: "KUBECONFIG",
@@ -423,5 +422,7 @@ pub const ALL: &[Var] = &[
     AGGREGATOR_TOKEN_FILE.var,
     AGGREGATOR_CERT.var,
     AGGREGATOR_KEY.var,
+    DISCOVERY.var,
+    DISCOVERY_FALLBACK_AFTER.var,
     KUBECONFIG,
 ];

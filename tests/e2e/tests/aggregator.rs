@@ -51,7 +51,11 @@ async fn matrix_suspects_and_restarts() -> anyhow::Result<()> {
         port: 18080,
         interval: "1s".into(),
         limit: LIMIT,
-        env: vec![("KUBENURSE_AGGREGATOR_URL".into(), aggregator.grpc_url())],
+        // This aggregator runs without discovery (no API server): agents discover for themselves.
+        env: vec![
+            ("KUBENURSE_AGGREGATOR_URL".into(), aggregator.grpc_url()),
+            ("KUBENURSE_DISCOVERY".into(), "local".into()),
+        ],
         proxied: false,
         token_audience: None,
         client_cert_dir: None,
@@ -171,7 +175,10 @@ async fn every_replica_gets_every_stream() -> anyhow::Result<()> {
         port: 18080,
         interval: "500ms".into(),
         limit: LIMIT,
-        env: vec![("KUBENURSE_AGGREGATOR_URL".into(), "http://127.0.0.1:18061,http://[::1]:18061".into())],
+        env: vec![
+            ("KUBENURSE_AGGREGATOR_URL".into(), "http://127.0.0.1:18061,http://[::1]:18061".into()),
+            ("KUBENURSE_DISCOVERY".into(), "local".into()),
+        ],
         proxied: false,
         token_audience: None,
         client_cert_dir: None,
@@ -217,6 +224,7 @@ async fn stream_over_tls_verifies_the_aggregator() -> anyhow::Result<()> {
         interval: "500ms".into(),
         limit: LIMIT,
         env: vec![
+            ("KUBENURSE_DISCOVERY".into(), "local".into()),
             ("KUBENURSE_AGGREGATOR_URL".into(), "https://127.0.0.1:18071".into()),
             ("KUBENURSE_AGGREGATOR_CA".into(), ca.display().to_string()),
         ],

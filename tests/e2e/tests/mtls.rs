@@ -38,6 +38,7 @@ async fn client_certificates_name_the_node() -> anyhow::Result<()> {
         tls: Some((server.cert_pem.clone().into_bytes(), server.key_pem.clone().into_bytes())),
         auth: AuthConfig::Mtls { client_ca_pem: agents_ca.cert_pem().into_bytes() },
         kube: None,
+        discovery: None,
     };
     let settings = Settings { tick_micros: 100_000, ..Settings::default() };
     let agg =
@@ -50,7 +51,9 @@ async fn client_certificates_name_the_node() -> anyhow::Result<()> {
         port: 18080,
         interval: "500ms".into(),
         limit: 10,
+        // No API server for this aggregator: the agents discover for themselves.
         env: vec![
+            ("KUBENURSE_DISCOVERY".into(), "local".into()),
             ("KUBENURSE_AGGREGATOR_URL".into(), url.clone()),
             ("KUBENURSE_AGGREGATOR_CA".into(), server_ca_file.display().to_string()),
         ],

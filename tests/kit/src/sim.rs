@@ -79,6 +79,9 @@ pub fn ring_targets<'a>(own: &SimNode, present: impl IntoIterator<Item = &'a Sim
     others.into_iter().map(|(_, node)| node).collect()
 }
 
+/// The label selector the simulated agents (and an aggregator discovering for them) use.
+pub const NEIGHBOUR_FILTER: &str = "app.kubernetes.io/name=kubenurse";
+
 /// The environment an agent of `sim` gets (the same variables a pod would have).
 pub fn agent_env(
     api: &FakeApiServer,
@@ -92,7 +95,7 @@ pub fn agent_env(
         ("KUBENURSE_INGRESS_URL".into(), me.clone()),
         ("KUBENURSE_SERVICE_URL".into(), me),
         ("KUBENURSE_NAMESPACE".into(), NAMESPACE.into()),
-        ("KUBENURSE_NEIGHBOUR_FILTER".into(), "app.kubernetes.io/name=kubenurse".into()),
+        ("KUBENURSE_NEIGHBOUR_FILTER".into(), NEIGHBOUR_FILTER.into()),
         ("KUBENURSE_NEIGHBOUR_LIMIT".into(), limit.to_string()),
         ("KUBENURSE_CHECK_INTERVAL".into(), interval.into()),
         ("KUBENURSE_CHECK_TIMEOUT".into(), "2s".into()),

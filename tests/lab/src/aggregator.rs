@@ -5,10 +5,12 @@ use std::time::Duration;
 
 use kubenurse_aggregator::auth::{Expectation, ServiceAccount, DEFAULT_AUDIENCE};
 use kubenurse_aggregator::config::{AuthConfig, Config};
+use kubenurse_aggregator::discovery::DiscoveryConfig;
 use kubenurse_aggregator::state::Settings;
 use kubenurse_aggregator::AggregatorError;
+use kubenurse_neighbours::selector::LabelSelector;
 use kubenurse_testkit::apiserver::FakeApiServer;
-use kubenurse_testkit::sim::{NAMESPACE, SERVICE_ACCOUNT};
+use kubenurse_testkit::sim::{NAMESPACE, NEIGHBOUR_FILTER, SERVICE_ACCOUNT};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -31,27 +33,41 @@ pub struct AggregatorOptions {
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
     /// How streams are authenticated.
     pub auth: AuthConfig,
-    /// The API server TokenReview goes to.
+    /// The API server TokenReview (and discovery) goes to.
     pub kube: Option<kube::Config>,
+    /// Pushed discovery (needs `kube`).
+    pub discovery: Option<DiscoveryConfig>,
+}
+
+/// Pushed discovery with the simulated agents' namespace and filter, and `limit`.
+pub fn discovery_for(limit: usize) -> anyhow::Result<DiscoveryConfig> {
+    Ok(DiscoveryConfig {
+        namespace: Some(NAMESPACE.into()),
+        neighbour_filter: LabelSelector::parse(NEIGHBOUR_FILTER)?,
+        neighbour_limit: limit,
+        allow_unschedulable: false,
+    })
 }
 
 impl AggregatorOptions {
     /// Plaintext, `--auth tokenreview` against `api` for the simulated agents' service account
-    /// and the default audience (the chart's default install).
-    pub fn token_review(api: &FakeApiServer) -> Self {
+    /// and the default audience, pushed discovery for agents checking `limit` neighbours (the
+    /// chart's default install).
+    pub fn token_review(api: &FakeApiServer, limit: usize) -> anyhow::Result<Self> {
         let service_account = ServiceAccount { namespace: NAMESPACE.into(), name: SERVICE_ACCOUNT.into() };
-        Self {
+        Ok(Self {
             tls: None,
             auth: AuthConfig::TokenReview(Expectation { audience: DEFAULT_AUDIENCE.into(), service_account }),
             kube: Some(api.kube_config()),
-        }
+            discovery: Some(discovery_for(limit)?),
+        })
     }
 }
 
 impl Default for AggregatorOptions {
     /// Plaintext and `--auth none`: for tests that speak gRPC to it by hand.
     fn default() -> Self {
-        Self { tls: None, auth: AuthConfig::None, kube: None }
+        Self { tls: None, auth: AuthConfig::None, kube: None, discovery: None }
     }
 }
 
@@ -69,9 +85,9 @@ impl LocalAggregator {
         settings: Settings,
         options: AggregatorOptions,
     ) -> anyhow::Result<Self> {
-        let AggregatorOptions { tls, auth, kube } = options;
+        let AggregatorOptions { tls, auth, kube, discovery } = options;
         let (stop, stopped) = oneshot::channel::<()>();
-        let config = Config { grpc_address: grpc, http_address: http, settings, tls, auth };
+        let config = Config { grpc_address: grpc, http_address: http, settings, tls, auth, discovery };
         let task = tokio::spawn(kubenurse_aggregator::run(config, kube, async move {
             let _ = stopped.await;
         }));
@@ -85,11 +101,12 @@ impl LocalAggregator {
     }
 
     /// The chart's default on the lab's addresses for `subnet` (gRPC `127.0.S.254:50051`, HTTP
-    /// `:18080`): `--auth tokenreview` against `api`, ticking every 100 ms.
+    /// `:18080`): `--auth tokenreview` against `api`, pushed discovery for agents checking 10
+    /// neighbours ([`crate::cluster::ClusterSpec::streaming`]), ticking every 100 ms.
     pub async fn reviewing(api: &FakeApiServer, subnet: u8) -> anyhow::Result<Self> {
         let ip = format!("127.0.{subnet}.254");
         let settings = Settings { tick_micros: 100_000, ..Settings::default() };
-        let options = AggregatorOptions::token_review(api);
+        let options = AggregatorOptions::token_review(api, 10)?;
         Self::start_with(format!("{ip}:50051").parse()?, format!("{ip}:18080").parse()?, settings, options).await
     }
 

@@ -84,7 +84,7 @@ impl Lab {
         let interval = kubenurse_common::duration::parse_go_duration(&spec.interval)?;
         let ip = format!("127.0.{}.254", spec.subnet);
         let api = FakeApiServer::start(dir).await?;
-        let options = AggregatorOptions::token_review(&api);
+        let options = AggregatorOptions::token_review(&api, spec.limit)?;
         let (grpc, http) = (format!("{ip}:50051").parse()?, format!("{ip}:{}", spec.port).parse()?);
         let aggregator = LocalAggregator::start_with(grpc, http, settings, options).await?;
         spec.env.push(("KUBENURSE_AGGREGATOR_URL".into(), aggregator.grpc_url()));

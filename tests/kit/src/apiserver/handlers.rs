@@ -1,5 +1,6 @@
 //! The HTTP side of the fake API server: authentication and faults, `/version`, list and
-//! watch of pods and nodes (resource versions, label selectors, `410 Gone`), get.
+//! watch of pods and nodes (resource versions, label selectors, the `metadata.name` field
+//! selector, `410 Gone`), get.
 
 use super::*;
 
@@ -19,6 +20,7 @@ pub(super) fn json_response(value: Value) -> Response {
 #[serde(rename_all = "camelCase")]
 pub(super) struct ListParams {
     label_selector: Option<String>,
+    field_selector: Option<String>,
     resource_version: Option<String>,
     watch: Option<String>,
     timeout_seconds: Option<u64>,
@@ -65,6 +67,22 @@ pub(super) async fn version(State(shared): State<Arc<Shared>>) -> Response {
     }))
 }
 
+/// The object name a field selector asks for: `metadata.name=X` (or `==`), the one field every
+/// resource supports; anything else is refused, as kube-apiserver refuses unknown fields.
+fn name_of_field_selector(selector: &str) -> Result<Option<String>, String> {
+    if selector.trim().is_empty() {
+        return Ok(None);
+    }
+    let (field, value) = selector
+        .split_once("==")
+        .or_else(|| selector.split_once('='))
+        .ok_or_else(|| format!("invalid field selector {selector:?}"))?;
+    if field.trim() != "metadata.name" || value.contains(',') {
+        return Err(format!("field label not supported: {}", field.trim()));
+    }
+    Ok(Some(value.trim().to_string()))
+}
+
 pub(super) async fn list_or_watch(
     shared: Arc<Shared>,
     kind: Kind,
@@ -75,31 +93,40 @@ pub(super) async fn list_or_watch(
     if let Err(e) = selector_matches(&selector, &BTreeMap::new()) {
         return status(StatusCode::BAD_REQUEST, "BadRequest", &e);
     }
-    let what = match kind {
-        Kind::Pods => "pods",
-        Kind::Nodes => "nodes",
+    let name = match name_of_field_selector(params.field_selector.as_deref().unwrap_or_default()) {
+        Ok(name) => name,
+        Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &e),
+    };
+    let what = match (kind, &name) {
+        (Kind::Pods, None) => "pods",
+        (Kind::Nodes, None) => "nodes",
+        // Counted apart: one object's watch costs the API server one object's events.
+        (Kind::Pods, Some(_)) => "pods by name",
+        (Kind::Nodes, Some(_)) => "nodes by name",
     };
     if params.is_watch() {
         shared.count(format!("watch {what}"));
-        return watch_stream(shared, kind, namespace, selector, params);
+        let open = shared.watching(what.to_string());
+        return watch_stream(shared, kind, namespace, selector, name, params, open);
     }
     shared.count(format!("list {what}"));
     let store = shared.store.lock().unwrap_or_else(|p| p.into_inner());
-    let keep = |ns: Option<&str>, labels: Option<&BTreeMap<String, String>>| {
+    let keep = |ns: Option<&str>, object: Option<&str>, labels: Option<&BTreeMap<String, String>>| {
         namespace.as_deref().is_none_or(|want| ns == Some(want))
+            && name.as_deref().is_none_or(|want| object == Some(want))
             && selector_matches(&selector, labels.unwrap_or(&BTreeMap::new())).unwrap_or(false)
     };
     let items: Vec<Value> = match kind {
         Kind::Pods => store
             .pods
             .values()
-            .filter(|p| keep(p.metadata.namespace.as_deref(), p.metadata.labels.as_ref()))
+            .filter(|p| keep(p.metadata.namespace.as_deref(), p.metadata.name.as_deref(), p.metadata.labels.as_ref()))
             .filter_map(|p| serde_json::to_value(p).ok())
             .collect(),
         Kind::Nodes => store
             .nodes
             .values()
-            .filter(|n| keep(None, n.metadata.labels.as_ref()))
+            .filter(|n| keep(None, n.metadata.name.as_deref(), n.metadata.labels.as_ref()))
             .filter_map(|n| serde_json::to_value(n).ok())
             .collect(),
     };
@@ -116,11 +143,14 @@ pub(super) fn watch_stream(
     kind: Kind,
     namespace: Option<String>,
     selector: String,
+    name: Option<String>,
     params: ListParams,
+    open: OpenWatch,
 ) -> Response {
     let wanted = move |c: &Change| {
         c.kind == kind
             && namespace.as_deref().is_none_or(|ns| c.namespace.as_deref() == Some(ns))
+            && name.as_deref().is_none_or(|want| c.object["metadata"]["name"].as_str() == Some(want))
             && selector_matches(&selector, &c.labels).unwrap_or(false)
     };
     let (tx, rx) = mpsc::channel::<Result<String, std::convert::Infallible>>(256);
@@ -161,6 +191,7 @@ pub(super) fn watch_stream(
     let mut faults = shared.faults.subscribe();
     let timeout = Duration::from_secs(params.timeout_seconds.unwrap_or(300).min(600));
     tokio::spawn(async move {
+        let _open = open;
         let line = |c: &Change| format!("{}\n", json!({"type": c.event, "object": c.object}));
         if gone {
             let err = json!({"type": "ERROR", "object": {

@@ -80,11 +80,33 @@ struct Shared {
     changes: broadcast::Sender<Change>,
     faults: watch::Sender<Faults>,
     requests: Mutex<HashMap<String, u64>>,
+    /// Watches being served now, by what they watch.
+    watching: Mutex<HashMap<String, u64>>,
 }
 
 impl Shared {
     fn count(&self, what: String) {
         *self.requests.lock().unwrap_or_else(|p| p.into_inner()).entry(what).or_default() += 1;
+    }
+
+    /// Marks a watch of `what` open until the returned guard is dropped.
+    fn watching(self: &Arc<Self>, what: String) -> OpenWatch {
+        *self.watching.lock().unwrap_or_else(|p| p.into_inner()).entry(what.clone()).or_default() += 1;
+        OpenWatch { shared: self.clone(), what }
+    }
+}
+
+/// A watch being served; counted in [`FakeApiServer::open_watches`] while it lives.
+struct OpenWatch {
+    shared: Arc<Shared>,
+    what: String,
+}
+
+impl Drop for OpenWatch {
+    fn drop(&mut self) {
+        if let Some(n) = self.shared.watching.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&self.what) {
+            *n = n.saturating_sub(1);
+        }
     }
 }
 
@@ -112,6 +134,7 @@ impl FakeApiServer {
             changes: broadcast::channel(4096).0,
             faults: watch::channel(Faults::default()).0,
             requests: Mutex::new(HashMap::new()),
+            watching: Mutex::new(HashMap::new()),
         });
         let router = Router::new()
             .route("/version", get(version))
@@ -326,9 +349,15 @@ impl FakeApiServer {
         self.shared.faults.send_replace(faults);
     }
 
-    /// How many requests of a kind were served: `list pods`, `watch nodes`, `version`, …
+    /// How many requests of a kind were served: `list pods`, `watch nodes`, `watch nodes by
+    /// name` (a `metadata.name` field selector), `version`, …
     pub fn requests(&self, what: &str) -> u64 {
         self.shared.requests.lock().unwrap_or_else(|p| p.into_inner()).get(what).copied().unwrap_or(0)
+    }
+
+    /// How many watches of a kind (`pods`, `nodes`, `nodes by name`) are open now.
+    pub fn open_watches(&self, what: &str) -> u64 {
+        self.shared.watching.lock().unwrap_or_else(|p| p.into_inner()).get(what).copied().unwrap_or(0)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use kubenurse_agent::ring::{node_hash, select_neighbours, Neighbour};
+use kubenurse_neighbours::ring::{node_hash, select_neighbours, Neighbour};
 use serde::Deserialize;
 
 #[derive(Deserialize)]

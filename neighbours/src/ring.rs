@@ -45,6 +45,58 @@ pub fn select_neighbours(own_node: &str, mut neighbours: Vec<Neighbour>, limit: 
     neighbours
 }
 
+/// The ring over every eligible node, built once so that each agent's selection is a walk
+/// of `limit` steps instead of a sort of all nodes: the aggregator computes 5,000 agents'
+/// targets with it. [`Ring::targets_of`] selects exactly what [`select_neighbours`] selects
+/// over [`crate::neighbourhood::eligible_neighbours`] (a property test holds them together).
+#[derive(Debug, Clone, Default)]
+pub struct Ring {
+    /// Nodes by (hash, name), each with its eligible pods sorted by pod name.
+    nodes: Vec<(u64, String, Vec<Neighbour>)>,
+}
+
+impl Ring {
+    /// A ring of `eligible` (node → its eligible pods, sorted by pod name).
+    pub fn new(eligible: std::collections::BTreeMap<String, Vec<Neighbour>>) -> Self {
+        let mut nodes: Vec<_> = eligible
+            .into_iter()
+            .filter(|(_, pods)| !pods.is_empty())
+            .map(|(name, pods)| (node_hash(&name), name, pods))
+            .collect();
+        nodes.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        Self { nodes }
+    }
+
+    /// Number of nodes with an eligible pod.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether no node has an eligible pod.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The neighbours of `own_pod` on `own_node`: walking clockwise from the node's hash, the
+    /// first pod of each node that is not `own_pod`, `limit` of them (0: everyone).
+    pub fn targets_of(&self, own_node: &str, own_pod: &str, limit: usize) -> Vec<Neighbour> {
+        let own = node_hash(own_node);
+        let start = self.nodes.partition_point(|(hash, _, _)| *hash < own);
+        let want = if limit == 0 { self.nodes.len() } else { limit };
+        let mut out = Vec::with_capacity(want.min(self.nodes.len()));
+        for i in 0..self.nodes.len() {
+            if out.len() == want {
+                break;
+            }
+            let (_, _, pods) = &self.nodes[(start + i) % self.nodes.len()];
+            if let Some(pod) = pods.iter().find(|p| p.pod_name != own_pod) {
+                out.push(pod.clone());
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

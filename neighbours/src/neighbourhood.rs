@@ -18,21 +18,20 @@ pub fn node_is_unschedulable(node: &Node) -> bool {
         || spec.taints.iter().flatten().any(|t| t.key == UNSCHEDULABLE_TAINT && t.effect == "NoSchedule")
 }
 
-/// Neighbour candidates (before the ring filter): Running, not terminating, not `own_pod`,
-/// matching `filter`, with a pod IP; with `nodes`, only on nodes that exist and are
-/// schedulable. One pod per node (the first by name), since checks are named by node.
-pub fn eligible_neighbours<'a>(
+/// Every eligible pod, grouped by node and sorted by pod name: Running, not terminating,
+/// matching `filter`, with a pod IP and a node; with `nodes`, only on nodes that exist and are
+/// schedulable. The aggregator keeps this once for all agents ([`crate::ring::Ring`]).
+pub fn eligible_by_node<'a>(
     pods: impl IntoIterator<Item = &'a Pod>,
     nodes: Option<&HashMap<String, bool>>,
-    own_pod: &str,
     filter: &LabelSelector,
-) -> Vec<Neighbour> {
+) -> BTreeMap<String, Vec<Neighbour>> {
     let empty = BTreeMap::new();
-    let mut by_node: BTreeMap<String, Neighbour> = BTreeMap::new();
+    let mut by_node: BTreeMap<String, Vec<Neighbour>> = BTreeMap::new();
     for pod in pods {
         let meta = &pod.metadata;
         let name = meta.name.as_deref().unwrap_or_default();
-        if name.is_empty() || name == own_pod || meta.deletion_timestamp.is_some() {
+        if name.is_empty() || meta.deletion_timestamp.is_some() {
             continue;
         }
         if !filter.matches(meta.labels.as_ref().unwrap_or(&empty)) {
@@ -52,21 +51,33 @@ pub fn eligible_neighbours<'a>(
                 continue;
             }
         }
-        let candidate = Neighbour {
+        by_node.entry(node_name.to_string()).or_default().push(Neighbour {
             pod_name: name.to_string(),
             pod_ip: pod_ip.to_string(),
             host_ip: status.host_ip.clone().unwrap_or_default(),
             node_name: node_name.to_string(),
             node_hash: node_hash(node_name),
-        };
-        match by_node.get(node_name) {
-            Some(existing) if existing.pod_name <= candidate.pod_name => {}
-            _ => {
-                by_node.insert(node_name.to_string(), candidate);
-            }
-        }
+        });
     }
-    by_node.into_values().collect()
+    for pods in by_node.values_mut() {
+        pods.sort_by(|a, b| a.pod_name.cmp(&b.pod_name));
+    }
+    by_node
+}
+
+/// Neighbour candidates of `own_pod` (before the ring filter): the eligible pods
+/// ([`eligible_by_node`]) but `own_pod`, one per node (the first by name), since checks are
+/// named by node.
+pub fn eligible_neighbours<'a>(
+    pods: impl IntoIterator<Item = &'a Pod>,
+    nodes: Option<&HashMap<String, bool>>,
+    own_pod: &str,
+    filter: &LabelSelector,
+) -> Vec<Neighbour> {
+    eligible_by_node(pods, nodes, filter)
+        .into_values()
+        .filter_map(|pods| pods.into_iter().find(|p| p.pod_name != own_pod))
+        .collect()
 }
 
 /// Keeps only what discovery uses of a Pod, so a 5,000-pod cache stays small.

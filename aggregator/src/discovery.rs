@@ -1,0 +1,315 @@
+//! Discovery once for the whole cluster: the aggregator watches the agents' Pods and the
+//! Nodes (stripped reflector caches, as an agent does), works out every agent's targets with
+//! the agents' own rules and ring ([`kubenurse_neighbours`]), and each stream pushes its
+//! agent's list whenever it changes. Agents then watch no Pods and no other Nodes: one watch
+//! per replica instead of one per node.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use kube::runtime::WatchStreamExt as _;
+use kube::{Api, Client};
+use kubenurse_neighbours::neighbourhood::{eligible_by_node, node_is_unschedulable, strip_node, strip_pod};
+use kubenurse_neighbours::ring::{Neighbour, Ring};
+use kubenurse_neighbours::selector::LabelSelector;
+use kubenurse_neighbours::watch::{drive, health_of, Health};
+use kubenurse_proto::v1::{Target, Targets};
+use tokio::sync::{watch, Notify};
+use tracing::info;
+
+/// The label zones are read from.
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// How long changes are gathered before the book is rebuilt (kubelets update Nodes all the time).
+const REBUILD_AFTER: Duration = Duration::from_millis(250);
+
+/// What pushed discovery needs of the configuration: the agents' own variables.
+#[derive(Debug, Clone)]
+pub struct DiscoveryConfig {
+    /// `KUBENURSE_NAMESPACE`; `None`: all namespaces.
+    pub namespace: Option<String>,
+    /// `KUBENURSE_NEIGHBOUR_FILTER`.
+    pub neighbour_filter: LabelSelector,
+    /// `KUBENURSE_NEIGHBOUR_LIMIT`.
+    pub neighbour_limit: usize,
+    /// `KUBENURSE_ALLOW_UNSCHEDULABLE`: schedulability is not a rule (Nodes are still watched,
+    /// for zones).
+    pub allow_unschedulable: bool,
+}
+
+/// Every agent's targets, worked out from one view of the caches. Pure.
+#[derive(Debug, Default, PartialEq)]
+pub struct TargetBook {
+    /// By agent pod: (its node, its targets).
+    by_pod: HashMap<String, (String, Vec<Target>)>,
+    /// By pod: the agent pods that check it.
+    checked_by: HashMap<String, Vec<String>>,
+    /// By pod: its own entry (addresses, zone).
+    own: HashMap<String, Target>,
+    state: String,
+    #[allow(clippy::struct_field_names)]
+    ring_nodes: usize,
+}
+
+fn target_of(n: &Neighbour, zones: &HashMap<String, String>) -> Target {
+    Target {
+        node: n.node_name.clone(),
+        pod: n.pod_name.clone(),
+        pod_ip: n.pod_ip.clone(),
+        host_ip: n.host_ip.clone(),
+        zone: zones.get(&n.node_name).cloned().unwrap_or_default(),
+    }
+}
+
+impl TargetBook {
+    /// The book for `pods` and `nodes` (`None`: the Node list is not known, so no node rule
+    /// and no zones); `state` is what agents show as `neighbourhood_state`.
+    pub fn build(pods: &[Arc<Pod>], nodes: Option<&[Arc<Node>]>, config: &DiscoveryConfig, state: String) -> Self {
+        let zones: HashMap<String, String> = nodes
+            .into_iter()
+            .flatten()
+            .filter_map(|n| Some((n.metadata.name.clone()?, n.metadata.labels.as_ref()?.get(ZONE_LABEL)?.clone())))
+            .collect();
+        let schedulable: Option<HashMap<String, bool>> = nodes.filter(|_| !config.allow_unschedulable).map(|nodes| {
+            nodes.iter().filter_map(|n| Some((n.metadata.name.clone()?, !node_is_unschedulable(n)))).collect()
+        });
+        let pods_ref: Vec<&Pod> = pods.iter().map(AsRef::as_ref).collect();
+        let ring =
+            Ring::new(eligible_by_node(pods_ref.iter().copied(), schedulable.as_ref(), &config.neighbour_filter));
+        let mut book = Self { state, ring_nodes: ring.len(), ..Self::default() };
+        let empty = BTreeMap::new();
+        for pod in pods_ref {
+            let meta = &pod.metadata;
+            let Some(name) = meta.name.clone() else { continue };
+            if !config.neighbour_filter.matches(meta.labels.as_ref().unwrap_or(&empty)) {
+                continue;
+            }
+            let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty()) else {
+                continue;
+            };
+            let status = pod.status.as_ref();
+            book.own.insert(
+                name.clone(),
+                Target {
+                    node: node.clone(),
+                    pod: name.clone(),
+                    pod_ip: status.and_then(|s| s.pod_ip.clone()).unwrap_or_default(),
+                    host_ip: status.and_then(|s| s.host_ip.clone()).unwrap_or_default(),
+                    zone: zones.get(&node).cloned().unwrap_or_default(),
+                },
+            );
+            let targets: Vec<Target> =
+                ring.targets_of(&node, &name, config.neighbour_limit).iter().map(|n| target_of(n, &zones)).collect();
+            for t in &targets {
+                book.checked_by.entry(t.pod.clone()).or_default().push(name.clone());
+            }
+            book.by_pod.insert(name, (node, targets));
+        }
+        for sources in book.checked_by.values_mut() {
+            sources.sort();
+        }
+        book
+    }
+
+    /// What agent `pod` on `node` checks; `None` when the caches do not hold that pod on that
+    /// node (yet): the agent keeps what it has rather than an empty list.
+    pub fn targets_for(&self, node: &str, pod: &str) -> Option<Targets> {
+        let (on, targets) = self.by_pod.get(pod)?;
+        if on != node {
+            return None;
+        }
+        Some(Targets {
+            targets: targets.clone(),
+            checked_by: self.checked_by.get(pod).cloned().unwrap_or_default(),
+            own: self.own.get(pod).cloned(),
+            neighbourhood_state: self.state.clone(),
+        })
+    }
+
+    /// Nodes with an eligible pod.
+    pub fn ring_nodes(&self) -> usize {
+        self.ring_nodes
+    }
+}
+
+/// The latest book; `None` until the watches have synced.
+pub type Books = watch::Receiver<Option<Arc<TargetBook>>>;
+
+/// The running watches and rebuild task; dropping it stops them.
+pub struct Running {
+    /// The books the rebuild task publishes.
+    pub books: Books,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Starts the watches and the task that rebuilds the book after changes.
+pub fn spawn(client: Client, config: DiscoveryConfig) -> Running {
+    let changed = Arc::new(Notify::new());
+    let mut pod_config = watcher::Config::default().any_semantic();
+    if !config.neighbour_filter.is_empty() {
+        pod_config = pod_config.labels(&config.neighbour_filter.to_string());
+    }
+    let pod_api: Api<Pod> = match &config.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let node_api: Api<Node> = Api::all(client);
+    let (pods, pod_writer) = reflector::store();
+    let (nodes, node_writer) = reflector::store();
+    let (pods_health, nodes_health) = (Health::default(), Health::default());
+    let notify = changed.clone();
+    let pods_task = tokio::spawn(drive(
+        move || watcher::watcher(pod_api.clone(), pod_config.clone()).modify(strip_pod),
+        pod_writer,
+        pods_health.clone(),
+        "pods",
+        move || notify.notify_one(),
+    ));
+    let notify = changed.clone();
+    let nodes_task = tokio::spawn(drive(
+        move || watcher::watcher(node_api.clone(), watcher::Config::default().any_semantic()).modify(strip_node),
+        node_writer,
+        nodes_health.clone(),
+        "nodes",
+        move || notify.notify_one(),
+    ));
+    let (tx, books) = watch::channel(None);
+    let rebuild_task = tokio::spawn(rebuild(Caches { pods, nodes, pods_health, nodes_health }, config, changed, tx));
+    Running { books, tasks: vec![pods_task, nodes_task, rebuild_task] }
+}
+
+struct Caches {
+    pods: Store<Pod>,
+    nodes: Store<Node>,
+    pods_health: Health,
+    nodes_health: Health,
+}
+
+async fn rebuild(
+    caches: Caches,
+    config: DiscoveryConfig,
+    changed: Arc<Notify>,
+    tx: watch::Sender<Option<Arc<TargetBook>>>,
+) {
+    loop {
+        changed.notified().await;
+        tokio::time::sleep(REBUILD_AFTER).await;
+        let (pods, nodes) = (health_of(&caches.pods_health), health_of(&caches.nodes_health));
+        if !pods.synced || !nodes.synced {
+            continue;
+        }
+        let state = match (pods.last_error, nodes.last_error) {
+            (None, None) => "ok".to_string(),
+            (Some(e), _) | (None, Some(e)) => format!("aggregator's watch failing, targets from its cache: {e}"),
+        };
+        let book = TargetBook::build(&caches.pods.state(), Some(&caches.nodes.state()), &config, state);
+        tx.send_if_modified(|current| {
+            if current.as_deref() == Some(&book) {
+                return false;
+            }
+            if current.as_ref().is_none_or(|c| c.ring_nodes() != book.ring_nodes()) {
+                info!(nodes_on_ring = book.ring_nodes(), agents = book.by_pod.len(), "targets recomputed");
+            }
+            *current = Some(Arc::new(book));
+            true
+        });
+        if tx.is_closed() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{NodeSpec, PodSpec, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn pod(i: usize) -> Arc<Pod> {
+        Arc::new(Pod {
+            metadata: ObjectMeta {
+                name: Some(format!("kubenurse-{i}")),
+                labels: Some([("app".to_string(), "kubenurse".to_string())].into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PodSpec { node_name: Some(format!("node-{i}")), ..PodSpec::default() }),
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                pod_ip: Some(format!("10.0.0.{i}")),
+                host_ip: Some(format!("192.0.2.{i}")),
+                ..PodStatus::default()
+            }),
+        })
+    }
+
+    fn node(i: usize, cordoned: bool) -> Arc<Node> {
+        Arc::new(Node {
+            metadata: ObjectMeta {
+                name: Some(format!("node-{i}")),
+                labels: Some([(ZONE_LABEL.to_string(), format!("zone-{}", i % 3))].into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(NodeSpec { unschedulable: Some(cordoned), ..NodeSpec::default() }),
+            ..Node::default()
+        })
+    }
+
+    fn config(limit: usize) -> DiscoveryConfig {
+        DiscoveryConfig {
+            namespace: None,
+            neighbour_filter: LabelSelector::parse("app=kubenurse").unwrap(),
+            neighbour_limit: limit,
+            allow_unschedulable: false,
+        }
+    }
+
+    #[test]
+    fn every_agent_gets_its_ring_successors_and_knows_who_checks_it() {
+        let pods: Vec<_> = (0..12).map(pod).collect();
+        let nodes: Vec<_> = (0..12).map(|i| node(i, i == 5)).collect();
+        let book = TargetBook::build(&pods, Some(&nodes), &config(3), "ok".into());
+        assert_eq!(book.ring_nodes(), 11, "the cordoned node is no target");
+        let mut received: HashMap<String, usize> = HashMap::new();
+        for i in 0..12 {
+            let t = book.targets_for(&format!("node-{i}"), &format!("kubenurse-{i}")).unwrap();
+            assert_eq!(t.targets.len(), 3);
+            assert!(t.targets.iter().all(|x| x.node != "node-5" && x.node != format!("node-{i}")));
+            assert!(t.targets.iter().all(|x| x.zone.starts_with("zone-")), "zones from the Nodes");
+            assert_eq!(t.own.as_ref().unwrap().pod_ip, format!("10.0.0.{i}"));
+            for x in &t.targets {
+                *received.entry(x.pod.clone()).or_default() += 1;
+                let back = book.targets_for(&x.node, &x.pod).unwrap();
+                assert!(back.checked_by.contains(&format!("kubenurse-{i}")), "{} knows it is checked by {i}", x.pod);
+            }
+        }
+        assert_eq!(received.values().sum::<usize>(), 36);
+        // The cordoned node's agent still checks others, and nobody checks it.
+        let cordoned = book.targets_for("node-5", "kubenurse-5").unwrap();
+        assert_eq!((cordoned.targets.len(), cordoned.checked_by.len()), (3, 0));
+        // A pod claimed on another node, or unknown: no list rather than a wrong one.
+        assert!(book.targets_for("node-6", "kubenurse-5").is_none());
+        assert!(book.targets_for("node-1", "kubenurse-99").is_none());
+    }
+
+    #[test]
+    fn allow_unschedulable_and_unknown_nodes() {
+        let pods: Vec<_> = (0..4).map(pod).collect();
+        let nodes: Vec<_> = (0..4).map(|i| node(i, true)).collect();
+        let allow = DiscoveryConfig { allow_unschedulable: true, ..config(0) };
+        assert_eq!(TargetBook::build(&pods, Some(&nodes), &allow, "ok".into()).ring_nodes(), 4);
+        assert_eq!(TargetBook::build(&pods, Some(&nodes), &config(0), "ok".into()).ring_nodes(), 0);
+        // Only nodes that exist are targets.
+        assert_eq!(TargetBook::build(&pods, Some(&nodes[..0]), &config(0), "ok".into()).ring_nodes(), 0);
+    }
+}
