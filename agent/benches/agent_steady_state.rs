@@ -16,36 +16,10 @@ use hyper::body::Bytes;
 use kubenurse_agent::probe::ProbeClient;
 use kubenurse_testkit::apiserver::{kubenurse_pod, node, FakeApiServer};
 use kubenurse_testkit::http::{eventually, http_get};
+use kubenurse_testkit::measure::{median, proc_stat, ticks_per_second};
 use kubenurse_testkit::sim::{agent_env, SimNode, NAMESPACE};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kubenurse-agent");
-
-fn proc_stat(pid: u32) -> anyhow::Result<(u64, u64, u64)> {
-    // utime + stime in clock ticks, VmRSS and VmHWM in KiB.
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after_comm = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
-    let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    let utime: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0);
-    let stime: u64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    Ok((utime + stime, kib("VmRSS:"), kib("VmHWM:")))
-}
-
-fn ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
 
 fn rounds_done(metrics: &str) -> u64 {
     metrics
@@ -53,11 +27,6 @@ fn rounds_done(metrics: &str) -> u64 {
         .find_map(|l| l.strip_prefix("kubenurse_httpclient_request_duration_seconds_count{type=\"api_server_direct\"}"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Agent processes of this build, one per simulated node; killed when dropped.
@@ -109,16 +78,18 @@ async fn steady_state(api: &FakeApiServer, dir: &std::path::Path, rounds: u64) -
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let (_, m0) = http_get(&metrics_url).await?;
-        let (cpu0, rss0, _) = proc_stat(pid)?;
+        let s0 = proc_stat(pid)?;
+        let (cpu0, rss0) = (s0.cpu_ticks, s0.rss_kib);
         let r0 = rounds_done(&m0);
         let t0 = Instant::now();
         let mut rss_samples = Vec::new();
         // Scraping costs the agent CPU too: only /proc is read while measuring.
         while t0.elapsed() < Duration::from_secs(rounds) {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            rss_samples.push(proc_stat(pid)?.1 as f64);
+            rss_samples.push(proc_stat(pid)?.rss_kib as f64);
         }
-        let (cpu1, rss1, hwm) = proc_stat(pid)?;
+        let s1 = proc_stat(pid)?;
+        let (cpu1, rss1, hwm) = (s1.cpu_ticks, s1.rss_kib, s1.hwm_kib);
         let (_, m1) = http_get(&metrics_url).await?;
         let r1 = rounds_done(&m1);
         let elapsed = t0.elapsed();

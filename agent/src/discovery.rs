@@ -167,7 +167,7 @@ impl Discovery {
             pod_writer,
             pods_health.clone(),
             "pods",
-            || {},
+            |_| {},
         ))];
         let nodes = if s.allow_unschedulable {
             None
@@ -181,7 +181,7 @@ impl Discovery {
                 node_writer,
                 nodes_health.clone(),
                 "nodes",
-                || {},
+                |_| {},
             )));
             Some(nodes)
         };
@@ -202,7 +202,7 @@ impl Discovery {
             writer,
             Health::default(),
             "own node",
-            || {},
+            |_| {},
         ));
         *lock(&self.0.own_watch) = Some(Arc::new(OwnNodeWatch { store, task }));
     }

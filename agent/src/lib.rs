@@ -40,6 +40,9 @@ use crate::probe::ProbeClient;
 use crate::state::AgentState;
 use crate::uplink::{HelloIdentity, Uplink};
 
+/// How often the first round looks whether the neighbourhood is known yet.
+const FIRST_ROUND_POLL: Duration = Duration::from_millis(50);
+
 /// How long open connections may take to finish after the listeners close.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -230,6 +233,25 @@ async fn round_loop(
     uplink: Option<Arc<Uplink>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // The first round waits (at most one interval) until the neighbourhood is known, so a fresh
+    // agent's first round already checks its neighbours: pushed targets arrive once the hello
+    // is out, local caches once the LISTs are in.
+    if let Some(d) = &discovery {
+        let deadline = tokio::time::Instant::now() + interval;
+        loop {
+            let view = d.view();
+            if let (Some(up), Some(_)) = (&uplink, d.own_node()) {
+                up.update_hello(Some(d), Some(&view));
+            }
+            if view.known || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::select! {
+                _ = stopped(&mut stop) => return,
+                _ = tokio::time::sleep(FIRST_ROUND_POLL) => {}
+            }
+        }
+    }
     let mut ticker = tokio::time::interval(interval);
     let mut round_no: u64 = 0;
     // A slow round delays the next one; rounds never overlap.

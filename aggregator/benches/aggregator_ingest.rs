@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use kubenurse_proto::v1::nurse_client::NurseClient;
 use kubenurse_proto::v1::{agent_message, AgentMessage, CheckResult, Hello, Outcome, ResultBatch, RoundEnd};
 use kubenurse_testkit::http::http_get;
+use kubenurse_testkit::measure::{median, proc_stat};
 use tokio::sync::mpsc;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kubenurse-aggregator");
@@ -25,14 +26,6 @@ const LIMIT: usize = 10;
 
 fn node(i: usize) -> String {
     format!("node-{i:05}")
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().to_string())))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 async fn ingested(http: &str) -> u64 {
@@ -76,11 +69,6 @@ async fn ingest_rounds(
         done = ingested(http).await;
     }
     Ok((done - base) as f64 / t0.elapsed().as_secs_f64())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() -> anyhow::Result<()> {
@@ -134,7 +122,7 @@ fn main() -> anyhow::Result<()> {
         let alone = ingest_rounds(http, &senders, 0..rounds).await?;
         println!("ingest: {nodes} simulated agents x {LIMIT} neighbours x {rounds} rounds");
         println!("  alone: {alone:.0} results/s   [target >= 200000]");
-        println!("  aggregator resident memory after ingest: {:.1} MiB   [target <= 512 MiB]", rss_mib(pid));
+        println!("  aggregator resident memory after ingest: {:.1} MiB   [target <= 512 MiB]", proc_stat(pid).map_or(0.0, |p| p.rss_mib()));
 
         // The same load again while 8 clients loop /api/v1/matrix and /metrics.
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -167,7 +155,7 @@ fn main() -> anyhow::Result<()> {
             "  while 8 clients loop {what}: {busy:.0} results/s = {:.2} x alone ({served} answers with 200)   [target >= 0.9]",
             busy / alone
         );
-        println!("  aggregator resident memory after that: {:.1} MiB", rss_mib(pid));
+        println!("  aggregator resident memory after that: {:.1} MiB", proc_stat(pid).map_or(0.0, |p| p.rss_mib()));
 
         let mut times = Vec::new();
         let mut size = 0;
@@ -194,7 +182,7 @@ fn main() -> anyhow::Result<()> {
             size as f64 / 1048576.0,
             median(times)
         );
-        println!("  aggregator resident memory after queries: {:.1} MiB", rss_mib(pid));
+        println!("  aggregator resident memory after queries: {:.1} MiB", proc_stat(pid).map_or(0.0, |p| p.rss_mib()));
         drop(senders);
         anyhow::Ok(())
     });

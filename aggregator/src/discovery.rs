@@ -5,12 +5,12 @@
 //! per replica instead of one per node.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::watcher;
+use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt as _;
 use kube::{Api, Client};
 use kubenurse_neighbours::neighbourhood::{eligible_by_node, node_is_unschedulable, strip_node, strip_pod};
@@ -38,6 +38,35 @@ pub struct DiscoveryConfig {
     /// `KUBENURSE_ALLOW_UNSCHEDULABLE`: schedulability is not a rule (Nodes are still watched,
     /// for zones).
     pub allow_unschedulable: bool,
+}
+
+/// What of a Node decides targets: its schedulability and zone. Kubelets rewrite every Node's
+/// status every few minutes; those updates change neither and cause no rebuild.
+fn node_key(n: &Node) -> (bool, Option<String>) {
+    (node_is_unschedulable(n), n.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL).cloned()))
+}
+
+/// Calls `notify` for the Node events that can change targets.
+fn on_node_event(keys: &Mutex<HashMap<String, (bool, Option<String>)>>, event: Option<&Event<Node>>, notify: &Notify) {
+    let mut keys = keys.lock().unwrap_or_else(|p| p.into_inner());
+    match event {
+        // A new LIST: every Node is seen again, and InitDone rebuilds.
+        Some(Event::Init) => keys.clear(),
+        Some(Event::InitApply(n)) => {
+            keys.insert(n.metadata.name.clone().unwrap_or_default(), node_key(n));
+        }
+        Some(Event::Apply(n)) => {
+            let key = node_key(n);
+            if keys.insert(n.metadata.name.clone().unwrap_or_default(), key.clone()) != Some(key) {
+                notify.notify_one();
+            }
+        }
+        Some(Event::Delete(n)) => {
+            keys.remove(n.metadata.name.as_deref().unwrap_or_default());
+            notify.notify_one();
+        }
+        Some(Event::InitDone) | None => notify.notify_one(),
+    }
 }
 
 /// Every agent's targets, worked out from one view of the caches. Pure.
@@ -174,15 +203,21 @@ pub fn spawn(client: Client, config: DiscoveryConfig) -> Running {
         pod_writer,
         pods_health.clone(),
         "pods",
-        move || notify.notify_one(),
+        // Agent pods change rarely (rollouts): every change may matter.
+        move |event: Option<&Event<Pod>>| {
+            if !matches!(event, Some(Event::Init | Event::InitApply(_))) {
+                notify.notify_one();
+            }
+        },
     ));
     let notify = changed.clone();
+    let node_keys = Mutex::new(HashMap::new());
     let nodes_task = tokio::spawn(drive(
         move || watcher::watcher(node_api.clone(), watcher::Config::default().any_semantic()).modify(strip_node),
         node_writer,
         nodes_health.clone(),
         "nodes",
-        move || notify.notify_one(),
+        move |event: Option<&Event<Node>>| on_node_event(&node_keys, event, &notify),
     ));
     let (tx, books) = watch::channel(None);
     let rebuild_task = tokio::spawn(rebuild(Caches { pods, nodes, pods_health, nodes_health }, config, changed, tx));
@@ -300,6 +335,28 @@ mod tests {
         // A pod claimed on another node, or unknown: no list rather than a wrong one.
         assert!(book.targets_for("node-6", "kubenurse-5").is_none());
         assert!(book.targets_for("node-1", "kubenurse-99").is_none());
+    }
+
+    #[tokio::test]
+    async fn only_node_changes_that_move_targets_rebuild() {
+        let keys = Mutex::new(HashMap::new());
+        let notify = Notify::new();
+        let fired = |event: Event<Node>| {
+            on_node_event(&keys, Some(&event), &notify);
+            // notify_one stores one permit: take it if it was given.
+            futures::FutureExt::now_or_never(notify.notified()).is_some()
+        };
+        assert!(!fired(Event::Init));
+        assert!(!fired(Event::InitApply(node(1, false).as_ref().clone())));
+        assert!(fired(Event::InitDone));
+        // A status heartbeat: same schedulability, same zone.
+        let mut heartbeat = node(1, false).as_ref().clone();
+        heartbeat.metadata.resource_version = Some("2".into());
+        assert!(!fired(Event::Apply(heartbeat)));
+        assert!(fired(Event::Apply(node(1, true).as_ref().clone())), "cordoned");
+        assert!(fired(Event::Apply(node(2, false).as_ref().clone())), "a new node");
+        assert!(fired(Event::Delete(node(2, false).as_ref().clone())));
+        assert!(fired(Event::Apply(node(2, false).as_ref().clone())), "back after its deletion");
     }
 
     #[test]

@@ -34,7 +34,8 @@ pub fn health_of(h: &Health) -> WatchHealth {
     h.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
-/// Drives `make_stream` into `writer` forever, calling `changed` after every event applied.
+/// Drives `make_stream` into `writer` forever, calling `changed` after every event applied
+/// (and with `None` when the watch fails).
 /// The LIST's completion is what proves recovery, so the error clears as soon as the API
 /// server is back, and the store stays valid meanwhile (kube swaps it in whole at the end of
 /// the LIST).
@@ -43,7 +44,7 @@ pub async fn drive<K, S>(
     mut writer: reflector::store::Writer<K>,
     health: Health,
     what: &'static str,
-    changed: impl Fn(),
+    changed: impl Fn(Option<&Event<K>>),
 ) where
     K: kube::Resource + Clone + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,
@@ -66,14 +67,12 @@ pub async fn drive<K, S>(
                         h.last_error = None;
                         backoff.reset();
                     }
-                    if matches!(event, Event::InitDone | Event::Apply(_) | Event::Delete(_)) {
-                        changed();
-                    }
+                    changed(Some(&event));
                 }
                 Err(e) => {
                     warn!(resource = what, error = %e, retry_in = ?backoff.current(), "watch failed");
                     health.lock().unwrap_or_else(|p| p.into_inner()).last_error = Some(format!("{what} watch: {e}"));
-                    changed();
+                    changed(None);
                     break;
                 }
             }

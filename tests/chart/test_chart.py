@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import posixpath
+import shutil
 from typing import Any
 
 import helm_python as helm
@@ -41,12 +42,19 @@ MTLS_VALUES = {"aggregator": {"tls": {"enabled": True, "secretName": "aggregator
                                                                 "agentCertVolume": AGENT_CERT_VOLUME}}}}
 AUTH_NONE_VALUES = {"aggregator": {"auth": {"mode": "none"}}}
 
+# Pushed discovery: on by default (agents in discovery.mode auto); off, the agents discover locally.
+DISCOVERY_OFF_VALUES = {"aggregator": {"discovery": {"enabled": False}}}
+PUSHED_ONLY_VALUES = {"discovery": {"mode": "aggregator"}}
+
 EVERYTHING_VALUES = {
     **TLS_VALUES,
     "serviceMonitor": {"enabled": True, "serviceDiscoveryRole": "EndpointSlice", "scrapeTimeout": "10s"},
     "networkPolicy": {"enabled": True},
     "ingress": {"enabled": True, "url": "nurse.example.com"},
     "allow_unschedulable": True,
+    "neighbour_limit": 7,
+    "neighbour_filter": "app.kubernetes.io/name=kubenurse,team=net",
+    "discovery": {"mode": "auto", "fallbackAfter": "2m30s"},
     "aggregator": {"replicas": 3, "extraEnvs": [{"name": "RUST_LOG", "value": "info"}],
                    "tls": {"enabled": True, "secretName": "aggregator-tls", "caSecretName": "trust",
                            "caKey": "bundle.pem"},
@@ -61,6 +69,8 @@ SCENARIOS: dict[str, Any] = {
     "aggregator-tls": AGGREGATOR_TLS_VALUES,
     "auth-none": AUTH_NONE_VALUES,
     "mtls": MTLS_VALUES,
+    "discovery-off": DISCOVERY_OFF_VALUES,
+    "pushed-only": PUSHED_ONLY_VALUES,
     "servicemonitor": {"serviceMonitor": {"enabled": True}},
     "everything": EVERYTHING_VALUES,
 }
@@ -349,8 +359,12 @@ def aggregator_sa_name(r) -> str:
     return r.aggregator()["spec"]["template"]["spec"]["serviceAccountName"]
 
 
-# What the aggregator may do with aggregator.auth.mode tokenreview: check tokens, read pods.
-AGGREGATOR_GRANTS = {("cluster", "authentication.k8s.io", "tokenreviews", "create"), (NAMESPACE, "", "pods", "get")}
+# What the aggregator may do with aggregator.auth.mode tokenreview: check tokens, read pods;
+# with pushed discovery (aggregator.discovery.enabled): watch the agents' pods and all nodes.
+TOKENREVIEW_GRANTS = {("cluster", "authentication.k8s.io", "tokenreviews", "create"), (NAMESPACE, "", "pods", "get")}
+DISCOVERY_GRANTS = {(NAMESPACE, "", "pods", "list"), (NAMESPACE, "", "pods", "watch"),
+                    ("cluster", "", "nodes", "get"), ("cluster", "", "nodes", "list"), ("cluster", "", "nodes", "watch")}
+AGGREGATOR_GRANTS = TOKENREVIEW_GRANTS | DISCOVERY_GRANTS
 
 
 @pytest.mark.parametrize("allow_unschedulable", [False, True, "true"])
@@ -374,7 +388,7 @@ def test_rbac_is_what_the_agent_reads(render, allow_unschedulable):
         assert crb["subjects"] == [{"kind": "ServiceAccount", "name": agent_sa, "namespace": NAMESPACE}]
         reads |= {("cluster", "", "nodes", v) for v in ("get", "list", "watch")}
     else:
-        # Only the aggregator's TokenReview role is left cluster-wide.
+        # Only the aggregator's role (TokenReview, and Nodes for pushed discovery) is left cluster-wide.
         assert [o["metadata"]["name"] for o in r.all("ClusterRole") + r.all("ClusterRoleBinding")] == [
             f"{NAMESPACE}-{RELEASE}-kubenurse-aggregator"] * 2
     # Nothing else: the agent cannot review tokens; the aggregator gets only its own, smaller set.
@@ -415,12 +429,172 @@ def test_aggregator_off(render):
     assert [s["metadata"]["name"] for s in r.all("Service")] == [f"{RELEASE}-kubenurse"]
     assert [s["metadata"]["name"] for s in r.all("ServiceAccount")] == [f"{RELEASE}-kubenurse"]
     assert "KUBENURSE_AGGREGATOR_URL" not in r.agent_env()
-    assert "Aggregator" not in r.notes
+    assert "Aggregator" not in r.notes and "Neighbours" not in r.notes
+    # The agent is upstream's: it discovers for itself, KUBENURSE_DISCOVERY* stay unset.
+    assert not [name for name in r.agent_env() if name.startswith("KUBENURSE_DISCOVERY")]
     # No stream, no credential for it: no token volume, no aggregator RBAC.
     assert "KUBENURSE_AGGREGATOR_TOKEN_FILE" not in r.agent_env()
     assert "volumes" not in r.agent()["spec"]["template"]["spec"]
     assert [o["metadata"]["name"] for o in r.all("Role") + r.all("RoleBinding")] == [f"{RELEASE}-kubenurse"] * 2
     assert "authentication.k8s.io" not in {g for _, g, _, _ in grants(r, f"{RELEASE}-kubenurse")}
+
+
+# --- pushed discovery -------------------------------------------------------------------------
+
+# The variables both tiers read to agree on who checks whom (kubenurse-neighbours' shared vars).
+SHARED_NEIGHBOUR_ENV = ("KUBENURSE_NAMESPACE", "KUBENURSE_NEIGHBOUR_FILTER", "KUBENURSE_NEIGHBOUR_LIMIT",
+                        "KUBENURSE_ALLOW_UNSCHEDULABLE")
+DISCOVERY_ENV = ("KUBENURSE_DISCOVERY", "KUBENURSE_DISCOVERY_FALLBACK_AFTER")
+
+
+def env_entries(c: dict[str, Any], names: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The container's env entries (as rendered, value or valueFrom) for `names`, in that order."""
+    by_name = {e["name"]: e for e in c.get("env", [])}
+    return [by_name[n] for n in names if n in by_name]
+
+
+@pytest.mark.parametrize("values", [
+    {},
+    {"neighbour_limit": 7, "neighbour_filter": "app.kubernetes.io/name=kubenurse,team=net"},
+    {"neighbour_limit": "0", "neighbour_filter": "", "allow_unschedulable": "true"},
+    values_file("upstream-values.yaml"),
+], ids=["default", "limit-7-filter", "strings", "upstream"])
+@pytest.mark.parametrize("name,namespace", [(RELEASE, NAMESPACE), ("kubenurse", "kube-system")])
+def test_aggregator_reads_the_agents_neighbour_variables(render, values, name, namespace):
+    r = render(values, name=name, namespace=namespace)
+    agent = env_entries(r.agent_container(), SHARED_NEIGHBOUR_ENV)
+    aggregator = env_entries(r.aggregator_container(), SHARED_NEIGHBOUR_ENV)
+    assert len(agent) == len(SHARED_NEIGHBOUR_ENV)
+    assert aggregator == agent  # the same entries, from the same values
+    env = env_map(r.aggregator_container())
+    assert env["KUBENURSE_AGGREGATOR_DISCOVERY"] == "true"
+    # The downward API gives both tiers the release namespace, where the agents' pods run.
+    assert env["KUBENURSE_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert r.aggregator()["metadata"]["namespace"] == r.agent()["metadata"]["namespace"] == namespace
+    if "neighbour_limit" in values:
+        assert env["KUBENURSE_NEIGHBOUR_LIMIT"] == str(values["neighbour_limit"])
+        assert env["KUBENURSE_NEIGHBOUR_FILTER"] == values["neighbour_filter"]
+    # The aggregator's pods are never neighbours of the agents (also with the shared filter).
+    if env["KUBENURSE_NEIGHBOUR_FILTER"]:
+        selector = parse_equality_selector(env["KUBENURSE_NEIGHBOUR_FILTER"])
+        assert not selects(selector, r.aggregator()["spec"]["template"]["metadata"]["labels"])
+
+
+def test_pushed_discovery_is_the_default(render):
+    r = render()
+    env = r.agent_env()
+    assert env["KUBENURSE_DISCOVERY"] == "auto"
+    assert env["KUBENURSE_DISCOVERY_FALLBACK_AFTER"] == "60s"
+    assert env_map(r.aggregator_container())["KUBENURSE_AGGREGATOR_DISCOVERY"] == "true"
+    # The aggregator watches the agents' pods in their namespace (a Role, as the agents' own) and
+    # all nodes (a ClusterRole); it can change nothing.
+    agg_sa = aggregator_sa_name(r)
+    assert DISCOVERY_GRANTS <= grants(r, agg_sa)
+    assert {v for _, _, _, v in grants(r, agg_sa)} == {"create", "get", "list", "watch"}
+    pods = {(scope, v) for scope, _, res, v in grants(r, agg_sa) if res == "pods"}
+    assert {scope for scope, _ in pods} == {NAMESPACE}
+    assert r.aggregator()["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+    # The agents keep their own RBAC: pods for the fallback, their own Node by field selector.
+    reads = {(NAMESPACE, "", "pods", v) for v in ("get", "list", "watch")}
+    reads |= {("cluster", "", "nodes", v) for v in ("get", "list", "watch")}
+    assert grants(r, agent_sa_name(r)) == reads
+    assert "Neighbours: the aggregator watches" in r.notes and "after 60s" in r.notes
+
+
+@pytest.mark.parametrize("mode", ["auto", "local", "aggregator"])
+def test_discovery_mode_reaches_the_agents(render, mode):
+    r = render({"discovery": {"mode": mode, "fallbackAfter": "2m30s"}})
+    env = r.agent_env()
+    assert env["KUBENURSE_DISCOVERY"] == mode
+    # The fallback time means something in auto mode only.
+    assert env.get("KUBENURSE_DISCOVERY_FALLBACK_AFTER") == ("2m30s" if mode == "auto" else None)
+    assert [e["name"] for e in r.agent_container()["env"]].count("KUBENURSE_DISCOVERY") == 1
+    # The aggregator pushes whatever the agents do with it, and reads the same variables.
+    assert env_map(r.aggregator_container())["KUBENURSE_AGGREGATOR_DISCOVERY"] == "true"
+    assert env_entries(r.aggregator_container(), SHARED_NEIGHBOUR_ENV) == env_entries(
+        r.agent_container(), SHARED_NEIGHBOUR_ENV)
+    # Pushed only: the agents list and watch no pods; their own Node is still watched.
+    pod_verbs = {"get"} if mode == "aggregator" else {"get", "list", "watch"}
+    reads = {(NAMESPACE, "", "pods", v) for v in pod_verbs}
+    reads |= {("cluster", "", "nodes", v) for v in ("get", "list", "watch")}
+    assert grants(r, agent_sa_name(r)) == reads
+    assert f"discovery.mode {mode}" in r.notes
+
+
+def test_pushed_only_without_watching_nodes(render):
+    r = render({"discovery": {"mode": "aggregator"}, "allow_unschedulable": True})
+    # No own-Node watch either: the agent reads nothing but its own pod.
+    assert grants(r, agent_sa_name(r)) == {(NAMESPACE, "", "pods", "get")}
+    # The aggregator still watches Nodes (zones) and reads the same allow_unschedulable.
+    assert DISCOVERY_GRANTS <= grants(r, aggregator_sa_name(r))
+    assert env_map(r.aggregator_container())["KUBENURSE_ALLOW_UNSCHEDULABLE"] == "true"
+
+
+@pytest.mark.parametrize("enabled", [False, "false"])
+@pytest.mark.parametrize("mode", [None, "auto", "local"])
+def test_discovery_off_agents_discover_locally(render, enabled, mode):
+    values = {"aggregator": {"discovery": {"enabled": enabled}}}
+    if mode:
+        values["discovery"] = {"mode": mode}
+    r = render(values)
+    # Nothing pushes targets: the agents watch for themselves, whatever discovery.mode says.
+    env = r.agent_env()
+    assert env["KUBENURSE_DISCOVERY"] == "local"
+    assert "KUBENURSE_DISCOVERY_FALLBACK_AFTER" not in env
+    assert env["KUBENURSE_AGGREGATOR_URL"]  # still streaming results
+    agg_env = env_map(r.aggregator_container())
+    assert agg_env["KUBENURSE_AGGREGATOR_DISCOVERY"] == "false"
+    assert not set(SHARED_NEIGHBOUR_ENV) & set(agg_env)
+    # No discovery RBAC for the aggregator: TokenReview's only.
+    agg_sa = aggregator_sa_name(r)
+    assert grants(r, agg_sa) == TOKENREVIEW_GRANTS
+    assert r.one("ClusterRole", f"{NAMESPACE}-{RELEASE}-kubenurse-aggregator")["rules"] == [
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}]
+    assert r.one("Role", aggregator_role(r))["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]
+    # The agents keep upstream's RBAC.
+    assert {v for _, _, res, v in grants(r, agent_sa_name(r)) if res == "pods"} == {"get", "list", "watch"}
+    assert "Neighbours" not in r.notes
+
+
+def test_aggregator_off_ignores_the_discovery_values(render):
+    off = {"aggregator": {"enabled": False}}
+    plain = render(off)
+    for discovery in ({"mode": "aggregator", "fallbackAfter": "5m"}, {"mode": "local"}):
+        r = render({**off, "discovery": discovery})
+        assert r.manifests == plain.manifests  # the agent is upstream's, unchanged
+        assert not set(DISCOVERY_ENV) & set(r.agent_env())
+    # Also with aggregator.discovery.enabled false: no aggregator, nothing to check against.
+    r = render({"aggregator": {"enabled": False, "discovery": {"enabled": False}}, **PUSHED_ONLY_VALUES})
+    assert r.manifests == plain.manifests
+
+
+@pytest.mark.parametrize("enabled", [False, "false", "0"])
+def test_schema_rejects_pushed_only_without_pushed_discovery(chart, enabled):
+    values = {"discovery": {"mode": "aggregator"}, "aggregator": {"discovery": {"enabled": enabled}}}
+    with pytest.raises(helm.HelmValuesError) as e:
+        chart.validate_schema(values)
+    message = str(e.value)
+    assert "/discovery/mode" in message and "'auto', 'local'" in message, message
+    with pytest.raises(helm.HelmValuesError):
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    # Fine once something pushes, or when there is no aggregator at all.
+    chart.validate_schema({"discovery": {"mode": "aggregator"}, "aggregator": {"discovery": {"enabled": True}}})
+    chart.validate_schema({"discovery": {"mode": "aggregator"},
+                           "aggregator": {"enabled": False, "discovery": {"enabled": enabled}}})
+    chart.validate_schema({"discovery": {"mode": "local"}, "aggregator": {"discovery": {"enabled": enabled}}})
+
+
+def test_template_rejects_pushed_only_without_pushed_discovery(tmp_path):
+    """The same check in the template, for renders that skip values.schema.json."""
+    copy_dir = tmp_path / "kubenurse"
+    shutil.copytree(CHART_DIR, copy_dir)
+    (copy_dir / "values.schema.json").unlink()
+    values = {"discovery": {"mode": "aggregator"}, "aggregator": {"discovery": {"enabled": False}}}
+    with helm.Chart.load(copy_dir) as c:
+        with pytest.raises(helm.HelmError) as e:
+            c.render(values, name=RELEASE, namespace=NAMESPACE)
+        assert "discovery.mode: aggregator needs aggregator.discovery.enabled: true" in str(e.value), str(e.value)
+        c.render({**values, "discovery": {"mode": "auto"}}, name=RELEASE, namespace=NAMESPACE)
 
 
 # --- ingress and me_ingress ------------------------------------------------------------------
@@ -691,6 +865,11 @@ def aggregator_rbac(r) -> list[tuple[str, str]]:
             and o["metadata"]["labels"]["app.kubernetes.io/component"] == "aggregator"]
 
 
+def aggregator_role(r) -> str:
+    (name,) = [n for kind, n in aggregator_rbac(r) if kind == "Role"]
+    return name
+
+
 def token_mounted(workload: dict[str, Any]) -> bool:
     return workload["spec"]["template"]["spec"].get("automountServiceAccountToken") is not False
 
@@ -722,8 +901,10 @@ def test_tokenreview_is_the_default(render, name, namespace):
         ("ClusterRole", f"{namespace}-{agg}"), ("ClusterRoleBinding", f"{namespace}-{agg}"),
         ("Role", agg), ("RoleBinding", agg)])
     assert r.one("ClusterRole", f"{namespace}-{agg}")["rules"] == [
-        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}]
-    assert r.one("Role", agg)["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}]  # pushed discovery
+    assert r.one("Role", agg)["rules"] == [{"apiGroups": [""], "resources": ["pods"],
+                                            "verbs": ["get", "list", "watch"]}]  # get: tokenreview
     assert r.one("Role", agg)["metadata"]["namespace"] == namespace
     subject = [{"kind": "ServiceAccount", "name": agg_sa, "namespace": namespace}]
     for kind, role_kind, role_name in (("ClusterRoleBinding", "ClusterRole", f"{namespace}-{agg}"),
@@ -779,12 +960,18 @@ def test_auth_none(render):
     agg_env = env_map(r.aggregator_container())
     assert agg_env["KUBENURSE_AGGREGATOR_AUTH"] == "none"
     assert not {*TOKEN_ENV, "KUBENURSE_AGGREGATOR_CLIENT_CA"} & set(agg_env)
-    # The aggregator is back to talking to nobody: no token, no RBAC.
+    # The aggregator reads the API server for pushed discovery only: its token, discovery's RBAC.
     agg_sa = aggregator_sa_name(r)
-    assert r.aggregator()["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
-    assert r.one("ServiceAccount", agg_sa)["automountServiceAccountToken"] is False
-    assert aggregator_rbac(r) == [] and grants(r, agg_sa) == set()
-    assert set(render().kinds()) - set(r.kinds()) == set(aggregator_rbac(render()))
+    assert r.aggregator()["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+    assert grants(r, agg_sa) == DISCOVERY_GRANTS
+    assert r.one("Role", aggregator_role(r))["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}]
+    # Without it the aggregator is back to talking to nobody: no token, no RBAC.
+    off = render(deep_merge(AUTH_NONE_VALUES, DISCOVERY_OFF_VALUES))
+    assert off.aggregator()["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert off.one("ServiceAccount", agg_sa)["automountServiceAccountToken"] is False
+    assert aggregator_rbac(off) == [] and grants(off, agg_sa) == set()
+    assert set(render().kinds()) - set(off.kinds()) == set(aggregator_rbac(render()))
     assert 'WARNING: aggregator.auth.mode is "none"' in r.notes
     assert "TokenReview" not in r.notes
 
@@ -812,11 +999,15 @@ def test_mtls(render, name, namespace):
         ("aggregator-tls", "tls.crt"), ("aggregator-tls", "tls.key"), ("agents-ca", "ca.crt")}
     assert agg_env["KUBENURSE_AGGREGATOR_TLS_CERT"] == AGGREGATOR_CERT
     assert not set(TOKEN_ENV) & set(agg_env)
-    # No API server access needed.
+    # The API server only for pushed discovery; without it, no access needed.
     agg_sa = aggregator_sa_name(r)
-    assert r.aggregator()["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
-    assert r.one("ServiceAccount", agg_sa)["automountServiceAccountToken"] is False
-    assert aggregator_rbac(r) == [] and grants(r, agg_sa, namespace) == set()
+    assert r.one("ServiceAccount", agg_sa)["automountServiceAccountToken"] is True
+    assert grants(r, agg_sa, namespace) == {
+        (namespace if scope != "cluster" else scope, g, res, v) for scope, g, res, v in DISCOVERY_GRANTS}
+    off = render(deep_merge(MTLS_VALUES, DISCOVERY_OFF_VALUES), name=name, namespace=namespace)
+    assert off.aggregator()["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert off.one("ServiceAccount", agg_sa)["automountServiceAccountToken"] is False
+    assert aggregator_rbac(off) == [] and grants(off, agg_sa, namespace) == set()
     assert "client certificates" in r.notes and '"agents-ca"' in r.notes and "WARNING" not in r.notes
     for workload in (r.agent(), r.aggregator()):
         for kube_version in KUBE_VERSIONS:
@@ -957,6 +1148,15 @@ def test_wrong_type_fails_with_a_clear_message(chart, tmp_path):
     ({"aggregator": {"auth": {"mtls": {"clientCaKey": ""}}}}, "clientCaKey"),
     ({"aggregator": {"auth": {"mtls": {"agentCertVolume": "csi"}}}}, "agentCertVolume"),
     ({"aggregator": {"auth": {"mtls": {"caSecretName": "x"}}}}, "caSecretName"),
+    ({"discovery": {"mode": "push"}}, "mode"),
+    ({"discovery": {"mode": ""}}, "mode"),
+    ({"discovery": {"mode": True}}, "mode"),
+    ({"discovery": {"fallbackAfter": "soon"}}, "fallbackAfter"),
+    ({"discovery": {"fallbackAfter": "0s"}}, "fallbackAfter"),
+    ({"discovery": {"fallbackAfter": 60}}, "fallbackAfter"),
+    ({"discovery": {"fallback_after": "1m"}}, "fallback_after"),
+    ({"aggregator": {"discovery": {"enabled": "yes"}}}, "enabled"),
+    ({"aggregator": {"discovery": {"enable": True}}}, "enable"),
 ])
 def test_schema_rejects(chart, values, key):
     with pytest.raises(helm.HelmValuesError) as e:
@@ -967,7 +1167,7 @@ def test_schema_rejects(chart, values, key):
 def test_defaults_and_upstream_file_pass_the_schema(chart):
     chart.validate_schema({})
     chart.validate_schema(values_file("upstream-values.yaml"))
-    for values in (MTLS_VALUES, AUTH_NONE_VALUES, EVERYTHING_VALUES):
+    for values in (MTLS_VALUES, AUTH_NONE_VALUES, EVERYTHING_VALUES, DISCOVERY_OFF_VALUES, PUSHED_ONLY_VALUES):
         chart.validate_schema(values)
 
 

@@ -261,9 +261,53 @@ aggregator.auth.mtls.clientCaKey of clientCaSecretName, as /etc/kubenurse/client
 {{- end -}}
 {{- end -}}
 
-{{/* The aggregator's service-account token and RBAC: only TokenReview needs the API server. */}}
+{{/*
+Pushed discovery (aggregator.discovery.enabled, on unless set false): the aggregator watches the
+agents' Pods and the Nodes once and pushes every agent its neighbours. "false" without the aggregator.
+*/}}
+{{- define "kubenurse.aggregatorDiscovery" -}}
+{{- $d := default (dict) .Values.aggregator.discovery -}}
+{{- $on := or (not (hasKey $d "enabled")) (eq (include "kubenurse.bool" $d.enabled) "true") -}}
+{{- ternary "true" "false" (and (eq (include "kubenurse.aggregatorEnabled" .) "true") $on) -}}
+{{- end -}}
+
+{{/* The agents' KUBENURSE_DISCOVERY: "" without the aggregator (the agent is upstream's, the
+variable unset); "local" when the aggregator pushes nothing; else discovery.mode ("auto" unless set). */}}
+{{- define "kubenurse.discoveryMode" -}}
+{{- if eq (include "kubenurse.aggregatorEnabled" .) "true" -}}
+{{- if eq (include "kubenurse.aggregatorDiscovery" .) "true" -}}
+{{- (default (dict) .Values.discovery).mode | default "auto" | toString -}}
+{{- else -}}
+local
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubenurse.discoveryFallbackAfter" -}}
+{{- (default (dict) .Values.discovery).fallbackAfter | default "60s" | toString -}}
+{{- end -}}
+
+{{/* The variables both tiers read to agree on who checks whom, from the same values: the agents'
+env, and the aggregator's with pushed discovery. Both run in the release namespace, so the
+downward API gives both the agents' namespace. */}}
+{{- define "kubenurse.neighbourEnv" -}}
+- name: KUBENURSE_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: KUBENURSE_NEIGHBOUR_FILTER
+  value: {{ .Values.neighbour_filter | toString | quote }}
+- name: KUBENURSE_NEIGHBOUR_LIMIT
+  value: {{ .Values.neighbour_limit | toString | quote }}
+- name: KUBENURSE_ALLOW_UNSCHEDULABLE
+  value: {{ include "kubenurse.bool" .Values.allow_unschedulable | quote }}
+{{- end -}}
+
+{{/* The aggregator's service-account token and RBAC: TokenReview and pushed discovery need the
+API server. */}}
 {{- define "kubenurse.aggregator.needsApi" -}}
-{{- ternary "true" "false" (eq (include "kubenurse.aggregatorAuth" .) "tokenreview") -}}
+{{- $on := or (eq (include "kubenurse.aggregatorAuth" .) "tokenreview") (eq (include "kubenurse.aggregatorDiscovery" .) "true") -}}
+{{- ternary "true" "false" $on -}}
 {{- end -}}
 
 {{- define "kubenurse.aggregator.clusterRoleName" -}}
@@ -325,5 +369,9 @@ always rendered), so a bad combination fails the whole release with this message
 {{- if hasKey $mtls.agentCertVolume "name" -}}
 {{- fail "aggregator.auth.mtls.agentCertVolume is a volume source without a name (the chart names the volume aggregator-client): drop its name key" -}}
 {{- end -}}
+{{- end -}}
+{{- /* values.schema.json rejects this too; kept for renders that skip the schema. */ -}}
+{{- if and (eq (include "kubenurse.aggregatorEnabled" .) "true") (ne (include "kubenurse.aggregatorDiscovery" .) "true") (eq (toString (default (dict) .Values.discovery).mode) "aggregator") -}}
+{{- fail "discovery.mode: aggregator needs aggregator.discovery.enabled: true (with it off nothing pushes the agents their neighbours); use discovery.mode auto or local" -}}
 {{- end -}}
 {{- end -}}

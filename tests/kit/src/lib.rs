@@ -4,7 +4,9 @@
 
 pub mod apiserver;
 pub mod http;
+pub mod measure;
 pub mod pki;
 pub mod proxy;
+pub mod scale;
 pub mod serve;
 pub mod sim;

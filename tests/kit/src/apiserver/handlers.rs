@@ -191,7 +191,7 @@ pub(super) fn watch_stream(
     let mut faults = shared.faults.subscribe();
     let timeout = Duration::from_secs(params.timeout_seconds.unwrap_or(300).min(600));
     tokio::spawn(async move {
-        let _open = open;
+        let open = open;
         let line = |c: &Change| format!("{}\n", json!({"type": c.event, "object": c.object}));
         if gone {
             let err = json!({"type": "ERROR", "object": {
@@ -201,8 +201,10 @@ pub(super) fn watch_stream(
             return;
         }
         let mut last = 0;
+        let events = format!("events {}", open.what);
         for c in backlog.iter().filter(|c| wanted(c)) {
             last = last.max(c.rv);
+            shared.count(events.clone());
             if tx.send(Ok(line(c))).await.is_err() {
                 return;
             }
@@ -221,6 +223,7 @@ pub(super) fn watch_stream(
                 next = live.recv() => match next {
                     Ok(c) if c.rv > last && wanted(&c) => {
                         last = c.rv;
+                        shared.count(events.clone());
                         if tx.send(Ok(line(&c))).await.is_err() {
                             return;
                         }

@@ -350,7 +350,8 @@ impl FakeApiServer {
     }
 
     /// How many requests of a kind were served: `list pods`, `watch nodes`, `watch nodes by
-    /// name` (a `metadata.name` field selector), `version`, …
+    /// name` (a `metadata.name` field selector), `version`, …; and how many watch events were
+    /// sent: `events nodes`, `events nodes by name`, `events pods`.
     pub fn requests(&self, what: &str) -> u64 {
         self.shared.requests.lock().unwrap_or_else(|p| p.into_inner()).get(what).copied().unwrap_or(0)
     }
