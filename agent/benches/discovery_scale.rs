@@ -173,7 +173,7 @@ fn main() -> anyhow::Result<()> {
         let dir = std::env::temp_dir().join(format!("kubenurse-discovery-scale-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let api = FakeApiServer::start(&dir).await?;
-        populate(&api, nodes);
+        populate(&api, nodes, pod_ip);
         let base = proc_stat(std::process::id())?;
         println!(
             "discovery at scale: {nodes} Nodes (realistic, {} churn/s), {agents} real agents, limit {LIMIT}; fake API server holds them: {:.0} MiB",

@@ -1,12 +1,16 @@
 //! Property tests ("fuzzing" on stable Rust) of everything the agent parses from outside:
-//! label selectors, histogram buckets, `KUBENURSE_EXTRA_CHECKS`, and the whole environment.
-//! No input panics; every refusal names a declared variable. `PROPTEST_CASES` sets the count.
+//! label selectors, histogram buckets, `KUBENURSE_EXTRA_CHECKS`, the whole environment, and
+//! the target lists an aggregator pushes. No input panics; every refusal names a declared
+//! variable; a pushed list is taken only when every entry is usable. `PROPTEST_CASES` sets the
+//! count.
 
 use std::collections::HashMap;
 
 use kubenurse_agent::config::vars::{parse_buckets, parse_extra_checks, ALL};
 use kubenurse_agent::config::Config;
+use kubenurse_agent::pushed::PushedList;
 use kubenurse_neighbours::selector::LabelSelector;
+use kubenurse_proto::v1::{Target, Targets};
 use proptest::prelude::*;
 
 /// Values that are valid for some variables and garbage for others, plus arbitrary text.
@@ -83,6 +87,42 @@ proptest! {
         match Config::from_lookup(&|k| env.get(k).cloned()) {
             Ok(_) => {}
             Err(e) => prop_assert!(ALL.iter().any(|v| v.name == e.variable), "{e}"),
+        }
+    }
+
+    #[test]
+    fn pushed_targets_are_taken_whole_or_refused(
+        targets in prop::collection::vec(
+            ("\\PC{0,20}|node-[a-z0-9]{1,8}", "\\PC{0,20}|kubenurse-[a-z0-9]{1,8}", "\\PC{0,16}|127\\.0\\.0\\.[0-9]{1,3}|::1", "\\PC{0,80}"),
+            0..40,
+        ),
+        checked_by in prop::collection::vec("\\PC{0,20}|kubenurse-[a-z0-9]{1,8}", 0..20),
+        state in "\\PC{0,2000}",
+        limit in 0usize..20,
+    ) {
+        let message = Targets {
+            targets: targets
+                .iter()
+                .map(|(node, pod, ip, host)| Target {
+                    node: node.clone(),
+                    pod: pod.clone(),
+                    pod_ip: ip.clone(),
+                    host_ip: host.clone(),
+                    zone: String::new(),
+                })
+                .collect(),
+            checked_by,
+            own: None,
+            neighbourhood_state: state,
+        };
+        if let Ok(list) = PushedList::from_wire(message.clone(), limit) {
+            prop_assert!(limit == 0 || list.neighbours.len() <= limit);
+            prop_assert!(list.state.chars().count() <= 512);
+            for n in &list.neighbours {
+                prop_assert!(n.pod_ip.parse::<std::net::IpAddr>().is_ok(), "{:?}", n.pod_ip);
+                prop_assert!(message.targets.iter().any(|t| t.node == n.node_name && t.pod == n.pod_name));
+                prop_assert!(n.host_ip.chars().count() <= 64);
+            }
         }
     }
 }

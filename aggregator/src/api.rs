@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -112,7 +112,19 @@ fn unavailable() -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "state owner not running"}))).into_response()
 }
 
-async fn matrix(State(api): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> Response {
+/// Whether an `Accept-Encoding` value accepts gzip (`gzip` or `*`, with a q-value above 0).
+fn accepts_gzip(accept_encoding: Option<&str>) -> bool {
+    accept_encoding.into_iter().flat_map(|v| v.split(',')).any(|coding| {
+        let mut parts = coding.split(';').map(str::trim);
+        let name = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let q = parts
+            .find_map(|p| p.strip_prefix("q=").or_else(|| p.strip_prefix("Q=")))
+            .map_or(Some(1.0), |q| q.parse::<f64>().ok());
+        (name == "gzip" || name == "*") && q.is_some_and(|q| q > 0.0)
+    })
+}
+
+async fn matrix(State(api): State<ApiState>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
     let _permit = expensive!(api);
     let stat = match q.get("stat").map(String::as_str) {
         None => Stat::P99,
@@ -132,7 +144,20 @@ async fn matrix(State(api): State<ApiState>, Query(q): Query<HashMap<String, Str
     if window.is_none() {
         // The default window: the snapshot's document, rendered once and shared.
         return match api.state.snapshot().await {
-            Some(snap) => ([(header::CONTENT_TYPE, "application/json")], snap.matrix_json(stat)).into_response(),
+            Some(snap) if accepts_gzip(headers.get(header::ACCEPT_ENCODING).and_then(|v| v.to_str().ok())) => (
+                [
+                    (header::CONTENT_TYPE, "application/json"),
+                    (header::CONTENT_ENCODING, "gzip"),
+                    (header::VARY, "accept-encoding"),
+                ],
+                snap.matrix_gzip(stat),
+            )
+                .into_response(),
+            Some(snap) => (
+                [(header::CONTENT_TYPE, "application/json"), (header::VARY, "accept-encoding")],
+                snap.matrix_json(stat),
+            )
+                .into_response(),
             None => unavailable(),
         };
     }
@@ -208,4 +233,20 @@ async fn metrics(State(api): State<ApiState>) -> Response {
     let _one = api.metrics_refresh.lock().await;
     api.metrics.refresh(&snap);
     kubenurse_common::metrics::response(api.metrics.registry())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::accepts_gzip;
+
+    #[test]
+    fn gzip_only_when_asked_and_not_refused() {
+        for yes in ["gzip", "deflate, gzip;q=0.5", "GZIP", "*", "br, *;q=0.1", "gzip ; q=1"] {
+            assert!(accepts_gzip(Some(yes)), "{yes}");
+        }
+        for no in ["", "identity", "br, deflate", "gzip;q=0", "gzip;q=0.0", "gzip;q=x", "xgzip"] {
+            assert!(!accepts_gzip(Some(no)), "{no}");
+        }
+        assert!(!accepts_gzip(None));
+    }
 }

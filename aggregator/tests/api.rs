@@ -38,3 +38,30 @@ async fn expensive_routes_shed_load_beyond_their_permits() {
     drop(held);
     assert_eq!(app.oneshot(get("/api/v1/matrix")).await.unwrap().status(), 200, "permits come back");
 }
+
+#[tokio::test]
+async fn the_matrix_is_gzipped_for_clients_that_ask() {
+    use http_body_util::BodyExt;
+    let metrics = Arc::new(AggregatorMetrics::new().unwrap());
+    let state = StateHandle::spawn(Settings::default(), metrics.clone());
+    let app = router(ApiState::new(
+        state,
+        metrics,
+        Arc::new(AtomicBool::new(true)),
+        kubenurse_aggregator::auth::AuthMode::None,
+    ));
+    let plain = app.clone().oneshot(get("/api/v1/matrix")).await.unwrap();
+    assert_eq!(plain.headers().get("content-encoding"), None);
+    assert_eq!(plain.headers().get("vary").map(|v| v.as_bytes()), Some(&b"accept-encoding"[..]));
+    let plain = plain.into_body().collect().await.unwrap().to_bytes();
+    let request = Request::get("/api/v1/matrix").header("accept-encoding", "br, gzip").body(Body::empty()).unwrap();
+    let zipped = app.oneshot(request).await.unwrap();
+    assert_eq!(zipped.headers().get("content-encoding").map(|v| v.as_bytes()), Some(&b"gzip"[..]));
+    let zipped = zipped.into_body().collect().await.unwrap().to_bytes();
+    let mut unzipped = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&zipped[..]), &mut unzipped).unwrap();
+    let (a, b): (serde_json::Value, serde_json::Value) =
+        (serde_json::from_slice(&plain).unwrap(), serde_json::from_slice(&unzipped).unwrap());
+    assert_eq!(a["cells"], b["cells"]);
+    assert!(a["stat"] == "p99" && b["stat"] == "p99");
+}

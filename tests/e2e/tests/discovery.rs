@@ -212,3 +212,64 @@ async fn outage_falls_back_spread_over_the_window_and_recovers() -> anyhow::Resu
     }
     result
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_lab_has_every_node_streaming_and_real_agents_checking_simulated_ones() -> anyhow::Result<()> {
+    use kubenurse_lab::lab::Lab;
+    let (real, simulated) = (3usize, 300usize);
+    let spec = ClusterSpec {
+        nodes: real as u8,
+        subnet: 50,
+        port: 18080,
+        interval: "1s".into(),
+        limit: LIMIT,
+        ..ClusterSpec::default()
+    };
+    let settings = Settings { tick_micros: 100_000, ..Settings::default() };
+    let mut lab = Lab::start(spec, settings, &workdir("discovery-big-lab")).await?;
+    let result = async {
+        lab.simulate(simulated, 20).await?;
+        let agg = lab.aggregator.url();
+        eventually("every node streams", Duration::from_secs(60), || {
+            let agg = agg.clone();
+            async move {
+                let (_, body) = http_get(&format!("{agg}/api/v1/status")).await.ok()?;
+                let status: Value = serde_json::from_str(&body).ok()?;
+                (status["connected_agents"].as_u64()? == (real + simulated) as u64).then_some(())
+            }
+        })
+        .await?;
+        // Real agents take pushed targets from the whole ring, mostly simulated nodes, and
+        // their checks to those are answered (their pods borrow the real agents' addresses).
+        let mut simulated_targets = 0;
+        for agent in &lab.cluster.agents {
+            let url = agent.url();
+            let body = eventually(
+                &format!("{} checks {LIMIT} neighbours, all ok", agent.sim.node),
+                Duration::from_secs(30),
+                || {
+                    let url = url.clone();
+                    async move {
+                        let body = alive(&url).await?;
+                        let result = body["last_check_result"].as_object()?;
+                        let paths: Vec<_> = result.iter().filter(|(k, _)| k.starts_with("path_")).collect();
+                        (paths.len() == LIMIT && paths.iter().all(|(_, v)| *v == "ok")).then_some(body)
+                    }
+                },
+            )
+            .await?;
+            simulated_targets += path_keys(&body).iter().filter(|k| k.starts_with("path_ip-")).count();
+        }
+        anyhow::ensure!(simulated_targets > 0, "no real agent checks a simulated node");
+        // The matrix holds every node's row.
+        let (_, body) = http_get(&format!("{agg}/api/v1/matrix")).await?;
+        let matrix: Value = serde_json::from_str(&body)?;
+        let sources: BTreeSet<&str> =
+            matrix["cells"].as_array().into_iter().flatten().filter_map(|c| c["src"].as_str()).collect();
+        anyhow::ensure!(sources.len() == real + simulated, "{} sources in the matrix", sources.len());
+        Ok(())
+    }
+    .await;
+    lab.stop().await?;
+    result
+}

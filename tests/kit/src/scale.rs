@@ -143,12 +143,13 @@ pub fn realistic_node(i: usize, heartbeat: Timestamp) -> Node {
     }
 }
 
-/// Creates `nodes` realistic Nodes and one agent Pod on each (in the kit's namespace).
-pub fn populate(api: &FakeApiServer, nodes: usize) {
+/// Creates `nodes` realistic Nodes and one agent Pod on each (in the kit's namespace), pod `i`
+/// at `ip(i)` ([`pod_ip`] where nothing listens, or a real agent's address).
+pub fn populate(api: &FakeApiServer, nodes: usize, ip: impl Fn(usize) -> String) {
     let now = Timestamp::now();
     for i in 0..nodes {
         api.apply_node(realistic_node(i, now));
-        api.apply_pod(kubenurse_pod(NAMESPACE, &pod_name(i), &node_name(i), &pod_ip(i)));
+        api.apply_pod(kubenurse_pod(NAMESPACE, &pod_name(i), &node_name(i), &ip(i)));
     }
 }
 

@@ -11,6 +11,7 @@ use kubenurse_aggregator::auth::DEFAULT_AUDIENCE;
 
 use crate::aggregator::{AggregatorOptions, LocalAggregator};
 use crate::cluster::{ClusterSpec, LocalCluster};
+use crate::simulated::SimulatedAgents;
 use kubenurse_testkit::apiserver::{FakeApiServer, Faults};
 use kubenurse_testkit::proxy::{Fault, Rule};
 use kubenurse_testkit::sim::NAMESPACE;
@@ -75,6 +76,10 @@ pub struct Lab {
     pub aggregator: LocalAggregator,
     /// The agents' check interval.
     pub interval: Duration,
+    /// The agents' neighbour limit.
+    pub limit: usize,
+    /// Simulated agents of a big cluster, if any.
+    pub simulated: Option<SimulatedAgents>,
 }
 
 impl Lab {
@@ -90,7 +95,17 @@ impl Lab {
         spec.env.push(("KUBENURSE_AGGREGATOR_URL".into(), aggregator.grpc_url()));
         spec.token_audience = Some(DEFAULT_AUDIENCE.into());
         let cluster = LocalCluster::start_on(api, &spec, dir).await?;
-        Ok(Self { cluster, aggregator, interval })
+        Ok(Self { cluster, aggregator, interval, limit: spec.limit, simulated: None })
+    }
+
+    /// Makes the cluster big: `count` more realistic Nodes whose agents are simulated (see
+    /// [`crate::simulated`]), with `churn_per_second` kubelet-like Node status updates.
+    pub async fn simulate(&mut self, count: usize, churn_per_second: u32) -> anyhow::Result<()> {
+        let (api, url) = (&self.cluster.api, self.aggregator.grpc_url());
+        let sims =
+            SimulatedAgents::start(api, &url, &self.cluster.nodes, count, self.interval, self.limit, churn_per_second);
+        self.simulated = Some(sims.await?);
+        Ok(())
     }
 
     /// Applies a fault; returns what was done, for the operator.
@@ -171,6 +186,7 @@ impl Lab {
 
     /// Stops everything.
     pub async fn stop(self) -> anyhow::Result<()> {
+        drop(self.simulated);
         self.cluster.stop().await?;
         self.aggregator.stop().await
     }

@@ -6,3 +6,4 @@ pub mod aggregator;
 pub mod cluster;
 pub mod impostor;
 pub mod lab;
+pub mod simulated;

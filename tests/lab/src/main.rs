@@ -32,9 +32,18 @@ use tokio::sync::Mutex;
     )
 )]
 struct Args {
-    /// Simulated nodes.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u8).range(1..=250))]
-    nodes: u8,
+    /// Nodes of the cluster (beyond --agents, realistic Nodes whose agents are simulated).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=10_000))]
+    nodes: u16,
+    /// Real agents (at most 250; default: one per node up to 250, else 20). The other nodes'
+    /// agents are simulated: they stream to the aggregator like real ones, their pods share
+    /// the real agents' addresses.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=250))]
+    agents: Option<u8>,
+    /// Node status updates per second of the simulated nodes, as their kubelets would send
+    /// (default: each Node every 2 minutes).
+    #[arg(long)]
+    churn: Option<u32>,
     /// Every agent's HTTP port.
     #[arg(long, default_value_t = 8080)]
     port: u16,
@@ -62,9 +71,19 @@ fn parse_interval(v: &str) -> Result<String, String> {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let Args { nodes, port, interval, limit, subnet, faults, prometheus } = Args::parse();
-    let spec = ClusterSpec { nodes, port, interval, limit, subnet, proxied: true, ..ClusterSpec::default() };
-    match run(spec, faults, prometheus).await {
+    let Args { nodes, agents, churn, port, interval, limit, subnet, faults, prometheus } = Args::parse();
+    let real = match agents {
+        Some(a) if u16::from(a) > nodes => {
+            eprintln!("kubenurse-lab: --agents {a} is more than --nodes {nodes}");
+            return std::process::ExitCode::from(2);
+        }
+        Some(a) => a,
+        None => u8::try_from(nodes).ok().filter(|n| *n <= 250).unwrap_or(20),
+    };
+    let simulated = usize::from(nodes) - usize::from(real);
+    let churn = churn.unwrap_or_else(|| (simulated as u32).div_ceil(120));
+    let spec = ClusterSpec { nodes: real, port, interval, limit, subnet, proxied: true, ..ClusterSpec::default() };
+    match run(spec, simulated, churn, faults, prometheus).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kubenurse-lab: {e:#}");
@@ -119,12 +138,22 @@ async fn control(State(lab): State<Shared>, Query(q): Query<std::collections::Ha
     }
 }
 
-async fn run(spec: ClusterSpec, faults: Vec<FaultSpec>, prometheus: bool) -> anyhow::Result<()> {
+async fn run(
+    spec: ClusterSpec,
+    simulated: usize,
+    churn: u32,
+    faults: Vec<FaultSpec>,
+    prometheus: bool,
+) -> anyhow::Result<()> {
     kubenurse_common::logging::init(tracing::Level::ERROR);
     let lab_dir = LabDir(std::env::temp_dir().join(format!("kubenurse-lab-{}", std::process::id())));
     let dir = lab_dir.0.clone();
     // The aggregator runs with the binary's own defaults.
     let mut lab = Lab::start(spec.clone(), Settings::default(), &dir).await?;
+    if simulated > 0 {
+        println!("  adding {simulated} realistic Nodes with simulated agents ({churn} Node status updates/s)…");
+        lab.simulate(simulated, churn).await?;
+    }
     for f in &faults {
         println!("  fault: {}", lab.apply(f).await?);
     }
@@ -142,10 +171,20 @@ async fn run(spec: ClusterSpec, faults: Vec<FaultSpec>, prometheus: bool) -> any
 
     let _prometheus = if prometheus { start_prometheus(&prometheus_config, &dir, spec.subnet)? } else { None };
 
-    println!(
-        "kubenurse lab: {} nodes over 3 zones, interval {}, neighbour limit {}",
-        spec.nodes, spec.interval, spec.limit
-    );
+    if simulated > 0 {
+        println!(
+            "kubenurse lab: {} nodes ({} real agents, {simulated} simulated), interval {}, neighbour limit {}",
+            usize::from(spec.nodes) + simulated,
+            spec.nodes,
+            spec.interval,
+            spec.limit
+        );
+    } else {
+        println!(
+            "kubenurse lab: {} nodes over 3 zones, interval {}, neighbour limit {}",
+            spec.nodes, spec.interval, spec.limit
+        );
+    }
     println!("  heatmap           {agg}/");
     println!("  merged /alive     {agg}/alive");
     println!(

@@ -110,13 +110,24 @@ impl Drop for OpenWatch {
     }
 }
 
-/// A running fake API server; stops when dropped.
+/// Stops the server when the last handle to it is dropped.
+struct StopOnDrop(watch::Sender<bool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(true);
+    }
+}
+
+/// A running fake API server; stops when its last clone is dropped (a clone is a handle, for
+/// tasks that change the cluster in the background).
+#[derive(Clone)]
 pub struct FakeApiServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
     ca_pem: String,
     dir: PathBuf,
-    stop: watch::Sender<bool>,
+    _stop: Arc<StopOnDrop>,
 }
 
 impl FakeApiServer {
@@ -153,7 +164,8 @@ impl FakeApiServer {
             .with_state(shared.clone());
         let (stop, stop_rx) = watch::channel(false);
         tokio::spawn(crate::serve::serve_tls(listener, router, tls, stop_rx));
-        let server = Self { addr, shared, ca_pem: ca.cert_pem(), dir: dir.to_path_buf(), stop };
+        let server =
+            Self { addr, shared, ca_pem: ca.cert_pem(), dir: dir.to_path_buf(), _stop: Arc::new(StopOnDrop(stop)) };
         write_file(dir, "ca.crt", &server.ca_pem)?;
         write_file(dir, "token", TOKEN)?;
         server.write_kubeconfig()?;
@@ -359,11 +371,5 @@ impl FakeApiServer {
     /// How many watches of a kind (`pods`, `nodes`, `nodes by name`) are open now.
     pub fn open_watches(&self, what: &str) -> u64 {
         self.shared.watching.lock().unwrap_or_else(|p| p.into_inner()).get(what).copied().unwrap_or(0)
-    }
-}
-
-impl Drop for FakeApiServer {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
     }
 }
