@@ -190,6 +190,7 @@ fn main() -> anyhow::Result<()> {
             settings: Settings::default(),
             tls: None,
             auth: AuthConfig::None,
+            cell_metrics: kubenurse_aggregator::metrics::CellMetrics::None,
             discovery: Some(DiscoveryConfig {
                 namespace: Some(NAMESPACE.into()),
                 neighbour_filter: LabelSelector::parse(NEIGHBOUR_FILTER)?,

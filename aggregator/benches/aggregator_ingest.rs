@@ -5,7 +5,12 @@
 //!    its resident memory afterwards.
 //!    The same load again while 8 clients loop `/api/v1/matrix` and `/metrics`: the ratio of
 //!    the two rates (the API answers from snapshots, off the owner task).
-//! 2. `/api/v1/matrix` with those 100,000 cells: median response time.
+//! 2. `/api/v1/matrix` with those 100,000 cells: median response time, plain and gzipped,
+//!    beside serde_json writing the same number of cells from a Vec (the floor); `/metrics`
+//!    median time and size (`BENCH_CELL_METRICS=all` for per-cell series).
+//!
+//! Floor of the ingest figure: a bare tonic sink (this binary again, `BENCH_ROLE=sink`) that
+//! only decodes the same messages and counts their results, fed by the same generator.
 //!
 //! The load generator runs in this process, on the same 2 cores as the aggregator: the ingest
 //! figure is what the aggregator achieves while sharing the machine with its load.
@@ -15,8 +20,16 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use kubenurse_proto::v1::nurse_client::NurseClient;
-use kubenurse_proto::v1::{agent_message, AgentMessage, CheckResult, Hello, Outcome, ResultBatch, RoundEnd};
+use kubenurse_proto::v1::nurse_server::{Nurse, NurseServer};
+use kubenurse_proto::v1::{
+    agent_message, AgentMessage, AggregatorMessage, CheckResult, Hello, Outcome, ResultBatch, RoundEnd,
+};
+use kubenurse_proto::MAX_MESSAGE_BYTES;
 use kubenurse_testkit::http::http_get;
 use kubenurse_testkit::measure::{median, proc_stat};
 use tokio::sync::mpsc;
@@ -71,57 +84,221 @@ async fn ingest_rounds(
     Ok((done - base) as f64 / t0.elapsed().as_secs_f64())
 }
 
+/// The floor: decodes every message of every stream and counts the results, nothing else.
+struct Sink(Arc<AtomicU64>);
+
+#[tonic::async_trait]
+impl Nurse for Sink {
+    type ReportStream = Pin<Box<dyn futures::Stream<Item = Result<AggregatorMessage, tonic::Status>> + Send>>;
+
+    async fn report(
+        &self,
+        request: tonic::Request<tonic::Streaming<AgentMessage>>,
+    ) -> Result<tonic::Response<Self::ReportStream>, tonic::Status> {
+        let (mut inbound, count) = (request.into_inner(), self.0.clone());
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = inbound.message().await {
+                if let Some(agent_message::Msg::Batch(b)) = m.msg {
+                    count.fetch_add(b.results.len() as u64, Ordering::Relaxed);
+                }
+            }
+        });
+        Ok(tonic::Response::new(Box::pin(futures::stream::pending())))
+    }
+}
+
+/// `BENCH_ROLE=sink`: the bare sink on `BENCH_SINK_GRPC`, its count on `BENCH_SINK_HTTP`
+/// `/api/v1/status` (as the aggregator's), with the aggregator's gRPC server settings.
+fn run_sink() -> anyhow::Result<()> {
+    let grpc: std::net::SocketAddr = std::env::var("BENCH_SINK_GRPC")?.parse()?;
+    let http = std::env::var("BENCH_SINK_HTTP")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let count = Arc::new(AtomicU64::new(0));
+        let seen = count.clone();
+        let status = axum::routing::get(move || {
+            let n = seen.load(Ordering::Relaxed);
+            async move { axum::Json(serde_json::json!({ "results_ingested": n })) }
+        });
+        let app = axum::Router::new()
+            .route("/api/v1/status", status)
+            .route("/healthz", axum::routing::get(|| async { "ok" }));
+        let listener = tokio::net::TcpListener::bind(&http).await?;
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let service = NurseServer::new(Sink(count))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        tonic::transport::Server::builder()
+            .initial_stream_window_size(Some(64 * 1024))
+            .initial_connection_window_size(Some(256 * 1024))
+            .add_service(service)
+            .serve(grpc)
+            .await?;
+        anyhow::Ok(())
+    })
+}
+
+/// One stream per simulated agent over a few HTTP/2 connections, each after its hello.
+async fn connect_agents(grpc: &str, nodes: usize) -> anyhow::Result<Vec<(mpsc::Sender<AgentMessage>, Vec<String>)>> {
+    // A few HTTP/2 connections carry all the streams, as many agents' would through a Service.
+    let mut channels = Vec::new();
+    for _ in 0..nodes.div_ceil(100) {
+        channels.push(tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))?.connect().await?);
+    }
+    let mut senders = Vec::with_capacity(nodes);
+    for i in 0..nodes {
+        let (tx, rx) = mpsc::channel::<AgentMessage>(4);
+        let outbound = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+        let mut client = NurseClient::new(channels[i % channels.len()].clone());
+        let targets: Vec<String> = (1..=LIMIT).map(|k| node((i + k) % nodes)).collect();
+        let hello = Hello {
+            protocol: 1,
+            node: node(i),
+            zone: format!("zone-{}", i % 3),
+            interval_micros: 5_000_000,
+            neighbour_limit: LIMIT as u32,
+            targets: targets.clone(),
+            ..Hello::default()
+        };
+        tx.send(AgentMessage { msg: Some(agent_message::Msg::Hello(hello)) }).await?;
+        tokio::spawn(async move {
+            if let Ok(resp) = client.report(outbound).await {
+                let mut inbound = resp.into_inner();
+                while let Ok(Some(_)) = inbound.message().await {}
+            }
+        });
+        senders.push((tx, targets));
+    }
+    Ok(senders)
+}
+
+async fn wait_healthy(http: &str, what: &str) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while http_get(&format!("http://{http}/healthz")).await.is_err() {
+        anyhow::ensure!(start.elapsed() < Duration::from_secs(10), "{what} did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Median time from request to last body byte over `n` fresh connections, and the body size.
+async fn timed_get(http: &str, path: &str, gzip: bool, n: usize) -> anyhow::Result<(f64, usize)> {
+    let mut times = Vec::new();
+    let mut size = 0;
+    for _ in 0..n {
+        let t = Instant::now();
+        let tcp = tokio::net::TcpStream::connect(http).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+        tokio::spawn(conn);
+        let mut req = http::Request::get(path).header(http::header::HOST, http);
+        if gzip {
+            req = req.header(http::header::ACCEPT_ENCODING, "gzip");
+        }
+        let resp = sender.send_request(req.body(http_body_util::Empty::<hyper::body::Bytes>::new())?).await?;
+        anyhow::ensure!(resp.status() == 200, "{path} answered {}", resp.status());
+        size = http_body_util::BodyExt::collect(resp.into_body()).await?.to_bytes().len();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok((median(times), size))
+}
+
+/// The matrix floor: serde_json writing `cells` cells of the API's shape from a Vec, median ms.
+fn serde_floor_ms(cells: usize) -> f64 {
+    #[derive(serde::Serialize)]
+    struct Cell {
+        src: String,
+        dst: String,
+        count: u64,
+        errors: u64,
+        error_ratio: f64,
+        p50_ms: Option<f64>,
+        p90_ms: Option<f64>,
+        p99_ms: Option<f64>,
+        last_ms: Option<f64>,
+        last_error: Option<String>,
+        last_seen: i64,
+        stale: bool,
+        failing: bool,
+        slow: bool,
+        value: Option<f64>,
+    }
+    #[derive(serde::Serialize)]
+    struct Doc<'a> {
+        cells: &'a [Cell],
+    }
+    let v: Vec<Cell> = (0..cells)
+        .map(|i| Cell {
+            src: node(i / LIMIT),
+            dst: node((i / LIMIT + 1 + i % LIMIT) % (cells / LIMIT).max(1)),
+            count: 60,
+            errors: 0,
+            error_ratio: 0.0,
+            p50_ms: Some(0.31),
+            p90_ms: Some(0.42),
+            p99_ms: Some(0.55),
+            last_ms: Some(0.3),
+            last_error: None,
+            last_seen: 1_780_000_000_000_000,
+            stale: false,
+            failing: false,
+            slow: false,
+            value: Some(0.55),
+        })
+        .collect();
+    let times = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            let mut buf = Vec::with_capacity(cells * 300);
+            let _ = serde_json::to_writer(&mut buf, &Doc { cells: &v });
+            std::hint::black_box(buf.len());
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    median(times)
+}
+
 fn main() -> anyhow::Result<()> {
+    if std::env::var("BENCH_ROLE").as_deref() == Ok("sink") {
+        return run_sink();
+    }
     let nodes: usize = std::env::var("BENCH_NODES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let rounds = rounds as u64;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // The floor first: the same generator against a sink that only decodes.
+    let (sink_grpc, sink_http) = ("127.0.0.1:18153", "127.0.0.1:18154");
+    let mut sink = Command::new(std::env::current_exe()?)
+        .env("BENCH_ROLE", "sink")
+        .env("BENCH_SINK_GRPC", sink_grpc)
+        .env("BENCH_SINK_HTTP", sink_http)
+        .stdin(Stdio::null())
+        .spawn()?;
+    let floor = runtime.block_on(async {
+        wait_healthy(sink_http, "the bare sink").await?;
+        let senders = connect_agents(sink_grpc, nodes).await?;
+        ingest_rounds(sink_http, &senders, 0..rounds).await
+    });
+    let _ = sink.kill();
+    let _ = sink.wait();
+    let floor = floor?;
+
     let (grpc, http) = ("127.0.0.1:18151", "127.0.0.1:18152");
+    let cell_metrics = std::env::var("BENCH_CELL_METRICS").unwrap_or_else(|_| "none".into());
     let mut child = Command::new(BIN)
-        .args(["--grpc-address", grpc, "--http-address", http, "--auth", "none"])
+        .args(["--grpc-address", grpc, "--http-address", http, "--auth", "none", "--discovery", "false"])
+        .args(["--cell-metrics", &cell_metrics])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
     let pid = child.id();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let result = runtime.block_on(async {
-        let start = Instant::now();
-        while http_get(&format!("http://{http}/healthz")).await.is_err() {
-            anyhow::ensure!(start.elapsed() < Duration::from_secs(10), "aggregator did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        // A few HTTP/2 connections carry all the streams, as many agents' would through a Service.
-        let mut channels = Vec::new();
-        for _ in 0..nodes.div_ceil(100) {
-            channels.push(tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))?.connect().await?);
-        }
-        let mut senders = Vec::with_capacity(nodes);
-        for i in 0..nodes {
-            let (tx, rx) = mpsc::channel::<AgentMessage>(4);
-            let outbound = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-            let mut client = NurseClient::new(channels[i % channels.len()].clone());
-            let targets: Vec<String> = (1..=LIMIT).map(|k| node((i + k) % nodes)).collect();
-            let hello = Hello {
-                protocol: 1,
-                node: node(i),
-                zone: format!("zone-{}", i % 3),
-                interval_micros: 5_000_000,
-                neighbour_limit: LIMIT as u32,
-                targets: targets.clone(),
-                ..Hello::default()
-            };
-            tx.send(AgentMessage { msg: Some(agent_message::Msg::Hello(hello)) }).await?;
-            tokio::spawn(async move {
-                if let Ok(resp) = client.report(outbound).await {
-                    let mut inbound = resp.into_inner();
-                    while let Ok(Some(_)) = inbound.message().await {}
-                }
-            });
-            senders.push((tx, targets));
-        }
-        let rounds = rounds as u64;
+        wait_healthy(http, "the aggregator").await?;
+        let senders = connect_agents(grpc, nodes).await?;
         let alone = ingest_rounds(http, &senders, 0..rounds).await?;
         println!("ingest: {nodes} simulated agents x {LIMIT} neighbours x {rounds} rounds");
-        println!("  alone: {alone:.0} results/s   [target >= 200000]");
+        println!("  a bare tonic sink decoding the same messages (the floor): {floor:.0} results/s");
+        println!("  the aggregator alone: {alone:.0} results/s = {:.2} x the floor   [target >= 0.5]", alone / floor);
         println!("  aggregator resident memory after ingest: {:.1} MiB   [target <= 512 MiB]", proc_stat(pid).map_or(0.0, |p| p.rss_mib()));
 
         // The same load again while 8 clients loop /api/v1/matrix and /metrics.
@@ -157,30 +334,27 @@ fn main() -> anyhow::Result<()> {
         );
         println!("  aggregator resident memory after that: {:.1} MiB", proc_stat(pid).map_or(0.0, |p| p.rss_mib()));
 
-        let mut times = Vec::new();
-        let mut size = 0;
-        for _ in 0..15 {
-            // Request sent to last body byte received, on a fresh connection.
-            let t = Instant::now();
-            let tcp = tokio::net::TcpStream::connect(http).await?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
-            tokio::spawn(conn);
-            let req = http::Request::get("/api/v1/matrix")
-                .header(http::header::HOST, http)
-                .body(http_body_util::Empty::<hyper::body::Bytes>::new())?;
-            let resp = sender.send_request(req).await?;
-            anyhow::ensure!(resp.status() == 200, "matrix answered {}", resp.status());
-            size = http_body_util::BodyExt::collect(resp.into_body()).await?.to_bytes().len();
-            times.push(t.elapsed().as_secs_f64() * 1e3);
-        }
+        let (plain_ms, size) = timed_get(http, "/api/v1/matrix", false, 15).await?;
+        let (gzip_ms, gzip_size) = timed_get(http, "/api/v1/matrix", true, 15).await?;
         let cells = {
             let (_, body) = http_get(&format!("http://{http}/api/v1/matrix")).await?;
             body.matches("\"src\"").count()
         };
+        let floor_ms = serde_floor_ms(cells);
         println!(
-            "/api/v1/matrix: {cells} cells, {:.1} MiB JSON, median {:.1} ms over 15 requests   [target <= 100 ms]",
-            size as f64 / 1048576.0,
-            median(times)
+            "/api/v1/matrix: {cells} cells, {:.1} MiB JSON, median {plain_ms:.1} ms over 15 requests (request to last byte, shared render)",
+            size as f64 / 1048576.0
+        );
+        println!("  gzipped: {:.1} MiB, median {gzip_ms:.1} ms", gzip_size as f64 / 1048576.0);
+        println!(
+            "  serde_json writing {cells} cells of the same shape from a Vec (the floor): {floor_ms:.1} ms; plain = {:.2} x, gzipped = {:.2} x the floor",
+            plain_ms / floor_ms,
+            gzip_ms / floor_ms
+        );
+        let (metrics_ms, metrics_size) = timed_get(http, "/metrics", false, 15).await?;
+        println!(
+            "/metrics (--cell-metrics {cell_metrics}): {:.2} MiB, median {metrics_ms:.1} ms   [target <= 1000 ms]",
+            metrics_size as f64 / 1048576.0
         );
         println!("  aggregator resident memory after queries: {:.1} MiB", proc_stat(pid).map_or(0.0, |p| p.rss_mib()));
         drop(senders);

@@ -16,6 +16,7 @@ use kubenurse_neighbours::vars::{self as shared, parse_bool, parse_limit, parse_
 
 use crate::auth::{AuthMode, Expectation, ServiceAccount, DEFAULT_AUDIENCE};
 use crate::discovery::DiscoveryConfig;
+use crate::metrics::CellMetrics;
 use crate::state::Settings;
 
 /// Shortest window accepted: the window holds ten slots of at least a second.
@@ -122,6 +123,10 @@ pub struct Args {
     /// PEM CA bundle the agents' client certificates must chain to (mtls; required there, with --tls-cert).
     #[arg(long, env = "KUBENURSE_AGGREGATOR_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,
+    /// Per-cell series on /metrics: none (the matrix is in /api/v1/matrix) or all (p50, p99 and
+    /// error ratio of every targeted cell: 3 × nodes × limit series; the matrix dashboard's).
+    #[arg(long, env = "KUBENURSE_AGGREGATOR_CELL_METRICS", value_enum, default_value_t = CellMetrics::None)]
+    pub cell_metrics: CellMetrics,
     /// Watch the agents' Pods and the Nodes once and push each agent its targets (true or
     /// false; uses KUBECONFIG or the in-cluster config).
     #[arg(long, env = "KUBENURSE_AGGREGATOR_DISCOVERY", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
@@ -207,6 +212,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Pushed discovery (`--discovery true`): what the agents' variables say.
     pub discovery: Option<DiscoveryConfig>,
+    /// `--cell-metrics`.
+    pub cell_metrics: CellMetrics,
 }
 
 /// How streams are authenticated, with what the mode needs.
@@ -260,6 +267,7 @@ impl Config {
             auth_audience,
             auth_service_account,
             client_ca,
+            cell_metrics,
             discovery,
             namespace,
             neighbour_filter,
@@ -318,6 +326,7 @@ impl Config {
             tls,
             auth,
             discovery,
+            cell_metrics,
             settings: Settings {
                 window_micros: window.micros(),
                 hysteresis,

@@ -107,9 +107,9 @@ pub async fn run(
     kube_config: Option<kube::Config>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AggregatorError> {
-    let metrics = Arc::new(AggregatorMetrics::new()?);
     // Every setting is taken apart here, so one that is read but not wired fails to compile.
-    let Config { grpc_address, http_address, settings, tls, auth, discovery } = config;
+    let Config { grpc_address, http_address, settings, tls, auth, discovery, cell_metrics } = config;
+    let metrics = Arc::new(AggregatorMetrics::new(cell_metrics)?);
     // Kept until the aggregator stops: dropping it stops the watches.
     let discovery = match discovery {
         Some(discovery) => {

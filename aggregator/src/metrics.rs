@@ -6,9 +6,31 @@ use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use crate::snapshot::Snapshot;
 use crate::views::Stat;
 
+/// Whether `/metrics` carries a series per matrix cell (`--cell-metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum CellMetrics {
+    /// Only the aggregator's own families: the matrix is in `/api/v1/matrix` (a 10,000-node
+    /// cluster would otherwise export 300,000 series on every scrape).
+    #[default]
+    None,
+    /// `kubenurse_matrix_{p50,p99}_seconds` and `kubenurse_matrix_error_ratio` for every cell
+    /// agents target now (3 × nodes × limit series), which the matrix dashboard reads.
+    All,
+}
+
+impl std::fmt::Display for CellMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::None => "none",
+            Self::All => "all",
+        })
+    }
+}
+
 /// Metric families of the aggregator.
 pub struct AggregatorMetrics {
     registry: Registry,
+    cell_metrics: CellMetrics,
     /// Agents streaming now.
     pub connected_agents: IntGauge,
     /// Results recorded.
@@ -29,8 +51,8 @@ pub struct AggregatorMetrics {
 }
 
 impl AggregatorMetrics {
-    /// Registers every family.
-    pub fn new() -> Result<Self, prometheus::Error> {
+    /// Registers every family; per-cell series only with [`CellMetrics::All`].
+    pub fn new(cell_metrics: CellMetrics) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let connected_agents = IntGauge::new("kubenurse_aggregator_connected_agents", "Agents streaming results now.")?;
         let ingested = IntCounter::new("kubenurse_aggregator_results_ingested_total", "Check results recorded.")?;
@@ -79,6 +101,7 @@ impl AggregatorMetrics {
         }
         Ok(Self {
             registry,
+            cell_metrics,
             connected_agents,
             ingested,
             ingest_errors,
@@ -106,6 +129,9 @@ impl AggregatorMetrics {
         self.p50.reset();
         self.p99.reset();
         self.error_ratio.reset();
+        if self.cell_metrics == CellMetrics::None {
+            return;
+        }
         for cell in snapshot.snapshot_cells() {
             let c = cell.view(Stat::P99);
             // Only what agents check now: no series lingers for departed nodes or old targets.

@@ -20,7 +20,7 @@ fn get(path: &str) -> Request<Body> {
 
 #[tokio::test]
 async fn expensive_routes_shed_load_beyond_their_permits() {
-    let metrics = Arc::new(AggregatorMetrics::new().unwrap());
+    let metrics = Arc::new(AggregatorMetrics::new(kubenurse_aggregator::metrics::CellMetrics::None).unwrap());
     let state = StateHandle::spawn(Settings::default(), metrics.clone());
     let api =
         ApiState::new(state, metrics, Arc::new(AtomicBool::new(true)), kubenurse_aggregator::auth::AuthMode::None);
@@ -42,7 +42,7 @@ async fn expensive_routes_shed_load_beyond_their_permits() {
 #[tokio::test]
 async fn the_matrix_is_gzipped_for_clients_that_ask() {
     use http_body_util::BodyExt;
-    let metrics = Arc::new(AggregatorMetrics::new().unwrap());
+    let metrics = Arc::new(AggregatorMetrics::new(kubenurse_aggregator::metrics::CellMetrics::None).unwrap());
     let state = StateHandle::spawn(Settings::default(), metrics.clone());
     let app = router(ApiState::new(
         state,

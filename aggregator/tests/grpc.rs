@@ -27,7 +27,7 @@ struct Harness {
 }
 
 async fn harness() -> Harness {
-    let metrics = Arc::new(AggregatorMetrics::new().unwrap());
+    let metrics = Arc::new(AggregatorMetrics::new(kubenurse_aggregator::metrics::CellMetrics::None).unwrap());
     let state = StateHandle::spawn(Settings { tick_micros: 50_000, ..Settings::default() }, metrics.clone());
     let (stop, stop_rx) = watch::channel(false);
     let (connect, pipes) = mpsc::channel::<tokio::io::DuplexStream>(8);

@@ -227,9 +227,11 @@ def test_aggregator_url_points_at_the_headless_service(render, name, namespace):
 
 
 def test_aggregator_settings(render):
+    assert env_map(render().aggregator_container())["KUBENURSE_AGGREGATOR_CELL_METRICS"] == "none"
     r = render({"aggregator": {"window": "10m", "hysteresis": 3, "goneAfter": "2m", "slowFloor": "5ms",
-                               "service": {"grpcPort": 9000, "httpPort": 9001}}})
+                               "cellMetrics": "all", "service": {"grpcPort": 9000, "httpPort": 9001}}})
     env = env_map(r.aggregator_container())
+    assert env["KUBENURSE_AGGREGATOR_CELL_METRICS"] == "all"
     assert env["KUBENURSE_AGGREGATOR_WINDOW"] == "10m"
     assert env["KUBENURSE_AGGREGATOR_HYSTERESIS"] == "3"
     assert env["KUBENURSE_AGGREGATOR_GONE_AFTER"] == "2m"
@@ -1126,6 +1128,7 @@ def test_wrong_type_fails_with_a_clear_message(chart, tmp_path):
     ({"ingress": {"enabled": "yes please"}}, "enabled"),
     ({"aggregator": {"replicas": "two"}}, "replicas"),
     ({"aggregator": {"hysteresis": 0}}, "hysteresis"),
+    ({"aggregator": {"cellMetrics": "some"}}, "cellMetrics"),
     ({"aggregator": {"window": "forever"}}, "window"),
     ({"aggregator": {"replica": 3}}, "replica"),
     ({"daemonset": {"containerImagePullPolicy": "Sometimes"}}, "containerImagePullPolicy"),

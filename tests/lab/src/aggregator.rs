@@ -6,6 +6,7 @@ use std::time::Duration;
 use kubenurse_aggregator::auth::{Expectation, ServiceAccount, DEFAULT_AUDIENCE};
 use kubenurse_aggregator::config::{AuthConfig, Config};
 use kubenurse_aggregator::discovery::DiscoveryConfig;
+use kubenurse_aggregator::metrics::CellMetrics;
 use kubenurse_aggregator::state::Settings;
 use kubenurse_aggregator::AggregatorError;
 use kubenurse_neighbours::selector::LabelSelector;
@@ -87,7 +88,9 @@ impl LocalAggregator {
     ) -> anyhow::Result<Self> {
         let AggregatorOptions { tls, auth, kube, discovery } = options;
         let (stop, stopped) = oneshot::channel::<()>();
-        let config = Config { grpc_address: grpc, http_address: http, settings, tls, auth, discovery };
+        // Per-cell series on: the lab's Prometheus feeds the matrix dashboard.
+        let cell_metrics = CellMetrics::All;
+        let config = Config { grpc_address: grpc, http_address: http, settings, tls, auth, discovery, cell_metrics };
         let task = tokio::spawn(kubenurse_aggregator::run(config, kube, async move {
             let _ = stopped.await;
         }));
