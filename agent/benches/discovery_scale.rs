@@ -24,7 +24,7 @@ use kubenurse_testkit::apiserver::FakeApiServer;
 use kubenurse_testkit::http::http_get;
 use kubenurse_testkit::measure::{median, proc_stat, ticks_per_second, ProcStat};
 use kubenurse_testkit::scale::{churn, node_name, pod_ip, pod_name, populate};
-use kubenurse_testkit::sim::{NAMESPACE, NEIGHBOUR_FILTER};
+use kubenurse_testkit::sim::{agent_env as kit_agent_env, SimNode, NAMESPACE, NEIGHBOUR_FILTER};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kubenurse-agent");
 const LIMIT: usize = 10;
@@ -48,29 +48,14 @@ impl Drop for Agents {
     }
 }
 
-fn agent_env(api: &FakeApiServer, i: usize) -> HashMap<String, String> {
-    let ip = pod_ip(i);
-    let me = format!("http://{ip}:{PORT}");
-    HashMap::from([
-        ("KUBENURSE_INGRESS_URL".into(), me.clone()),
-        ("KUBENURSE_SERVICE_URL".into(), me),
-        ("KUBENURSE_NAMESPACE".into(), NAMESPACE.into()),
-        ("KUBENURSE_NEIGHBOUR_FILTER".into(), NEIGHBOUR_FILTER.into()),
-        ("KUBENURSE_NEIGHBOUR_LIMIT".into(), LIMIT.to_string()),
-        ("KUBENURSE_CHECK_INTERVAL".into(), "5s".into()),
-        ("KUBENURSE_CHECK_TIMEOUT".into(), "2s".into()),
-        ("KUBENURSE_SHUTDOWN_DURATION".into(), "0s".into()),
-        ("KUBERNETES_SERVICE_HOST".into(), "127.0.0.1".into()),
-        ("KUBERNETES_SERVICE_PORT".into(), api.addr().port().to_string()),
-        ("KUBERNETES_SERVICE_DNS".into(), "localhost".into()),
-        ("KUBENURSE_SERVICE_ACCOUNT_DIR".into(), api.service_account_dir().display().to_string()),
-        ("KUBENURSE_POD_NAME".into(), pod_name(i)),
-        ("KUBENURSE_NODE_NAME".into(), node_name(i)),
-        ("KUBENURSE_BIND_ADDRESS".into(), ip),
-        ("KUBENURSE_HTTP_PORT".into(), PORT.to_string()),
-        ("KUBECONFIG".into(), api.kubeconfig_path().display().to_string()),
-        ("RUST_LOG".into(), "warn".into()),
-    ])
+/// The variables of the agent of big-cluster node `i` (the kit's, on that node's address).
+fn agent_env(api: &FakeApiServer, i: usize) -> anyhow::Result<HashMap<String, String>> {
+    let ip: std::net::IpAddr = pod_ip(i).parse()?;
+    let sim = SimNode { node: node_name(i), pod: pod_name(i), ip, bind: ip, zone: String::new() };
+    let mut env = kit_agent_env(api, &sim, PORT, "5s", LIMIT);
+    env.insert("KUBECONFIG".into(), api.kubeconfig_path().display().to_string());
+    env.insert("RUST_LOG".into(), "warn".into());
+    Ok(env)
 }
 
 /// What one case measured.
@@ -106,7 +91,7 @@ async fn run_case(
     let started = Instant::now();
     let mut children = Agents(Vec::new());
     for i in 1..=agents {
-        let mut env = agent_env(api, i);
+        let mut env = agent_env(api, i)?;
         env.insert("KUBENURSE_DISCOVERY".into(), mode.into());
         if mode != "local" {
             env.insert("KUBENURSE_AGGREGATOR_URL".into(), format!("http://{AGGREGATOR_GRPC}"));

@@ -4,7 +4,8 @@
 //! `latency`), each cell's verdict already filtered by the consecutive-rounds hysteresis:
 //!
 //! 1. **cluster**: at least half of the fresh cells are bad and the bad cells come from at least
-//!    half of the nodes: one cluster-wide suspect, nothing finer.
+//!    half of the nodes, and no zone explains ≥ 90 % of them (rule 2 is tried first): one
+//!    cluster-wide suspect, nothing finer.
 //! 2. **zone**: a zone whose cells to *every* other zone are mostly bad (≥ 50 %) while its
 //!    intra-zone cells are mostly fine: a zone suspect; those cross-zone cells are explained.
 //! 3. **source / destination / node**: greedy explanation of the remaining bad cells. A
@@ -169,31 +170,16 @@ fn local_sources(nodes: &[NodeView], cells: &[CellView]) -> Vec<Suspect> {
     out
 }
 
-fn localise(nodes: &[NodeView], cells: &[CellView], cause: Cause, is_bad: impl Fn(&CellView) -> bool) -> Vec<Suspect> {
-    let bad: Vec<(usize, usize)> = cells.iter().filter(|c| is_bad(c)).map(|c| (c.src, c.dst)).collect();
-    if bad.is_empty() {
-        return Vec::new();
-    }
-    let mut suspects = Vec::new();
-
-    // 1. Cluster-wide.
-    let sources: BTreeSet<usize> = bad.iter().map(|&(s, _)| s).collect();
-    let checking: BTreeSet<usize> = cells.iter().map(|c| c.src).collect();
-    if bad.len() * 2 >= cells.len() && sources.len() * 2 >= checking.len().max(1) && checking.len() >= 2 {
-        let ev = evidence(nodes, &bad, cells.len(), None);
-        suspects.push(Suspect {
-            kind: Kind::Cluster,
-            node: None,
-            zone: None,
-            cause,
-            score: ev.bad_cells as f64 * ev.ratio,
-            evidence: ev,
-        });
-        return suspects;
-    }
-
-    // 2. Zones.
-    let mut explained: BTreeSet<(usize, usize)> = BTreeSet::new();
+/// Zones whose cells to every other zone are mostly bad while their own are mostly fine, and
+/// the cross-zone bad cells they explain.
+fn zones(
+    nodes: &[NodeView],
+    cells: &[CellView],
+    cause: Cause,
+    is_bad: &impl Fn(&CellView) -> bool,
+) -> (Vec<Suspect>, BTreeSet<Link>) {
+    let mut found = Vec::new();
+    let mut explained: BTreeSet<Link> = BTreeSet::new();
     let zones: BTreeSet<&str> = nodes.iter().map(|n| n.zone.as_str()).filter(|z| !z.is_empty()).collect();
     if zones.len() >= 2 {
         for zone in &zones {
@@ -226,7 +212,7 @@ fn localise(nodes: &[NodeView], cells: &[CellView], cause: Cause, is_bad: impl F
             if all_others_bad && cross_bad.len() >= 2 && intra_bad * 2 < intra.max(1) {
                 explained.extend(cross_bad.iter().copied());
                 let ev = evidence(nodes, &cross_bad, cross_total, None);
-                suspects.push(Suspect {
+                found.push(Suspect {
                     kind: Kind::Zone,
                     node: None,
                     zone: Some(zone.to_string()),
@@ -237,6 +223,41 @@ fn localise(nodes: &[NodeView], cells: &[CellView], cause: Cause, is_bad: impl F
             }
         }
     }
+    (found, explained)
+}
+
+fn localise(nodes: &[NodeView], cells: &[CellView], cause: Cause, is_bad: impl Fn(&CellView) -> bool) -> Vec<Suspect> {
+    let bad: Vec<(usize, usize)> = cells.iter().filter(|c| is_bad(c)).map(|c| (c.src, c.dst)).collect();
+    if bad.is_empty() {
+        return Vec::new();
+    }
+    let mut suspects = Vec::new();
+
+    // 2 before 1: a zone that explains (nearly) every bad cell is the zone, whatever share of
+    // all cells its cross-zone ones are (a third of the nodes in a full mesh: up to half).
+    let (zone_suspects, mut explained) = zones(nodes, cells, cause, &is_bad);
+    let zones_explain = !zone_suspects.is_empty() && explained.len() * 10 >= bad.len() * 9;
+
+    // 1. Cluster-wide.
+    let sources: BTreeSet<usize> = bad.iter().map(|&(s, _)| s).collect();
+    let checking: BTreeSet<usize> = cells.iter().map(|c| c.src).collect();
+    if !zones_explain
+        && bad.len() * 2 >= cells.len()
+        && sources.len() * 2 >= checking.len().max(1)
+        && checking.len() >= 2
+    {
+        let ev = evidence(nodes, &bad, cells.len(), None);
+        suspects.push(Suspect {
+            kind: Kind::Cluster,
+            node: None,
+            zone: None,
+            cause,
+            score: ev.bad_cells as f64 * ev.ratio,
+            evidence: ev,
+        });
+        return suspects;
+    }
+    suspects.extend(zone_suspects);
 
     // 3. Greedy source/destination explanation of what is left.
     let mut row_total = vec![0usize; nodes.len()];
@@ -404,6 +425,42 @@ mod tests {
         }
         let s = find_suspects(&nodes, &cells);
         assert_eq!(only(&s), (Kind::Zone, None, Some("z1"), Cause::Errors));
+    }
+
+    #[test]
+    fn a_partitioned_zone_is_the_zone_at_every_size() {
+        // Full mesh, 3 zones of n = 2–5 nodes: the partitioned zone's cross-zone cells are
+        // 4n/(9n − 3) of all cells, exactly half at 3 × 3 (where the cluster rule alone fired).
+        for per_zone in 2..=5 {
+            let n = 3 * per_zone;
+            let (nodes, mut cells) = cluster(n, 3, n - 1);
+            for c in cells.iter_mut() {
+                c.failing = (nodes[c.src].zone == "z2") != (nodes[c.dst].zone == "z2");
+            }
+            let s = find_suspects(&nodes, &cells);
+            assert_eq!(only(&s), (Kind::Zone, None, Some("z2"), Cause::Errors), "3 x {per_zone}");
+            // And as latency.
+            for c in cells.iter_mut() {
+                (c.slow, c.failing) = (c.failing, false);
+            }
+            assert_eq!(only(&find_suspects(&nodes, &cells)), (Kind::Zone, None, Some("z2"), Cause::Latency));
+        }
+    }
+
+    #[test]
+    fn everything_down_is_the_cluster_at_every_size() {
+        for per_zone in 2..=5 {
+            let n = 3 * per_zone;
+            let (nodes, mut cells) = cluster(n, 3, n - 1);
+            for c in cells.iter_mut() {
+                c.failing = true;
+            }
+            assert_eq!(
+                only(&find_suspects(&nodes, &cells)),
+                (Kind::Cluster, None, None, Cause::Errors),
+                "3 x {per_zone}"
+            );
+        }
     }
 
     #[test]

@@ -273,3 +273,37 @@ async fn a_big_lab_has_every_node_streaming_and_real_agents_checking_simulated_o
     lab.stop().await?;
     result
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_agents_of_an_aggregator_that_never_pushes_discover_for_themselves() -> anyhow::Result<()> {
+    // An aggregator without discovery never sends Targets, as one of the previous release.
+    let subnet = 55;
+    let ip = format!("127.0.{subnet}.254");
+    let settings = Settings { tick_micros: 100_000, ..Settings::default() };
+    let agg = LocalAggregator::start(format!("{ip}:50051").parse()?, format!("{ip}:18090").parse()?, settings).await?;
+    let spec = ClusterSpec {
+        nodes: 4,
+        subnet,
+        port: 18080,
+        interval: "500ms".into(),
+        limit: LIMIT,
+        env: vec![
+            ("KUBENURSE_AGGREGATOR_URL".into(), agg.grpc_url()),
+            ("KUBENURSE_DISCOVERY_FALLBACK_AFTER".into(), "1s".into()),
+        ],
+        ..ClusterSpec::default()
+    };
+    let cluster = LocalCluster::start(&spec, &workdir("discovery-no-push")).await?;
+    let result = async {
+        let all: Vec<&SimNode> = cluster.nodes.iter().collect();
+        all_check(&cluster, &all, None, "ok").await?;
+        anyhow::ensure!(cluster.api.open_watches("pods") == cluster.agents.len() as u64, "each agent watches Pods");
+        let (_, status) = agg.get_json("/api/v1/status").await?;
+        anyhow::ensure!(status["connected_agents"] == 4, "{status}");
+        Ok(())
+    }
+    .await;
+    cluster.stop().await?;
+    agg.stop().await?;
+    result
+}
