@@ -189,8 +189,10 @@ impl ClusterState {
                 Err(e) => *out.rejected.entry(e).or_default() += 1,
             }
         }
+        // At most one round per half interval counts for the hysteresis (looked up once a batch).
+        let min_gap = self.nodes.get(node).map_or(5_000_000, NodeState::interval_micros) / 2;
         for (r, v) in valid {
-            self.record(node, r, &v, now);
+            self.record(node, r, &v, now, min_gap);
             out.accepted += 1;
         }
         self.ingested += out.accepted;
@@ -205,11 +207,9 @@ impl ClusterState {
         out
     }
 
-    fn record(&mut self, node: &str, r: &CheckResult, v: &ValidResult, now: i64) {
+    fn record(&mut self, node: &str, r: &CheckResult, v: &ValidResult, now: i64, min_gap: i64) {
         let (slot, retention, k) = (self.settings.slot_micros(), self.settings.slots, self.settings.hysteresis);
         let failed = v.outcome == Outcome::Failed;
-        // At most one round per half interval counts for the hysteresis.
-        let min_gap = self.nodes.get(node).map_or(5_000_000, NodeState::interval_micros) / 2;
         let cell = if let Some(target) = v.kind.target_node() {
             // Look up before inserting: no key allocation on the hot path.
             if !self.matrix.contains_key(node) {
