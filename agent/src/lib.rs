@@ -184,9 +184,9 @@ pub async fn run(
 
     let uplink = match aggregator {
         Some(target) => {
-            let (dropped, connected) = metrics.register_aggregator()?;
+            let uplink_metrics = metrics.register_aggregator()?;
             let identity = HelloIdentity { node_name, pod_name: pod_name.clone(), check_interval, neighbour_limit };
-            Some(Uplink::start(target, identity, dropped, connected, discovery.clone()))
+            Some(Uplink::start(target, identity, uplink_metrics, discovery.clone()))
         }
         None => None,
     };

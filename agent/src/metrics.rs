@@ -10,6 +10,17 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaug
 use crate::probe::ProbeResult;
 use crate::trace::{FailureKind, ROUND_TRIP_ERROR};
 
+/// The stream's metrics, which the uplink updates.
+#[derive(Clone)]
+pub struct UplinkMetrics {
+    /// `kubenurse_aggregator_dropped_results_total`.
+    pub dropped: IntCounter,
+    /// `kubenurse_aggregator_connected`.
+    pub connected: IntGauge,
+    /// `kubenurse_aggregator_targets_refused_total{reason}`.
+    pub targets_refused: IntCounterVec,
+}
+
 /// Label values created per check type, so they can all be removed together.
 #[derive(Default)]
 struct Series {
@@ -133,17 +144,29 @@ impl Metrics {
     }
 
     /// Registers the stream metrics (only when an aggregator is configured, so a plain
-    /// kubenurse exposes exactly upstream's families): dropped results and connected streams.
-    pub fn register_aggregator(&self) -> Result<(IntCounter, IntGauge), prometheus::Error> {
+    /// kubenurse exposes exactly upstream's families): dropped results, connected streams and
+    /// refused target lists.
+    pub fn register_aggregator(&self) -> Result<UplinkMetrics, prometheus::Error> {
         let dropped = IntCounter::new(
             "kubenurse_aggregator_dropped_results_total",
             "Check results dropped because the queue to the aggregator was full.",
         )?;
         let connected =
             IntGauge::new("kubenurse_aggregator_connected", "Streams to aggregator replicas that are connected now.")?;
+        let targets_refused = IntCounterVec::new(
+            Opts::new(
+                "kubenurse_aggregator_targets_refused_total",
+                "Target lists from the aggregator refused (the previous list is kept), by reason.",
+            ),
+            &["reason"],
+        )?;
+        for reason in crate::pushed::TargetsError::REASONS {
+            targets_refused.with_label_values(&[reason]);
+        }
         self.registry.register(Box::new(dropped.clone()))?;
         self.registry.register(Box::new(connected.clone()))?;
-        Ok((dropped, connected))
+        self.registry.register(Box::new(targets_refused.clone()))?;
+        Ok(UplinkMetrics { dropped, connected, targets_refused })
     }
 
     /// The registry `/metrics` exposes.

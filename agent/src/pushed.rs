@@ -73,6 +73,20 @@ pub enum TargetsError {
     },
 }
 
+impl TargetsError {
+    /// Every `reason` label, created at zero.
+    pub const REASONS: [&'static str; 3] = ["too_many", "bad_name", "bad_address"];
+
+    /// The `reason` label of `kubenurse_aggregator_targets_refused_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::TooMany => Self::REASONS[0],
+            Self::BadName(_) => Self::REASONS[1],
+            Self::BadAddress { .. } => Self::REASONS[2],
+        }
+    }
+}
+
 /// A DNS-1123 subdomain (node and pod names).
 fn valid_name(n: &str) -> bool {
     !n.is_empty()
@@ -230,7 +244,9 @@ mod tests {
         let many = Targets { targets: vec![target("node-a", "10.0.0.1"); MAX_TARGETS + 1], ..Targets::default() };
         assert_eq!(PushedList::from_wire(many, 0), Err(TargetsError::TooMany));
         let bad_origin = Targets { checked_by: vec!["-x".into()], ..ok };
-        assert!(PushedList::from_wire(bad_origin, 0).is_err());
+        assert_eq!(PushedList::from_wire(bad_origin, 0).map_err(|e| e.reason()), Err("bad_name"));
+        let bad_ip = Targets { targets: vec![target("node-a", "10.0.0.300")], ..Targets::default() };
+        assert_eq!(PushedList::from_wire(bad_ip, 0).map_err(|e| e.reason()), Err("bad_address"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use kubenurse_proto::v1::{
     agent_message, aggregator_message, AgentMessage, CheckResult, Hello, Outcome, Phase, RoundEnd,
 };
 use kubenurse_proto::MAX_MESSAGE_BYTES;
-use prometheus::{IntCounter, IntGauge};
+use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use tokio::sync::{mpsc, watch, Notify};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
@@ -26,6 +26,7 @@ use crate::checks::CheckOutcome;
 use crate::config::vars::read_token;
 use crate::config::AggregatorConfig;
 use crate::discovery::{Discovery, NeighbourhoodView};
+use crate::metrics::UplinkMetrics;
 use crate::outbox::{batch_of, Item, Outbox};
 
 /// First reconnect delay.
@@ -94,6 +95,7 @@ pub struct Uplink {
     hello: watch::Sender<Option<Hello>>,
     dropped: IntCounter,
     connected: IntGauge,
+    targets_refused: IntCounterVec,
     /// Where pushed targets go (pushed or auto discovery).
     discovery: Option<Discovery>,
 }
@@ -146,10 +148,10 @@ impl Uplink {
     pub fn start(
         target: AggregatorConfig,
         identity: HelloIdentity,
-        dropped: IntCounter,
-        connected: IntGauge,
+        metrics: UplinkMetrics,
         discovery: Option<Discovery>,
     ) -> Arc<Self> {
+        let UplinkMetrics { dropped, connected, targets_refused } = metrics;
         let AggregatorConfig { urls, ca_pem, token_file, client_cert } = target;
         let credentials = Arc::new(Credentials { token_file, client_cert });
         let uplink = Arc::new(Self {
@@ -159,6 +161,7 @@ impl Uplink {
             hello: watch::channel(None).0,
             dropped,
             connected,
+            targets_refused,
             discovery: discovery.filter(|d| d.mode().wants_targets()),
         });
         let targets: Vec<(String, u16, Option<ClientTlsConfig>)> = urls
@@ -238,6 +241,7 @@ impl Uplink {
                     credentials: credentials.clone(),
                     queue: queue.clone(),
                     connected: self.connected.clone(),
+                    targets_refused: self.targets_refused.clone(),
                     discovery: self.discovery.clone(),
                 };
                 let task = tokio::spawn(stream_forever(link, self.hello.subscribe()));
@@ -340,6 +344,7 @@ struct Link {
     credentials: Arc<Credentials>,
     queue: Arc<Queue>,
     connected: IntGauge,
+    targets_refused: IntCounterVec,
     discovery: Option<Discovery>,
 }
 
@@ -378,7 +383,7 @@ async fn stream_once(
     hello: &mut watch::Receiver<Option<Hello>>,
     up: &mut bool,
 ) -> Result<String, StreamFailure> {
-    let Link { addr, tls, credentials, queue, connected, discovery } = link;
+    let Link { addr, tls, credentials, queue, connected, targets_refused, discovery } = link;
     let (addr, tls) = (*addr, tls.clone());
     let scheme = if tls.is_some() { "https" } else { "http" };
     let mut endpoint =
@@ -435,7 +440,10 @@ async fn stream_once(
                             let count = t.targets.len();
                             match d.pushed(addr, Some(t)) {
                                 Ok(()) => debug!(%addr, targets = count, "targets from the aggregator"),
-                                Err(e) => warn!(%addr, error = %e, "refused the aggregator's targets, keeping the previous ones"),
+                                Err(e) => {
+                                    targets_refused.with_label_values(&[e.reason()]).inc();
+                                    warn!(%addr, error = %e, "refused the aggregator's targets, keeping the previous ones");
+                                }
                             }
                         }
                         None => debug!(%addr, "targets from the aggregator ignored: KUBENURSE_DISCOVERY=local"),

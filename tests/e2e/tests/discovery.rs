@@ -83,14 +83,20 @@ async fn pushed_targets_are_the_ring_and_need_no_watch_of_all_nodes() -> anyhow:
     let result = async {
         let all: Vec<&SimNode> = cluster.nodes.iter().collect();
         all_check(&cluster, &all, None, "ok").await?;
-        // Each agent knows who checks it from the aggregator: its incoming gauge counts them.
+        // Each agent knows who checks it from the aggregator: its incoming gauge counts them;
+        // it refused no list (every reason at zero).
         for agent in &cluster.agents {
             let url = format!("{}/metrics", agent.url());
             eventually("incoming checks = limit", Duration::from_secs(20), || {
                 let url = url.clone();
                 async move {
                     let (_, m) = http_get(&url).await.ok()?;
-                    m.lines().any(|l| l == format!("kubenurse_neighbourhood_incoming_checks {LIMIT}")).then_some(())
+                    let refused_none = ["too_many", "bad_name", "bad_address"].iter().all(|r| {
+                        m.lines()
+                            .any(|l| l == format!("kubenurse_aggregator_targets_refused_total{{reason=\"{r}\"}} 0"))
+                    });
+                    let incoming = m.lines().any(|l| l == format!("kubenurse_neighbourhood_incoming_checks {LIMIT}"));
+                    (refused_none && incoming).then_some(())
                 }
             })
             .await?;
