@@ -5,6 +5,10 @@
 //! 2. Measurement overhead: the latency the agent's check client reports for `/alwayshappy`
 //!    minus that of a bare hyper client doing the same request, median over 1000+ each.
 //!
+//! 3. The floor of the CPU per round: a bare hyper client process (this binary again,
+//!    `BENCH_ROLE=bare`) doing the same 14 requests every second, as concurrently: 2 over TLS
+//!    to the API server with the token, 2 to an agent's own endpoint, 10 to neighbours.
+//!
 //! Run: `cargo bench -p kubenurse-agent --bench agent_steady_state`
 
 use std::path::PathBuf;
@@ -60,7 +64,7 @@ fn start_agent(api: &FakeApiServer, sim: &SimNode, log: &std::path::Path) -> any
         .spawn()?)
 }
 
-async fn steady_state(api: &FakeApiServer, dir: &std::path::Path, rounds: u64) -> anyhow::Result<()> {
+async fn steady_state(api: &FakeApiServer, dir: &std::path::Path, rounds: u64, floor_ms: f64) -> anyhow::Result<()> {
     let sim = SimNode::new(71, 11);
     let mut child = start_agent(api, &sim, &dir.join("measured-agent.log"))?;
     let pid = child.id();
@@ -109,7 +113,11 @@ async fn steady_state(api: &FakeApiServer, dir: &std::path::Path, rounds: u64) -
             median(rss_samples) / 1024.0,
             hwm as f64 / 1024.0
         );
-        println!("  CPU: {cpu_ms:.0} ms over {n} rounds = {:.2} ms per round   [target <= 2 ms]", cpu_ms / n);
+        println!(
+            "  CPU: {cpu_ms:.0} ms over {n} rounds = {:.2} ms per round = {:.2} x the bare client   [target <= 1.5 x]",
+            cpu_ms / n,
+            cpu_ms / n / floor_ms
+        );
         anyhow::Ok(())
     }
     .await;
@@ -161,7 +169,92 @@ async fn overhead(target: &SimNode, requests: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An HTTPS GET of `/version` with the token, new connection, `name` as the TLS server name.
+async fn bare_tls(
+    connector: &tokio_rustls::TlsConnector,
+    api: std::net::SocketAddr,
+    name: &str,
+    token_file: &std::path::Path,
+) -> anyhow::Result<()> {
+    let token = std::fs::read_to_string(token_file)?;
+    let tcp = tokio::net::TcpStream::connect(api).await?;
+    tcp.set_nodelay(true)?;
+    let server = rustls::pki_types::ServerName::try_from(name.to_string())?;
+    let tls = connector.connect(server, tcp).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    let req = http::Request::get("/version")
+        .header(http::header::HOST, format!("{name}:{}", api.port()))
+        .header(http::header::AUTHORIZATION, format!("Bearer {}", token.trim()))
+        .header(http::header::CONNECTION, "close")
+        .body(Empty::<Bytes>::new())?;
+    let resp = sender.send_request(req).await?;
+    anyhow::ensure!(resp.status() == 200, "status {}", resp.status());
+    resp.into_body().collect().await?;
+    Ok(())
+}
+
+/// `BENCH_ROLE=bare`: `BENCH_BARE_ROUNDS` rounds, one a second, of an agent's 14 requests
+/// with a bare hyper client; prints the CPU ticks the rounds took.
+fn run_bare() -> anyhow::Result<()> {
+    let var = |k: &str| std::env::var(k).map_err(|_| anyhow::anyhow!("{k} not set"));
+    let plain: Vec<String> = var("BENCH_BARE_PLAIN")?.split(',').map(String::from).collect();
+    let api: std::net::SocketAddr = var("BENCH_BARE_API")?.parse()?;
+    let sa_dir = PathBuf::from(var("BENCH_BARE_SA_DIR")?);
+    let rounds: u64 = var("BENCH_BARE_ROUNDS")?.parse()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        let tls = kubenurse_agent::tls::client_config(false, &sa_dir.join("ca.crt"), &[])?;
+        let connector = tokio_rustls::TlsConnector::from(tls);
+        let token = sa_dir.join("token");
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        ticker.tick().await;
+        let start = proc_stat(std::process::id())?.cpu_ticks;
+        for _ in 0..rounds {
+            ticker.tick().await;
+            let tls_checks = ["127.0.0.1", "localhost"].map(|name| bare_tls(&connector, api, name, &token));
+            let plain_checks = plain.iter().map(|hp| {
+                let (host, port) = hp.rsplit_once(':').unwrap_or((hp.as_str(), "18080"));
+                let port: u16 = port.parse().unwrap_or(18080);
+                async move { bare_hyper(host, port).await.map(|_| ()) }
+            });
+            let (a, b) = futures::join!(futures::future::join_all(tls_checks), futures::future::join_all(plain_checks));
+            for r in a.into_iter().chain(b) {
+                r?;
+            }
+        }
+        println!("ticks {}", proc_stat(std::process::id())?.cpu_ticks - start);
+        anyhow::Ok(())
+    })
+}
+
+/// The floor: a bare client process doing `rounds` agent rounds; CPU ms per round.
+fn bare_floor(api: &FakeApiServer, sims: &[SimNode], rounds: u64) -> anyhow::Result<f64> {
+    // An agent's own two checks go to its own endpoint: here the first neighbour's.
+    let own = format!("{}:18080", sims[0].ip);
+    let plain: Vec<String> =
+        [own.clone(), own].into_iter().chain(sims.iter().map(|s| format!("{}:18080", s.ip))).collect();
+    let out = Command::new(std::env::current_exe()?)
+        .env("BENCH_ROLE", "bare")
+        .env("BENCH_BARE_PLAIN", plain.join(","))
+        .env("BENCH_BARE_API", api.addr().to_string())
+        .env("BENCH_BARE_SA_DIR", api.service_account_dir())
+        .env("BENCH_BARE_ROUNDS", rounds.to_string())
+        .stdin(Stdio::null())
+        .output()?;
+    anyhow::ensure!(out.status.success(), "bare client: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ticks: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ticks ")?.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("bare client printed {text:?}"))?;
+    Ok(ticks / ticks_per_second() * 1e3 / rounds as f64)
+}
+
 fn main() -> anyhow::Result<()> {
+    if std::env::var("BENCH_ROLE").as_deref() == Ok("bare") {
+        return run_bare();
+    }
     let rounds: u64 = std::env::var("BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
     let requests: usize = std::env::var("BENCH_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-agent");
@@ -183,6 +276,9 @@ fn main() -> anyhow::Result<()> {
         })
         .await?;
         overhead(&sims[0], requests).await?;
-        steady_state(&api, &dir, rounds).await
+        let floor_rounds = rounds.min(30);
+        let floor = tokio::task::block_in_place(|| bare_floor(&api, &sims, floor_rounds))?;
+        println!("bare hyper client doing the same 14 requests a round: {floor:.2} ms CPU per round over {floor_rounds} rounds (the floor)");
+        steady_state(&api, &dir, rounds, floor).await
     })
 }
