@@ -187,8 +187,10 @@ impl Lab {
     /// Stops everything.
     pub async fn stop(self) -> anyhow::Result<()> {
         drop(self.simulated);
+        // The aggregator first: its watches end before the fake API server they watch does.
+        let aggregator = self.aggregator.stop().await;
         self.cluster.stop().await?;
-        self.aggregator.stop().await
+        aggregator
     }
 }
 
