@@ -148,6 +148,12 @@ impl Discovery {
         lock(&self.0.local).clone()
     }
 
+    /// The own pod as the local Pod cache holds it (only while local discovery runs).
+    fn own_pod_cached(&self) -> Option<Arc<Pod>> {
+        let own_pod = self.0.settings.pod_name.as_str();
+        self.local()?.pods.state().into_iter().find(|p| p.metadata.name.as_deref() == Some(own_pod))
+    }
+
     /// Starts the Pod (and Node) watches of local discovery.
     fn start_local(&self) {
         let s = &self.0.settings;
@@ -262,14 +268,9 @@ impl Discovery {
 
     /// The own pod's IP and host IP, from the cache or the aggregator.
     pub fn own_addresses(&self) -> (String, String) {
-        let own_pod = self.0.settings.pod_name.as_str();
-        let cached = self.local().and_then(|l| {
-            l.pods
-                .state()
-                .iter()
-                .find(|p| p.metadata.name.as_deref() == Some(own_pod))
-                .and_then(|p| p.status.as_ref())
-                .map(|s| (s.pod_ip.clone().unwrap_or_default(), s.host_ip.clone().unwrap_or_default()))
+        let cached = self.own_pod_cached().and_then(|p| {
+            let s = p.status.as_ref()?;
+            Some((s.pod_ip.clone().unwrap_or_default(), s.host_ip.clone().unwrap_or_default()))
         });
         cached.unwrap_or_else(|| {
             lock(&self.0.source).last().map(|l| (l.own.0.clone(), l.own.1.clone())).unwrap_or_default()
@@ -392,13 +393,7 @@ async fn resolve_own_node(inner: Weak<Inner>) {
         let Some(strong) = inner.upgrade() else { return };
         let discovery = Discovery(strong);
         let own_pod = discovery.0.settings.pod_name.clone();
-        let from_cache = discovery.local().and_then(|l| {
-            l.pods
-                .state()
-                .iter()
-                .find(|p| p.metadata.name.as_deref() == Some(own_pod.as_str()))
-                .and_then(|p| p.spec.as_ref()?.node_name.clone())
-        });
+        let from_cache = discovery.own_pod_cached().and_then(|p| p.spec.as_ref()?.node_name.clone());
         let found = match (from_cache, &discovery.0.settings.namespace) {
             (Some(node), _) => Ok(node),
             (None, Some(ns)) => Api::<Pod>::namespaced(discovery.0.client.clone(), ns)
