@@ -15,7 +15,7 @@
 //! The load generator runs in this process, on the same 2 cores as the aggregator: the ingest
 //! figure is what the aggregator achieves while sharing the machine with its load.
 //! Run: `cargo bench -p kubenurse-aggregator --bench aggregator_ingest`
-//! (`BENCH_NODES`, `BENCH_ROUNDS` to change the load).
+//! (`BENCH_NODES`, `BENCH_ROUNDS` (rounds per trial, 10) to change the load).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -31,11 +31,16 @@ use kubenurse_proto::v1::{
 };
 use kubenurse_proto::MAX_MESSAGE_BYTES;
 use kubenurse_testkit::http::http_get;
-use kubenurse_testkit::measure::{median, proc_stat};
+use kubenurse_testkit::measure::{median, proc_stat, ticks_per_second};
 use tokio::sync::mpsc;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kubenurse-aggregator");
 const LIMIT: usize = 10;
+
+/// CPU time a process has used so far, seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    proc_stat(pid).map_or(0.0, |p| p.cpu_ticks as f64 / ticks_per_second())
+}
 
 fn node(i: usize) -> String {
     format!("node-{i:05}")
@@ -82,6 +87,45 @@ async fn ingest_rounds(
         done = ingested(http).await;
     }
     Ok((done - base) as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// Rounds before the measured ones (they create the cells).
+const WARM_UP: u64 = 2;
+/// Trials of each measurement; the medians are printed.
+const TRIALS: u64 = 3;
+
+/// Rounds `rounds` while 8 clients loop `/api/v1/matrix` and `/metrics` (or only the matrix):
+/// results/s, and how many answers the clients got.
+async fn while_queried(
+    http: &'static str,
+    senders: &[(mpsc::Sender<AgentMessage>, Vec<String>)],
+    rounds: std::ops::Range<u64>,
+    with_metrics: bool,
+) -> anyhow::Result<(f64, u32)> {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut loops = Vec::new();
+    for k in 0..8 {
+        let path = if k % 2 == 0 || !with_metrics { "/api/v1/matrix" } else { "/metrics" };
+        let stop = stop.clone();
+        loops.push(tokio::spawn(async move {
+            let mut served = 0u32;
+            while !stop.load(Ordering::Relaxed) && served < 10_000 {
+                match http_get(&format!("http://{http}{path}")).await {
+                    Ok((200, _)) => served += 1,
+                    // Busy (beyond the expensive-query permits): back off as Retry-After says.
+                    _ => tokio::time::sleep(Duration::from_secs(1)).await,
+                }
+            }
+            served
+        }));
+    }
+    let rate = ingest_rounds(http, senders, rounds).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut served = 0;
+    for l in loops {
+        served += l.await.unwrap_or(0);
+    }
+    Ok((rate?, served))
 }
 
 /// The floor: decodes every message of every stream and counts the results, nothing else.
@@ -262,7 +306,7 @@ fn main() -> anyhow::Result<()> {
         return run_sink();
     }
     let nodes: usize = std::env::var("BENCH_NODES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
-    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
     let rounds = rounds as u64;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     // The floor first: the same generator against a sink that only decodes.
@@ -273,14 +317,24 @@ fn main() -> anyhow::Result<()> {
         .env("BENCH_SINK_HTTP", sink_http)
         .stdin(Stdio::null())
         .spawn()?;
+    let sink_pid = sink.id();
     let floor = runtime.block_on(async {
         wait_healthy(sink_http, "the bare sink").await?;
         let senders = connect_agents(sink_grpc, nodes).await?;
-        ingest_rounds(sink_http, &senders, 0..rounds).await
+        ingest_rounds(sink_http, &senders, 0..WARM_UP).await?;
+        let (mut rates, mut cpu) = (Vec::new(), Vec::new());
+        for trial in 0..TRIALS {
+            let before = cpu_seconds(sink_pid);
+            let first = WARM_UP + trial * rounds;
+            rates.push(ingest_rounds(sink_http, &senders, first..first + rounds).await?);
+            cpu.push(cpu_seconds(sink_pid) - before);
+        }
+        anyhow::Ok((median(rates), median(cpu)))
     });
     let _ = sink.kill();
     let _ = sink.wait();
-    let floor = floor?;
+    let (floor, sink_cpu) = floor?;
+    let per_result = |cpu: f64| cpu * 1e6 / (nodes as f64 * LIMIT as f64 * rounds as f64);
 
     let (grpc, http) = ("127.0.0.1:18151", "127.0.0.1:18152");
     let cell_metrics = std::env::var("BENCH_CELL_METRICS").unwrap_or_else(|_| "none".into());
@@ -295,44 +349,38 @@ fn main() -> anyhow::Result<()> {
     let result = runtime.block_on(async {
         wait_healthy(http, "the aggregator").await?;
         let senders = connect_agents(grpc, nodes).await?;
-        let alone = ingest_rounds(http, &senders, 0..rounds).await?;
-        println!("ingest: {nodes} simulated agents x {LIMIT} neighbours x {rounds} rounds");
-        println!("  a bare tonic sink decoding the same messages (the floor): {floor:.0} results/s");
-        println!("  the aggregator alone: {alone:.0} results/s = {:.2} x the floor   [target >= 0.5]", alone / floor);
-        println!("  aggregator resident memory after ingest: {:.1} MiB   [target <= 512 MiB]", proc_stat(pid).map_or(0.0, |p| p.rss_mib()));
-
-        // The same load again while 8 clients loop /api/v1/matrix and /metrics.
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut loops = Vec::new();
+        // The first rounds create the 100,000 cells: not what steady ingest costs.
+        ingest_rounds(http, &senders, 0..WARM_UP).await?;
         // BENCH_LOOP_METRICS=0: all 8 loop the matrix (to tell the two costs apart).
         let with_metrics = std::env::var("BENCH_LOOP_METRICS").map_or(true, |v| v != "0");
-        for k in 0..8 {
-            let path = if k % 2 == 0 || !with_metrics { "/api/v1/matrix" } else { "/metrics" };
-            let stop = stop.clone();
-            loops.push(tokio::spawn(async move {
-                let mut served = 0u32;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) && served < 10_000 {
-                    match http_get(&format!("http://{http}{path}")).await {
-                        Ok((200, _)) => served += 1,
-                        // Busy (beyond the expensive-query permits): back off as Retry-After says.
-                        _ => tokio::time::sleep(Duration::from_secs(1)).await,
-                    }
-                }
-                served
-            }));
+        // Alone and busy trials alternate, so a change in the machine's speed hits both.
+        let (mut alone, mut busy, mut cpu, mut served) = (Vec::new(), Vec::new(), Vec::new(), 0);
+        let mut next = WARM_UP;
+        for _ in 0..TRIALS {
+            let before = cpu_seconds(pid);
+            alone.push(ingest_rounds(http, &senders, next..next + rounds).await?);
+            cpu.push(cpu_seconds(pid) - before);
+            next += rounds;
+            let (rate, answers) = while_queried(http, &senders, next..next + rounds, with_metrics).await?;
+            busy.push(rate);
+            served += answers;
+            next += rounds;
         }
-        let busy = ingest_rounds(http, &senders, rounds..2 * rounds).await?;
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let mut served = 0;
-        for l in loops {
-            served += l.await.unwrap_or(0);
-        }
+        let (alone, busy) = (median(alone), median(busy));
+        println!("ingest: {nodes} simulated agents x {LIMIT} neighbours, medians of {TRIALS} trials of {rounds} rounds (after {WARM_UP} warm-up rounds)");
+        println!("  a bare tonic sink decoding the same messages (the floor): {floor:.0} results/s");
+        println!("  the aggregator alone: {alone:.0} results/s = {:.2} x the floor   [target >= 0.5]", alone / floor);
+        println!(
+            "  CPU per result: aggregator {:.2} us, bare sink {:.2} us (the generator shares the 2 cores with either)",
+            per_result(median(cpu)),
+            per_result(sink_cpu)
+        );
+        println!("  aggregator resident memory after the trials: {:.1} MiB   [target <= 512 MiB]", proc_stat(pid).map_or(0.0, |p| p.rss_mib()));
         let what = if with_metrics { "/api/v1/matrix and /metrics" } else { "/api/v1/matrix" };
         println!(
             "  while 8 clients loop {what}: {busy:.0} results/s = {:.2} x alone ({served} answers with 200)   [target >= 0.9]",
             busy / alone
         );
-        println!("  aggregator resident memory after that: {:.1} MiB", proc_stat(pid).map_or(0.0, |p| p.rss_mib()));
 
         let (plain_ms, size) = timed_get(http, "/api/v1/matrix", false, 15).await?;
         let (gzip_ms, gzip_size) = timed_get(http, "/api/v1/matrix", true, 15).await?;

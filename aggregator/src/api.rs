@@ -198,8 +198,8 @@ async fn suspects(State(api): State<ApiState>) -> Response {
 }
 
 async fn status(State(api): State<ApiState>) -> Response {
-    let Some(snap) = api.state.snapshot().await else { return unavailable() };
-    let mut v = snap.status.clone();
+    let Some(status) = api.state.status() else { return unavailable() };
+    let mut v = (*status).clone();
     v["auth"] = json!(api.auth.as_str());
     // The one live number: load tests and status lines poll it for progress.
     v["results_ingested"] = json!(api.metrics.ingested.get());
@@ -207,13 +207,13 @@ async fn status(State(api): State<ApiState>) -> Response {
 }
 
 async fn coverage(State(api): State<ApiState>) -> Response {
-    api.state.snapshot().await.map_or_else(unavailable, |s| Json(s.coverage.clone()).into_response())
+    api.state.snapshot().await.map_or_else(unavailable, |s| Json(s.coverage().clone()).into_response())
 }
 
 async fn alive(State(api): State<ApiState>) -> Response {
     match api.state.snapshot().await {
-        Some(s) if s.alive.0 => Json(s.alive.1.clone()).into_response(),
-        Some(s) => (StatusCode::INTERNAL_SERVER_ERROR, Json(s.alive.1.clone())).into_response(),
+        Some(s) if s.alive().0 => Json(s.alive().1.clone()).into_response(),
+        Some(s) => (StatusCode::INTERNAL_SERVER_ERROR, Json(s.alive().1.clone())).into_response(),
         None => unavailable(),
     }
 }

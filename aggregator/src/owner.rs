@@ -6,13 +6,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kubenurse_proto::v1::{Hello, ResultBatch};
+use kubenurse_proto::v1::Hello;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::metrics::AggregatorMetrics;
+use serde_json::Value;
+
 use crate::snapshot::Snapshot;
-use crate::state::{BatchOutcome, ClusterState, Settings};
-use crate::validate::Rejection;
+use crate::state::{ClusterState, Settings};
+use crate::validate::{CheckedBatch, Rejection};
+use crate::views;
 
 /// Commands queued to the owner; bounded so a flood slows its senders instead of growing memory.
 pub const COMMAND_QUEUE: usize = 4096;
@@ -21,7 +24,7 @@ type Query = Box<dyn FnOnce(&ClusterState, i64) + Send>;
 
 enum Command {
     Hello { hello: Hello, new_stream: bool, reply: oneshot::Sender<Result<(), Rejection>> },
-    Batch { node: String, batch: ResultBatch, reply: Option<oneshot::Sender<BatchOutcome>> },
+    Record { node: String, batch: CheckedBatch },
     Disconnect { node: String },
     Query(Query),
 }
@@ -36,6 +39,7 @@ pub fn now_micros() -> i64 {
 pub struct StateHandle {
     tx: mpsc::Sender<Command>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    status: watch::Receiver<Arc<Value>>,
     wanted: Arc<AtomicBool>,
     tick_micros: i64,
 }
@@ -46,6 +50,7 @@ impl StateHandle {
         let (tx, mut rx) = mpsc::channel::<Command>(COMMAND_QUEUE);
         let tick_micros = settings.tick_micros.max(10_000);
         let (publish, snapshots) = watch::channel(Arc::new(Snapshot::default()));
+        let (publish_status, status) = watch::channel(Arc::new(views::status(&ClusterState::new(settings.clone()))));
         let wanted = Arc::new(AtomicBool::new(true));
         let asked = wanted.clone();
         tokio::spawn(async move {
@@ -60,14 +65,11 @@ impl StateHandle {
                         Some(Command::Hello { hello, new_stream, reply }) => {
                             let _ = reply.send(state.hello(hello, now_micros(), new_stream));
                         }
-                        Some(Command::Batch { node, batch, reply }) => {
-                            let out = state.batch(&node, &batch, now_micros());
+                        Some(Command::Record { node, batch }) => {
+                            let out = state.record_checked(&node, batch, now_micros());
                             metrics.ingested.inc_by(out.accepted);
                             for (reason, n) in &out.rejected {
                                 metrics.ingest_errors.with_label_values(&[&reason.to_string()]).inc_by(*n);
-                            }
-                            if let Some(reply) = reply {
-                                let _ = reply.send(out);
                             }
                         }
                         Some(Command::Disconnect { node }) => state.disconnect(&node, now_micros()),
@@ -76,15 +78,19 @@ impl StateHandle {
                     _ = tick.tick() => {
                         let now = now_micros();
                         state.tick(now);
+                        // A few counts, every tick: status polls never cost a snapshot.
+                        publish_status.send_replace(Arc::new(views::status(&state)));
                         // Only when someone asked since the last one: an idle API costs nothing.
                         if asked.swap(false, Ordering::Relaxed) {
-                            publish.send_replace(Arc::new(Snapshot::take(&state, now)));
+                            let old = publish.send_replace(Arc::new(Snapshot::take(&state, now)));
+                            // Freeing 100,000 cells takes tens of ms: not on the owner.
+                            tokio::task::spawn_blocking(move || drop(old));
                         }
                     }
                 }
             }
         });
-        Self { tx, snapshots, wanted, tick_micros }
+        Self { tx, snapshots, status, wanted, tick_micros }
     }
 
     /// The latest snapshot, at most about one tick old: a newer one is asked for every time,
@@ -103,6 +109,11 @@ impl StateHandle {
         Some(fresh)
     }
 
+    /// `/api/v1/status` as of the last tick (without `auth`); `None` if the owner is gone.
+    pub fn status(&self) -> Option<Arc<Value>> {
+        (!self.tx.is_closed()).then(|| self.status.borrow().clone())
+    }
+
     /// Registers a hello; `new_stream` for a stream's first.
     pub async fn hello(&self, hello: Hello, new_stream: bool) -> Result<(), Rejection> {
         let (reply, rx) = oneshot::channel();
@@ -110,11 +121,10 @@ impl StateHandle {
         rx.await.map_err(|_| Rejection::StateUnavailable)?
     }
 
-    /// Records a batch and reports what happened to it.
-    pub async fn batch(&self, node: String, batch: ResultBatch) -> Option<BatchOutcome> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Batch { node, batch, reply: Some(reply) }).await.ok()?;
-        rx.await.ok()
+    /// Queues a checked batch of `node` for recording (waits only while the queue is full).
+    /// `false` if the owner is gone.
+    pub async fn record(&self, node: String, batch: CheckedBatch) -> bool {
+        self.tx.send(Command::Record { node, batch }).await.is_ok()
     }
 
     /// Notes that a stream of `node` ended.

@@ -4,14 +4,16 @@
 //! the matrix document is rendered at most once per snapshot and statistic, and gzipped at
 //! most once for the clients that ask for it.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use axum::body::Bytes;
 use serde_json::{json, Value};
 
-use crate::state::ClusterState;
+use kubenurse_proto::v1::Hello;
+
+use crate::state::{ClusterState, RoundSummary};
 use crate::suspects::Suspect;
-use crate::views::{self, CellView, Matrix, MatrixNode, Stat};
+use crate::views::{self, CellView, Matrix, MatrixNode, NodeFacts, Stat};
 
 /// A matrix cell as the snapshot keeps it: its view with owned names.
 #[derive(Debug, Clone)]
@@ -42,14 +44,37 @@ impl SnapshotCell {
 #[derive(Debug, Clone)]
 struct SnapshotNode {
     name: Box<str>,
-    zone: Box<str>,
+    /// Shared with the state, not copied.
+    hello: Option<Arc<Hello>>,
     connected: bool,
     gone: bool,
-    summary: Value,
+    last_seen: i64,
+    last_round: Option<RoundSummary>,
+    failing_checks: Vec<Box<str>>,
     checks: Vec<SnapshotCell>,
 }
 
+impl SnapshotNode {
+    fn facts(&self) -> NodeFacts<'_> {
+        NodeFacts {
+            name: &self.name,
+            hello: self.hello.as_deref(),
+            connected: self.connected,
+            gone: self.gone,
+            last_seen: self.last_seen,
+            last_round: self.last_round.as_ref(),
+            failing_checks: self.failing_checks.iter().map(|t| &**t).collect(),
+        }
+    }
+
+    fn zone(&self) -> &str {
+        self.hello.as_ref().map_or("", |h| h.zone.as_str())
+    }
+}
+
 /// The state as of one instant, with every answer the API gives over the default window.
+/// The owner only copies what the answers are made of; the JSON documents are made by the
+/// first request that needs each, off the owner, and shared.
 #[derive(Debug)]
 pub struct Snapshot {
     /// When it was taken (unix µs, the owner's clock).
@@ -59,12 +84,8 @@ pub struct Snapshot {
     cells: Vec<SnapshotCell>,
     /// Current suspects.
     pub suspects: Vec<Suspect>,
-    /// `/api/v1/status` (without `auth`, which the API adds).
-    pub status: Value,
-    /// `/api/v1/coverage`.
-    pub coverage: Value,
-    /// Merged `/alive`: (all ok, body).
-    pub alive: (bool, Value),
+    coverage: OnceLock<Value>,
+    alive: OnceLock<(bool, Value)>,
     rendered: [OnceLock<Bytes>; 4],
     gzipped: [OnceLock<Bytes>; 4],
 }
@@ -112,10 +133,17 @@ impl Snapshot {
                     .collect();
                 SnapshotNode {
                     name: name.as_str().into(),
-                    zone: n.hello.as_ref().map_or("", |h| h.zone.as_str()).into(),
+                    hello: n.hello.clone(),
                     connected: n.connected(),
                     gone: state.gone(n, now),
-                    summary: views::node_summary(state, name, n, now),
+                    last_seen: n.last_seen,
+                    last_round: n.last_round.clone(),
+                    failing_checks: n
+                        .checks
+                        .iter()
+                        .filter(|(_, c)| c.last_failed)
+                        .map(|(t, _)| t.as_str().into())
+                        .collect(),
                     checks,
                 }
             })
@@ -126,12 +154,25 @@ impl Snapshot {
             nodes,
             cells,
             suspects: state.suspects.clone(),
-            status: views::status(state),
-            coverage: views::coverage(state),
-            alive: views::alive(state, now),
+            coverage: OnceLock::new(),
+            alive: OnceLock::new(),
             rendered: Default::default(),
             gzipped: Default::default(),
         }
+    }
+
+    /// `/api/v1/coverage`.
+    pub fn coverage(&self) -> &Value {
+        self.coverage.get_or_init(|| views::coverage_of(&self.facts()))
+    }
+
+    /// Merged `/alive`: (all ok, body).
+    pub fn alive(&self) -> &(bool, Value) {
+        self.alive.get_or_init(|| views::alive_of(&self.facts()))
+    }
+
+    fn facts(&self) -> Vec<NodeFacts<'_>> {
+        self.nodes.iter().map(SnapshotNode::facts).collect()
     }
 
     /// Agents streaming.
@@ -160,7 +201,7 @@ impl Snapshot {
                     nodes: self
                         .nodes
                         .iter()
-                        .map(|n| MatrixNode { name: &n.name, zone: &n.zone, connected: n.connected, gone: n.gone })
+                        .map(|n| MatrixNode { name: &n.name, zone: n.zone(), connected: n.connected, gone: n.gone })
                         .collect(),
                     cells: self.cells(stat).collect(),
                 };
@@ -190,7 +231,7 @@ impl Snapshot {
 
     /// `/api/v1/nodes`.
     pub fn nodes(&self) -> Value {
-        json!({ "nodes": self.nodes.iter().map(|n| n.summary.clone()).collect::<Vec<_>>() })
+        json!({ "nodes": self.nodes.iter().map(|n| views::node_summary(&n.facts())).collect::<Vec<_>>() })
     }
 
     /// `/api/v1/nodes/{name}`: summary, own checks, row and column.
@@ -199,7 +240,7 @@ impl Snapshot {
         let checks: Vec<CellView> = n.checks.iter().map(|c| c.view(Stat::P99)).collect();
         let (row, column): (Vec<CellView>, Vec<CellView>) =
             self.cells(Stat::P99).filter(|c| c.src == name || c.dst == name).partition(|c| c.src == name);
-        let mut v = n.summary.clone();
+        let mut v = views::node_summary(&n.facts());
         v["checks"] = json!(checks);
         v["outgoing"] = json!(row);
         v["incoming"] = json!(column);
@@ -273,9 +314,8 @@ mod tests {
             assert_eq!(from_snapshot, from_state, "{stat:?}");
             assert!(from_state["cells"].as_array().is_some_and(|c| c.len() == 3));
         }
-        assert_eq!(snap.status, views::status(&s));
-        assert_eq!(snap.coverage, views::coverage(&s));
-        assert_eq!(snap.alive, views::alive(&s, now));
+        assert_eq!(snap.coverage(), &views::coverage(&s));
+        assert_eq!(snap.alive(), &views::alive(&s, now));
         let detail = snap.node("a").unwrap_or_default();
         assert_eq!(detail["outgoing"].as_array().map(Vec::len), Some(2));
         assert_eq!(detail["incoming"].as_array().map(Vec::len), Some(1));

@@ -2,13 +2,14 @@
 //! source × destination matrix of path checks, per-node own checks, hysteresis verdicts and
 //! the current suspects. One task owns it (see `owner.rs`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use kubenurse_proto::v1::{CheckResult, Hello, Outcome, ResultBatch};
 
 use crate::cell::Cell;
 use crate::suspects::{find_suspects, CellView, NodeView, Suspect};
-use crate::validate::{bounded_text, check_hello, check_result, Rejection, ValidResult};
+use crate::validate::{bounded_text, check_batch, check_hello, CheckedBatch, Rejection, ValidResult};
 
 /// Tunables; defaults in `Settings::default`.
 #[derive(Debug, Clone)]
@@ -85,7 +86,7 @@ pub struct RoundSummary {
 #[derive(Debug, Clone, Default)]
 pub struct NodeState {
     /// The agent's last hello, if it ever connected.
-    pub hello: Option<Hello>,
+    pub hello: Option<Arc<Hello>>,
     /// Open streams from its agent (one per agent normally).
     pub streams: u32,
     /// When its last stream closed, unix µs.
@@ -116,6 +117,35 @@ pub struct BatchOutcome {
     pub accepted: u64,
     /// Results refused, by reason.
     pub rejected: BTreeMap<Rejection, u64>,
+}
+
+/// What recording one result needs besides the result: the same for a whole batch.
+struct Apply {
+    now: i64,
+    slot_micros: i64,
+    retention: usize,
+    hysteresis: u32,
+    slow_above_micros: u64,
+    min_gap: i64,
+}
+
+impl Apply {
+    fn to(&self, cell: &mut Cell, r: &CheckResult, v: &ValidResult) {
+        let (now, k) = (self.now, self.hysteresis);
+        let failed = v.outcome == Outcome::Failed;
+        cell.record(now, self.slot_micros, self.retention, r.duration_micros, failed);
+        cell.last_micros = r.duration_micros;
+        cell.last_failed = failed;
+        cell.last_local = failed && r.error_kind.starts_with(kubenurse_proto::LOCAL_ERROR_PREFIX);
+        cell.last_seen = now;
+        if failed {
+            cell.last_error = Some(bounded_text(if r.error.is_empty() { &r.error_kind } else { &r.error }));
+        }
+        if cell.new_round(r.round, now, self.min_gap) {
+            cell.health.observe(failed, k);
+            cell.latency.observe(!failed && r.duration_micros > self.slow_above_micros, k);
+        }
+    }
 }
 
 /// The state.
@@ -161,7 +191,7 @@ impl ClusterState {
         }
         node.disconnected_at = None;
         node.last_seen = now;
-        node.hello = Some(hello);
+        node.hello = Some(Arc::new(hello));
         Ok(())
     }
 
@@ -175,70 +205,71 @@ impl ClusterState {
         }
     }
 
-    /// Records a batch from `node` (which must have said hello).
+    /// Validates and records a batch from `node` (which must have said hello).
     pub fn batch(&mut self, node: &str, batch: &ResultBatch, now: i64) -> BatchOutcome {
-        let mut out = BatchOutcome::default();
-        let Some(hello) = self.nodes.get(node).and_then(|n| n.hello.as_ref()) else {
+        let Some(hello) = self.nodes.get(node).and_then(|n| n.hello.clone()) else {
+            let mut out = BatchOutcome::default();
             out.rejected.insert(Rejection::NoHello, batch.results.len() as u64);
             return out;
         };
-        let mut valid = Vec::with_capacity(batch.results.len());
-        for r in &batch.results {
-            match check_result(r, &hello.targets) {
-                Ok(v) => valid.push((r, v)),
-                Err(e) => *out.rejected.entry(e).or_default() += 1,
-            }
-        }
-        // At most one round per half interval counts for the hysteresis (looked up once a batch).
-        let min_gap = self.nodes.get(node).map_or(5_000_000, NodeState::interval_micros) / 2;
-        for (r, v) in valid {
-            self.record(node, r, &v, now, min_gap);
-            out.accepted += 1;
-        }
-        self.ingested += out.accepted;
-        if let Some(n) = self.nodes.get_mut(node) {
-            n.last_seen = now;
-            if let Some(end) = batch.round_ends.iter().max_by_key(|e| e.round) {
-                let state = bounded_text(&end.neighbourhood_state);
-                n.last_round =
-                    Some(RoundSummary { round: end.round, all_ok: end.all_ok, neighbourhood_state: state, at: now });
-            }
-        }
+        let (checked, rejected) = check_batch(batch.clone(), &hello.targets);
+        let mut out = self.record_checked(node, checked, now);
+        out.rejected.extend(rejected);
         out
     }
 
-    fn record(&mut self, node: &str, r: &CheckResult, v: &ValidResult, now: i64, min_gap: i64) {
-        let (slot, retention, k) = (self.settings.slot_micros(), self.settings.slots, self.settings.hysteresis);
-        let failed = v.outcome == Outcome::Failed;
-        let cell = if let Some(target) = v.kind.target_node() {
-            // Look up before inserting: no key allocation on the hot path.
+    /// Records a batch of `node` that passed [`check_batch`] against its hello's targets.
+    pub fn record_checked(&mut self, node: &str, batch: CheckedBatch, now: i64) -> BatchOutcome {
+        let mut out = BatchOutcome::default();
+        let Some(n) = self.nodes.get_mut(node).filter(|n| n.hello.is_some()) else {
+            out.rejected.insert(Rejection::NoHello, batch.results.len() as u64);
+            return out;
+        };
+        n.last_seen = now;
+        if let Some(end) = &batch.round_end {
+            let state = bounded_text(&end.neighbourhood_state);
+            n.last_round =
+                Some(RoundSummary { round: end.round, all_ok: end.all_ok, neighbourhood_state: state, at: now });
+        }
+        let apply = Apply {
+            now,
+            slot_micros: self.settings.slot_micros(),
+            retention: self.settings.slots,
+            hysteresis: self.settings.hysteresis,
+            slow_above_micros: self.slow_threshold_micros,
+            // At most one round per half interval counts for the hysteresis.
+            min_gap: n.interval_micros() / 2,
+        };
+        // The source's row once a batch; everywhere, look up before inserting, so the hot path
+        // allocates no key.
+        let mut row = None;
+        if batch.results.iter().any(|(_, v)| v.kind.target_node().is_some()) {
             if !self.matrix.contains_key(node) {
                 self.matrix.insert(node.to_string(), HashMap::new());
             }
-            let Some(row) = self.matrix.get_mut(node) else { return };
-            if !row.contains_key(target) {
-                row.insert(target.to_string(), Cell::default());
-            }
-            let Some(cell) = row.get_mut(target) else { return };
-            cell
-        } else {
-            match self.nodes.get_mut(node) {
-                Some(n) => n.checks.entry(v.kind.label().into_owned()).or_default(),
-                None => return,
-            }
-        };
-        cell.record(now, slot, retention, r.duration_micros, failed);
-        cell.last_micros = r.duration_micros;
-        cell.last_failed = failed;
-        cell.last_local = failed && r.error_kind.starts_with(kubenurse_proto::LOCAL_ERROR_PREFIX);
-        cell.last_seen = now;
-        if failed {
-            cell.last_error = Some(bounded_text(if r.error.is_empty() { &r.error_kind } else { &r.error }));
+            row = self.matrix.get_mut(node);
         }
-        if cell.new_round(r.round, now, min_gap) {
-            cell.health.observe(failed, k);
-            cell.latency.observe(!failed && r.duration_micros > self.slow_threshold_micros, k);
+        for (r, v) in &batch.results {
+            // One lookup when the cell exists (always, after the first round), a second and
+            // the key's allocation only when it is new.
+            match (v.kind.target_node(), row.as_deref_mut()) {
+                (Some(target), Some(row)) => match row.get_mut(target) {
+                    Some(cell) => apply.to(cell, r, v),
+                    None => apply.to(row.entry(target.to_string()).or_default(), r, v),
+                },
+                (Some(_), None) => {}
+                (None, _) => {
+                    let label = v.kind.label();
+                    match n.checks.get_mut(label.as_ref()) {
+                        Some(cell) => apply.to(cell, r, v),
+                        None => apply.to(n.checks.entry(label.into_owned()).or_default(), r, v),
+                    }
+                }
+            }
         }
+        out.accepted = batch.results.len() as u64;
+        self.ingested += out.accepted;
+        out
     }
 
     /// How old a result of `src` may be before its cell is stale, µs.
@@ -278,21 +309,26 @@ impl ClusterState {
             row.retain(|_, c| now - c.last_seen <= window);
         }
         self.matrix.retain(|_, row| !row.is_empty());
-        let targeted: BTreeSet<String> =
-            self.nodes.values().filter_map(|n| n.hello.as_ref()).flat_map(|h| h.targets.iter().cloned()).collect();
         let drop_after = self.settings.drop_after_micros();
-        let dropped: Vec<String> = self
+        let mut dropped: Vec<String> = self
             .nodes
             .iter()
-            .filter(|(name, n)| {
-                !targeted.contains(*name)
-                    && match n.disconnected_at {
-                        Some(t) => now - t > drop_after,
-                        None => n.hello.is_none(),
-                    }
+            .filter(|(_, n)| match n.disconnected_at {
+                Some(t) => now - t > drop_after,
+                None => n.hello.is_none(),
             })
             .map(|(name, _)| name.clone())
             .collect();
+        if !dropped.is_empty() {
+            // Only then the (cluster-sized) set of targeted nodes: they are kept.
+            let targeted: HashSet<&str> = self
+                .nodes
+                .values()
+                .filter_map(|n| n.hello.as_ref())
+                .flat_map(|h| h.targets.iter().map(String::as_str))
+                .collect();
+            dropped.retain(|name| !targeted.contains(name.as_str()));
+        }
         for name in dropped {
             self.nodes.remove(&name);
             self.matrix.remove(&name);
@@ -333,25 +369,28 @@ impl ClusterState {
     }
 
     /// Nodes checked by fewer live peers than they should be: (node, checkers, expected).
-    pub fn coverage(&self) -> Vec<(String, usize, usize)> {
-        let live: Vec<&Hello> =
-            self.nodes.values().filter(|n| n.connected()).filter_map(|n| n.hello.as_ref()).collect();
-        let mut checkers: BTreeMap<&str, usize> = BTreeMap::new();
-        for h in &live {
-            for t in &h.targets {
-                *checkers.entry(t.as_str()).or_default() += 1;
-            }
-        }
-        let peers = live.len().saturating_sub(1);
-        self.nodes
-            .keys()
-            .map(|name| {
-                let limit = live.iter().map(|h| h.neighbour_limit as usize).max().unwrap_or(0);
-                let expected = if limit == 0 { peers } else { limit.min(peers) };
-                (name.clone(), checkers.get(name.as_str()).copied().unwrap_or(0), expected)
-            })
-            .collect()
+    pub fn coverage(&self) -> Vec<(&str, usize, usize)> {
+        coverage_rows(self.nodes.iter().map(|(name, n)| (name.as_str(), n.connected(), n.hello.as_deref())))
     }
+}
+
+/// For each node (name, agent connected, its hello): how many live agents check it, and how
+/// many should (the largest neighbour limit, at most every other live agent).
+pub fn coverage_rows<'a>(
+    nodes: impl Iterator<Item = (&'a str, bool, Option<&'a Hello>)> + Clone,
+) -> Vec<(&'a str, usize, usize)> {
+    let live = || nodes.clone().filter(|(_, connected, _)| *connected).filter_map(|(_, _, h)| h);
+    let mut checkers: HashMap<&str, usize> = HashMap::new();
+    for h in live() {
+        for t in &h.targets {
+            *checkers.entry(t.as_str()).or_default() += 1;
+        }
+    }
+    let peers = live().count().saturating_sub(1);
+    // Once, not per node: the loop below is over every node.
+    let limit = live().map(|h| h.neighbour_limit as usize).max().unwrap_or(0);
+    let expected = if limit == 0 { peers } else { limit.min(peers) };
+    nodes.map(|(name, _, _)| (name, checkers.get(name).copied().unwrap_or(0), expected)).collect()
 }
 
 #[cfg(test)]
@@ -483,7 +522,7 @@ mod tests {
         s.hello(hello("a", &["b"], 2), 0, true).unwrap();
         s.hello(hello("b", &["a", "c"], 2), 0, true).unwrap();
         s.hello(hello("c", &["a", "b"], 2), 0, true).unwrap();
-        let cov: BTreeMap<String, (usize, usize)> = s.coverage().into_iter().map(|(n, h, w)| (n, (h, w))).collect();
+        let cov: BTreeMap<&str, (usize, usize)> = s.coverage().into_iter().map(|(n, h, w)| (n, (h, w))).collect();
         assert_eq!(cov["a"], (2, 2));
         assert_eq!(cov["b"], (2, 2));
         assert_eq!(cov["c"], (1, 2), "c is checked only by b");

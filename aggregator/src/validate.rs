@@ -2,7 +2,9 @@
 //! and never grows memory without bound.
 
 pub use kubenurse_proto::kind::is_node_name as valid_node_name;
-use kubenurse_proto::v1::{CheckResult, Hello, Outcome};
+use std::collections::BTreeMap;
+
+use kubenurse_proto::v1::{CheckResult, Hello, Outcome, ResultBatch, RoundEnd};
 use kubenurse_proto::{CheckKind, KindError, OLDEST_PROTOCOL_REVISION};
 
 /// Longest duration accepted: far above any check timeout.
@@ -150,6 +152,32 @@ pub fn check_result(r: &CheckResult, targets: &[String]) -> Result<ValidResult, 
         Ok(Outcome::Unspecified) | Err(_) => Err(Rejection::BadOutcome),
         Ok(outcome) => Ok(ValidResult { kind, outcome }),
     }
+}
+
+/// A batch whose results all passed [`check_result`], with its latest round end: what a
+/// stream task hands the owner (validation runs on the stream's task, in parallel, not on the
+/// one task that owns the state).
+#[derive(Debug, Clone, Default)]
+pub struct CheckedBatch {
+    /// The valid results.
+    pub results: Vec<(CheckResult, ValidResult)>,
+    /// The batch's latest round end, if it had any.
+    pub round_end: Option<RoundEnd>,
+}
+
+/// Splits `batch` into its valid results (against the sender's declared `targets`) and the
+/// counts of the refused ones, by reason.
+pub fn check_batch(batch: ResultBatch, targets: &[String]) -> (CheckedBatch, BTreeMap<Rejection, u64>) {
+    let mut refused = BTreeMap::new();
+    let mut results = Vec::with_capacity(batch.results.len());
+    for r in batch.results {
+        match check_result(&r, targets) {
+            Ok(v) => results.push((r, v)),
+            Err(e) => *refused.entry(e).or_default() += 1,
+        }
+    }
+    let round_end = batch.round_ends.into_iter().max_by_key(|e| e.round);
+    (CheckedBatch { results, round_end }, refused)
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::cell::{Cell, CellStats};
-use crate::state::{ClusterState, NodeState};
+use kubenurse_proto::v1::Hello;
+
+use crate::state::{ClusterState, RoundSummary};
 
 /// Which number the matrix colours by (`?stat=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,15 +198,20 @@ pub fn window_slots(state: &ClusterState, window_micros: i64) -> usize {
 pub fn matrix_cells(state: &ClusterState, now: i64, window_micros: i64, stat: Stat) -> Vec<CellView<'_>> {
     let slots = window_slots(state, window_micros);
     let slot = state.settings.slot_micros();
-    let mut cells = Vec::new();
-    for (src, row) in &state.matrix {
+    // Sorted by source, then destination: rows sorted once, each row's few cells apart
+    // (far fewer name comparisons than sorting every cell of the cluster).
+    let mut rows: Vec<_> = state.matrix.iter().collect();
+    rows.sort_unstable_by_key(|(src, _)| src.as_str());
+    let mut cells = Vec::with_capacity(rows.iter().map(|(_, row)| row.len()).sum());
+    for (src, row) in rows {
         let stale_after = state.stale_after(src);
+        let start = cells.len();
         for (dst, cell) in row {
             let stats = cell.stats(now, slot, slots);
             cells.push(cell_view(src, dst, cell, &stats, now - cell.last_seen > stale_after, stat));
         }
+        cells[start..].sort_unstable_by_key(|c| c.dst);
     }
-    cells.sort_unstable_by(|a, b| (a.src, a.dst).cmp(&(b.src, b.dst)));
     cells
 }
 
@@ -264,27 +271,61 @@ pub fn matrix_bytes(state: &ClusterState, now: i64, window_micros: i64, stat: St
     buf
 }
 
-fn zone(n: &NodeState) -> String {
-    n.hello.as_ref().map(|h| h.zone.clone()).unwrap_or_default()
+/// One node as its summary, the merged `/alive` and the coverage see it: borrowed from the
+/// state, or from a snapshot (which shares the hellos instead of copying them), so both give
+/// the same answers from one code path.
+#[derive(Debug, Clone)]
+pub struct NodeFacts<'a> {
+    /// Node name.
+    pub name: &'a str,
+    /// Its agent's last hello.
+    pub hello: Option<&'a Hello>,
+    /// Its agent is streaming now.
+    pub connected: bool,
+    /// Its agent has been away longer than the grace period.
+    pub gone: bool,
+    /// Last message from its agent, unix µs (0: never).
+    pub last_seen: i64,
+    /// The last round its agent completed.
+    pub last_round: Option<&'a RoundSummary>,
+    /// Its own checks whose last result failed, by type.
+    pub failing_checks: Vec<&'a str>,
+}
+
+/// The facts of every node of `state` at `now`, in name order.
+pub fn node_facts(state: &ClusterState, now: i64) -> Vec<NodeFacts<'_>> {
+    state
+        .nodes
+        .iter()
+        .map(|(name, n)| NodeFacts {
+            name,
+            hello: n.hello.as_deref(),
+            connected: n.connected(),
+            gone: state.gone(n, now),
+            last_seen: n.last_seen,
+            last_round: n.last_round.as_ref(),
+            failing_checks: n.checks.iter().filter(|(_, c)| c.last_failed).map(|(t, _)| t.as_str()).collect(),
+        })
+        .collect()
 }
 
 /// One node's summary (`/api/v1/nodes`, and the head of `/api/v1/nodes/{name}`).
-pub fn node_summary(state: &ClusterState, name: &str, n: &NodeState, now: i64) -> Value {
-    let h = n.hello.as_ref();
+pub fn node_summary(n: &NodeFacts<'_>) -> Value {
+    let h = n.hello;
     json!({
-        "name": name,
-        "zone": zone(n),
-        "pod": h.map(|h| h.pod.clone()),
-        "pod_ip": h.map(|h| h.pod_ip.clone()),
-        "host_ip": h.map(|h| h.host_ip.clone()),
-        "agent_version": h.map(|h| h.agent_version.clone()),
+        "name": n.name,
+        "zone": h.map_or("", |h| h.zone.as_str()),
+        "pod": h.map(|h| h.pod.as_str()),
+        "pod_ip": h.map(|h| h.pod_ip.as_str()),
+        "host_ip": h.map(|h| h.host_ip.as_str()),
+        "agent_version": h.map(|h| h.agent_version.as_str()),
         "interval_seconds": h.map(|h| h.interval_micros as f64 / 1e6),
         "neighbour_limit": h.map(|h| h.neighbour_limit),
-        "targets": h.map(|h| h.targets.clone()).unwrap_or_default(),
-        "connected": n.connected(),
-        "gone": state.gone(n, now),
+        "targets": h.map_or(&[][..], |h| &h.targets[..]),
+        "connected": n.connected,
+        "gone": n.gone,
         "last_seen": (n.last_seen > 0).then(|| rfc3339(n.last_seen)),
-        "last_round": n.last_round.as_ref().map(|r| json!({
+        "last_round": n.last_round.map(|r| json!({
             "round": r.round, "all_ok": r.all_ok, "neighbourhood_state": r.neighbourhood_state, "at": rfc3339(r.at),
         })),
     })
@@ -301,48 +342,55 @@ pub fn status(state: &ClusterState) -> Value {
     })
 }
 
-/// `/api/v1/coverage`.
+/// `/api/v1/coverage` of `state`.
 pub fn coverage(state: &ClusterState) -> Value {
-    let rows = state.coverage();
-    let under: Vec<Value> = rows
-        .iter()
-        .filter(|(_, have, want)| have < want)
-        .map(|(n, have, want)| json!({"node": n, "checkers": have, "expected": want}))
-        .collect();
+    coverage_of(&node_facts(state, 0))
+}
+
+/// `/api/v1/coverage` of these nodes.
+pub fn coverage_of(nodes: &[NodeFacts<'_>]) -> Value {
+    let rows = crate::state::coverage_rows(nodes.iter().map(|n| (n.name, n.connected, n.hello)));
+    let row = |(n, have, want): &(&str, usize, usize)| json!({"node": n, "checkers": have, "expected": want});
+    let under: Vec<Value> = rows.iter().filter(|(_, have, want)| have < want).map(row).collect();
     json!({
         "complete": under.is_empty(),
         "under_covered": under,
-        "nodes": rows.iter().map(|(n, have, want)| json!({"node": n, "checkers": have, "expected": want})).collect::<Vec<_>>(),
+        "nodes": rows.iter().map(row).collect::<Vec<_>>(),
     })
 }
 
-/// Merged `/alive`: 200 when every live agent's last round was all ok.
+/// Merged `/alive` of `state`: 200 when every live agent's last round was all ok.
 pub fn alive(state: &ClusterState, now: i64) -> (bool, Value) {
+    alive_of(&node_facts(state, now))
+}
+
+/// Merged `/alive` of these nodes.
+pub fn alive_of(nodes: &[NodeFacts<'_>]) -> (bool, Value) {
     let mut all_ok = true;
     let mut live = 0;
-    let mut nodes = serde_json::Map::new();
-    for (name, n) in &state.nodes {
+    let mut out = serde_json::Map::new();
+    for n in nodes {
         if n.hello.is_none() {
             continue;
         }
-        let ok = n.last_round.as_ref().is_some_and(|r| r.all_ok);
-        if n.connected() {
+        let ok = n.last_round.is_some_and(|r| r.all_ok);
+        if n.connected {
             live += 1;
             all_ok &= ok;
         }
-        nodes.insert(
-            name.clone(),
+        out.insert(
+            n.name.to_string(),
             json!({
-                "connected": n.connected(),
-                "gone": state.gone(n, now),
+                "connected": n.connected,
+                "gone": n.gone,
                 "all_ok": ok,
-                "neighbourhood_state": n.last_round.as_ref().map(|r| r.neighbourhood_state.clone()),
-                "failing_checks": n.checks.iter().filter(|(_, c)| c.last_failed).map(|(t, _)| t.clone()).collect::<Vec<_>>(),
+                "neighbourhood_state": n.last_round.map(|r| r.neighbourhood_state.as_str()),
+                "failing_checks": n.failing_checks,
             }),
         );
     }
     let ok = all_ok && live > 0;
-    (ok, json!({"all_ok": ok, "live_agents": live, "nodes": nodes}))
+    (ok, json!({"all_ok": ok, "live_agents": live, "nodes": out}))
 }
 
 #[cfg(test)]

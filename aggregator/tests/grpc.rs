@@ -189,6 +189,29 @@ async fn bad_results_are_refused_and_counted_while_good_ones_land() {
 }
 
 #[tokio::test]
+async fn acks_are_cumulative_and_coalesced_except_for_refusals() {
+    use kubenurse_aggregator::ingest::ACK_EVERY;
+    let h = harness().await;
+    let (tx, mut inbound) = h.open().await;
+    tx.send(hello("node-a", &["node-b"])).await.unwrap();
+    let t0 = std::time::Instant::now();
+    tx.send(batch(vec![path("node-b", 300, true)])).await.unwrap();
+    assert_eq!(next_ack(&mut inbound).await, (1, 0, String::new()), "the first batch is acked at once");
+    // Three more batches at once: one ack for all of them, when ACK_EVERY has passed.
+    for _ in 0..3 {
+        tx.send(batch(vec![path("node-b", 300, true), path("node-b", 310, true)])).await.unwrap();
+    }
+    assert_eq!(next_ack(&mut inbound).await, (7, 0, String::new()));
+    let took = t0.elapsed();
+    assert!(took >= ACK_EVERY - Duration::from_millis(50), "coalesced, not acked at once ({took:?})");
+    // A refusal is acked at once, with the counts so far.
+    let t1 = std::time::Instant::now();
+    tx.send(batch(vec![path("node-zz", 300, true)])).await.unwrap();
+    assert_eq!(next_ack(&mut inbound).await, (7, 1, "unknown_target".to_string()));
+    assert!(t1.elapsed() < ACK_EVERY, "a refusal waits for no timer ({:?})", t1.elapsed());
+}
+
+#[tokio::test]
 async fn an_oversized_message_ends_only_its_own_stream() {
     let h = harness().await;
     let (good_tx, mut good_in) = h.open().await;
