@@ -43,6 +43,8 @@ pub struct AggregatorMetrics {
     pub cells: IntGauge,
     /// Target lists pushed to agents (pushed discovery).
     pub targets_sent: IntCounter,
+    /// Nodes checked by fewer live agents than they should be (`/api/v1/coverage`).
+    pub under_covered: IntGauge,
     /// Current suspects by kind and cause.
     pub suspects: GaugeVec,
     p50: GaugeVec,
@@ -77,6 +79,10 @@ impl AggregatorMetrics {
             "kubenurse_aggregator_targets_sent_total",
             "Target lists pushed to agents (pushed discovery).",
         )?;
+        let under_covered = IntGauge::new(
+            "kubenurse_aggregator_under_covered_nodes",
+            "Nodes checked by fewer live agents than the neighbour limit asks for.",
+        )?;
         let suspects = GaugeVec::new(
             Opts::new("kubenurse_aggregator_suspects", "Current fault suspects by kind and cause."),
             &["kind", "cause"],
@@ -92,6 +98,7 @@ impl AggregatorMetrics {
             Box::new(auth_failures.clone()),
             Box::new(cells.clone()),
             Box::new(targets_sent.clone()),
+            Box::new(under_covered.clone()),
             Box::new(suspects.clone()),
             Box::new(p50.clone()),
             Box::new(p99.clone()),
@@ -108,6 +115,7 @@ impl AggregatorMetrics {
             auth_failures,
             cells,
             targets_sent,
+            under_covered,
             suspects,
             p50,
             p99,
@@ -119,6 +127,7 @@ impl AggregatorMetrics {
     pub fn refresh(&self, snapshot: &Snapshot) {
         self.connected_agents.set(snapshot.connected_agents() as i64);
         self.cells.set(snapshot.snapshot_cells().len() as i64);
+        self.under_covered.set(snapshot.under_covered_nodes() as i64);
         self.suspects.reset();
         for s in &snapshot.suspects {
             let kind = serde_json::to_value(s.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();

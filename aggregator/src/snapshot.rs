@@ -166,6 +166,11 @@ impl Snapshot {
         self.coverage.get_or_init(|| views::coverage_of(&self.facts()))
     }
 
+    /// How many nodes `/api/v1/coverage` lists as under-covered.
+    pub fn under_covered_nodes(&self) -> usize {
+        self.coverage()["under_covered"].as_array().map_or(0, Vec::len)
+    }
+
     /// Merged `/alive`: (all ok, body).
     pub fn alive(&self) -> &(bool, Value) {
         self.alive.get_or_init(|| views::alive_of(&self.facts()))
@@ -315,6 +320,8 @@ mod tests {
             assert!(from_state["cells"].as_array().is_some_and(|c| c.len() == 3));
         }
         assert_eq!(snap.coverage(), &views::coverage(&s));
+        // No neighbour limit: each should be checked by both others, and is by one.
+        assert_eq!(snap.under_covered_nodes(), 3, "{}", snap.coverage());
         assert_eq!(snap.alive(), &views::alive(&s, now));
         let detail = snap.node("a").unwrap_or_default();
         assert_eq!(detail["outgoing"].as_array().map(Vec::len), Some(2));

@@ -24,6 +24,12 @@ RELEASE = "nurse"
 NAMESPACE = "monitoring"
 
 
+def pytest_addoption(parser) -> None:
+    parser.addoption(
+        "--update-alerts", action="store_true", default=False,
+        help="rewrite alerts/kubenurse.rules.yaml from the chart (test_alerts.py) instead of comparing it")
+
+
 def values_file(name: str) -> dict[str, Any]:
     """A values file of this directory, parsed by Helm's own YAML reader (as `helm -f`)."""
     return helm.values_from_yaml((HERE / name).read_text(encoding="utf-8"))

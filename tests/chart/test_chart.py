@@ -49,6 +49,7 @@ PUSHED_ONLY_VALUES = {"discovery": {"mode": "aggregator"}}
 EVERYTHING_VALUES = {
     **TLS_VALUES,
     "serviceMonitor": {"enabled": True, "serviceDiscoveryRole": "EndpointSlice", "scrapeTimeout": "10s"},
+    "prometheusRule": {"enabled": True, "labels": {"release": "prom"}, "interval": "30s"},
     "networkPolicy": {"enabled": True},
     "ingress": {"enabled": True, "url": "nurse.example.com"},
     "allow_unschedulable": True,
@@ -72,6 +73,7 @@ SCENARIOS: dict[str, Any] = {
     "discovery-off": DISCOVERY_OFF_VALUES,
     "pushed-only": PUSHED_ONLY_VALUES,
     "servicemonitor": {"serviceMonitor": {"enabled": True}},
+    "prometheusrule": {"prometheusRule": {"enabled": True}},
     "everything": EVERYTHING_VALUES,
 }
 
