@@ -199,7 +199,7 @@ async fn suspects(State(api): State<ApiState>) -> Response {
 
 async fn status(State(api): State<ApiState>) -> Response {
     let Some(status) = api.state.status() else { return unavailable() };
-    let mut v = (*status).clone();
+    let mut v = serde_json::to_value(&*status).unwrap_or_default();
     v["auth"] = json!(api.auth.as_str());
     // The one live number: load tests and status lines poll it for progress.
     v["results_ingested"] = json!(api.metrics.ingested.get());

@@ -70,14 +70,27 @@ fn parse_hysteresis(s: &str) -> Result<u32, String> {
     s.parse::<u32>().ok().filter(|h| (1..=100).contains(h)).ok_or_else(|| "expected 1-100".into())
 }
 
+/// What else the binary does.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Read a running aggregator's API once and exit 0 when the cluster's network is healthy,
+    /// 1 when there is a suspect, coverage is below the limit or too few agents stream, 2 on
+    /// bad input or when the aggregator cannot be read (CI pipelines, `helm test`).
+    Check(crate::check::CheckArgs),
+}
+
 /// Command line (each flag also reads its environment variable).
 #[derive(Debug, Parser)]
 #[command(
     name = "kubenurse-aggregator",
     version,
-    about = "Cluster-wide tier of kubenurse-rs: ingests agent results over gRPC, builds the node-to-node matrix, names suspects."
+    about = "Cluster-wide tier of kubenurse-rs: ingests agent results over gRPC, builds the node-to-node matrix, names suspects.",
+    args_conflicts_with_subcommands = true
 )]
 pub struct Args {
+    /// Without a command: run the aggregator.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// gRPC listen address.
     #[arg(long, env = "KUBENURSE_AGGREGATOR_GRPC_ADDRESS", default_value = "0.0.0.0:50051")]
     pub grpc_address: SocketAddr,
@@ -253,6 +266,8 @@ impl Config {
     /// Checks what the value parsers cannot (ranges across flags, files) and builds the config.
     pub fn from_args(args: Args) -> Result<Self, ConfigError> {
         let Args {
+            // Dispatched by `main` before the aggregator's configuration is built.
+            command: _,
             grpc_address,
             http_address,
             window,

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod auth;
 pub mod cell;
+pub mod check;
 pub mod config;
 pub mod discovery;
 pub mod guard;

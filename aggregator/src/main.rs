@@ -2,10 +2,10 @@
 
 use std::process::ExitCode;
 
-use kubenurse_aggregator::config::{parse_args, Config};
+use kubenurse_aggregator::config::{parse_args, Command, Config};
 
 fn main() -> ExitCode {
-    let args = match parse_args(std::env::args_os()) {
+    let mut args = match parse_args(std::env::args_os()) {
         Ok(a) => a,
         Err((code, text)) => {
             // --help and --version come here too, with code 0 and stdout as their place.
@@ -17,6 +17,9 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(code).unwrap_or(2));
         }
     };
+    if let Some(Command::Check(check)) = args.command.take() {
+        return run_check(&check);
+    }
     let config = match Config::from_args(args) {
         Ok(c) => c,
         Err(e) => {
@@ -39,4 +42,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `kubenurse-aggregator check`: no logging, one line of verdict (or JSON) on stdout.
+fn run_check(args: &kubenurse_aggregator::check::CheckArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kubenurse-aggregator check: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (outcome, text) = runtime.block_on(kubenurse_aggregator::check::run(args));
+    print!("{text}");
+    ExitCode::from(outcome.code())
 }

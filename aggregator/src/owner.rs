@@ -10,12 +10,10 @@ use kubenurse_proto::v1::Hello;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::metrics::AggregatorMetrics;
-use serde_json::Value;
-
 use crate::snapshot::Snapshot;
 use crate::state::{ClusterState, Settings};
 use crate::validate::{CheckedBatch, Rejection};
-use crate::views;
+use crate::views::{self, StatusDoc};
 
 /// Commands queued to the owner; bounded so a flood slows its senders instead of growing memory.
 pub const COMMAND_QUEUE: usize = 4096;
@@ -39,7 +37,7 @@ pub fn now_micros() -> i64 {
 pub struct StateHandle {
     tx: mpsc::Sender<Command>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
-    status: watch::Receiver<Arc<Value>>,
+    status: watch::Receiver<Arc<StatusDoc>>,
     wanted: Arc<AtomicBool>,
     tick_micros: i64,
 }
@@ -110,7 +108,7 @@ impl StateHandle {
     }
 
     /// `/api/v1/status` as of the last tick (without `auth`); `None` if the owner is gone.
-    pub fn status(&self) -> Option<Arc<Value>> {
+    pub fn status(&self) -> Option<Arc<StatusDoc>> {
         (!self.tx.is_closed()).then(|| self.status.borrow().clone())
     }
 

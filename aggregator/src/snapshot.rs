@@ -13,7 +13,7 @@ use kubenurse_proto::v1::Hello;
 
 use crate::state::{ClusterState, RoundSummary};
 use crate::suspects::Suspect;
-use crate::views::{self, CellView, Matrix, MatrixNode, NodeFacts, Stat};
+use crate::views::{self, CellView, CoverageDoc, Matrix, MatrixNode, NodeFacts, Stat};
 
 /// A matrix cell as the snapshot keeps it: its view with owned names.
 #[derive(Debug, Clone)]
@@ -84,7 +84,7 @@ pub struct Snapshot {
     cells: Vec<SnapshotCell>,
     /// Current suspects.
     pub suspects: Vec<Suspect>,
-    coverage: OnceLock<Value>,
+    coverage: OnceLock<CoverageDoc>,
     alive: OnceLock<(bool, Value)>,
     rendered: [OnceLock<Bytes>; 4],
     gzipped: [OnceLock<Bytes>; 4],
@@ -162,13 +162,13 @@ impl Snapshot {
     }
 
     /// `/api/v1/coverage`.
-    pub fn coverage(&self) -> &Value {
+    pub fn coverage(&self) -> &CoverageDoc {
         self.coverage.get_or_init(|| views::coverage_of(&self.facts()))
     }
 
     /// How many nodes `/api/v1/coverage` lists as under-covered.
     pub fn under_covered_nodes(&self) -> usize {
-        self.coverage()["under_covered"].as_array().map_or(0, Vec::len)
+        self.coverage().under_covered.len()
     }
 
     /// Merged `/alive`: (all ok, body).
@@ -321,7 +321,7 @@ mod tests {
         }
         assert_eq!(snap.coverage(), &views::coverage(&s));
         // No neighbour limit: each should be checked by both others, and is by one.
-        assert_eq!(snap.under_covered_nodes(), 3, "{}", snap.coverage());
+        assert_eq!(snap.under_covered_nodes(), 3, "{:?}", snap.coverage());
         assert_eq!(snap.alive(), &views::alive(&s, now));
         let detail = snap.node("a").unwrap_or_default();
         assert_eq!(detail["outgoing"].as_array().map(Vec::len), Some(2));

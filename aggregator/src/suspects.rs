@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A node as fault localisation sees it.
 #[derive(Debug, Clone)]
@@ -47,7 +47,7 @@ pub struct CellView {
 }
 
 /// What a suspect is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     /// Its outgoing checks fail.
@@ -63,7 +63,7 @@ pub enum Kind {
 }
 
 /// Errors or latency.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Cause {
     /// Failing checks.
@@ -75,7 +75,7 @@ pub enum Cause {
 }
 
 /// Why a suspect was named.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evidence {
     /// Bad cells explained by this suspect.
     pub bad_cells: usize,
@@ -90,8 +90,8 @@ pub struct Evidence {
     pub note: Option<String>,
 }
 
-/// A suspect with its evidence.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A suspect with its evidence (the one-shot `check` reads it back with this type).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Suspect {
     /// What is suspected.
     pub kind: Kind,

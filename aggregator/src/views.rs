@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::cell::{Cell, CellStats};
@@ -331,32 +331,69 @@ pub fn node_summary(n: &NodeFacts<'_>) -> Value {
     })
 }
 
-/// `/api/v1/status`: a few numbers, cheap to compute (for status lines and load tests).
-pub fn status(state: &ClusterState) -> Value {
-    json!({
-        "nodes": state.nodes.len(),
-        "connected_agents": state.nodes.values().filter(|n| n.connected()).count(),
-        "cells": state.matrix.values().map(HashMap::len).sum::<usize>(),
-        "results_ingested": state.ingested,
-        "suspects": state.suspects.len(),
-    })
+/// `/api/v1/status`: a few numbers, cheap to compute (for status lines, load tests and the
+/// one-shot `check`, which reads it back with this type).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusDoc {
+    /// Nodes known (streaming or targeted).
+    pub nodes: usize,
+    /// Agents streaming now.
+    pub connected_agents: usize,
+    /// Matrix cells held.
+    pub cells: usize,
+    /// Results recorded since start.
+    pub results_ingested: u64,
+    /// Current suspects.
+    pub suspects: usize,
+}
+
+/// The status of `state`.
+pub fn status(state: &ClusterState) -> StatusDoc {
+    StatusDoc {
+        nodes: state.nodes.len(),
+        connected_agents: state.nodes.values().filter(|n| n.connected()).count(),
+        cells: state.matrix.values().map(HashMap::len).sum::<usize>(),
+        results_ingested: state.ingested,
+        suspects: state.suspects.len(),
+    }
+}
+
+/// One node's line of `/api/v1/coverage`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoverageRow {
+    /// The node.
+    pub node: String,
+    /// Live agents that check it.
+    pub checkers: usize,
+    /// Live agents that should (the neighbour limit, at most every other live agent).
+    pub expected: usize,
+}
+
+/// `/api/v1/coverage` (the one-shot `check` reads it back with this type).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoverageDoc {
+    /// No node is under-covered.
+    pub complete: bool,
+    /// Nodes checked by fewer live agents than expected.
+    pub under_covered: Vec<CoverageRow>,
+    /// Every node.
+    pub nodes: Vec<CoverageRow>,
 }
 
 /// `/api/v1/coverage` of `state`.
-pub fn coverage(state: &ClusterState) -> Value {
+pub fn coverage(state: &ClusterState) -> CoverageDoc {
     coverage_of(&node_facts(state, 0))
 }
 
 /// `/api/v1/coverage` of these nodes.
-pub fn coverage_of(nodes: &[NodeFacts<'_>]) -> Value {
+pub fn coverage_of(nodes: &[NodeFacts<'_>]) -> CoverageDoc {
     let rows = crate::state::coverage_rows(nodes.iter().map(|n| (n.name, n.connected, n.hello)));
-    let row = |(n, have, want): &(&str, usize, usize)| json!({"node": n, "checkers": have, "expected": want});
-    let under: Vec<Value> = rows.iter().filter(|(_, have, want)| have < want).map(row).collect();
-    json!({
-        "complete": under.is_empty(),
-        "under_covered": under,
-        "nodes": rows.iter().map(row).collect::<Vec<_>>(),
-    })
+    let nodes: Vec<CoverageRow> = rows
+        .into_iter()
+        .map(|(node, checkers, expected)| CoverageRow { node: node.to_string(), checkers, expected })
+        .collect();
+    let under_covered: Vec<CoverageRow> = nodes.iter().filter(|r| r.checkers < r.expected).cloned().collect();
+    CoverageDoc { complete: under_covered.is_empty(), under_covered, nodes }
 }
 
 /// Merged `/alive` of `state`: 200 when every live agent's last round was all ok.

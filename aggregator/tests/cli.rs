@@ -53,3 +53,37 @@ fn help_shows_flags_variables_and_defaults() {
         assert!(help.contains(needle), "--help lacks {needle}: {help}");
     }
 }
+
+#[test]
+fn check_exits_2_on_bad_input_or_an_unreachable_aggregator() {
+    let out = |args: &[&str]| {
+        let out = Command::new(BIN).env_clear().args(args).output().expect("binary runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Port 1 on loopback: nothing listens, the connection is refused at once.
+    let (code, stdout, _) = out(&["check", "--url", "http://127.0.0.1:1"]);
+    assert_eq!(code, Some(2), "{stdout}");
+    assert!(stdout.starts_with("error: GET http://127.0.0.1:1/api/v1/status:"), "{stdout}");
+    let (code, stdout, _) = out(&["check", "--url", "http://127.0.0.1:1", "--output", "json"]);
+    assert_eq!(code, Some(2));
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON object");
+    assert_eq!(json["outcome"], "error", "{json}");
+    let (code, stdout, _) = out(&["check", "--url", "https://127.0.0.1:1"]);
+    assert_eq!(code, Some(2));
+    assert!(stdout.contains("only http://"), "{stdout}");
+    for bad in [
+        &["check"][..],
+        &["check", "--url", "http://x", "--wait", "soon"],
+        &["check", "--url", "http://x", "--expect-nodes", "-1"],
+    ] {
+        let (code, _, stderr) = out(bad);
+        assert_eq!(code, Some(2), "{bad:?}: {stderr}");
+    }
+    let (code, help, _) = out(&["--help"]);
+    assert_eq!(code, Some(0));
+    assert!(help.contains("check"), "--help names the check command: {help}");
+}
