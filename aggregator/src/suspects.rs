@@ -183,6 +183,10 @@ fn zones(
     let zones: BTreeSet<&str> = nodes.iter().map(|n| n.zone.as_str()).filter(|z| !z.is_empty()).collect();
     if zones.len() >= 2 {
         for zone in &zones {
+            // A zone of one node is that node: its node, source or destination suspect says so.
+            if nodes.iter().filter(|n| n.zone == *zone).count() < 2 {
+                continue;
+            }
             let in_zone = |i: usize| nodes[i].zone == *zone;
             let mut per_other: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
             let (mut intra, mut intra_bad) = (0, 0);
@@ -355,6 +359,21 @@ mod tests {
     fn only(s: &[Suspect]) -> (Kind, Option<&str>, Option<&str>, Cause) {
         assert_eq!(s.len(), 1, "{s:#?}");
         (s[0].kind, s[0].node.as_deref(), s[0].zone.as_deref(), s[0].cause)
+    }
+
+    #[test]
+    fn the_only_node_of_its_zone_refusing_is_that_node_not_its_zone() {
+        // 5 nodes over 3 zones, full mesh: z0 = {n00, n03}, z1 = {n01, n04}, z2 = {n02}.
+        let (nodes, mut cells) = cluster(5, 3, 4);
+        for c in cells.iter_mut().filter(|c| c.dst == 2) {
+            c.failing = true;
+        }
+        assert_eq!(only(&find_suspects(&nodes, &cells)), (Kind::Destination, Some("n02"), None, Cause::Errors));
+        // Cut off both ways, it is still the node (a zone of one cannot be told from it).
+        for c in cells.iter_mut().filter(|c| c.src == 2) {
+            c.failing = true;
+        }
+        assert_eq!(only(&find_suspects(&nodes, &cells)), (Kind::Node, Some("n02"), None, Cause::Errors));
     }
 
     #[test]

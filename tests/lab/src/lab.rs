@@ -39,6 +39,9 @@ pub enum FaultSpec {
     Heal,
 }
 
+/// The chart's alert rules as a plain rules file (kept equal to the chart by its tests).
+pub const ALERT_RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../alerts/kubenurse.rules.yaml");
+
 /// The accepted forms, for error messages and `--help`.
 pub const FAULT_SYNTAX: &str = "delay:NODE:DURATION | refuse:NODE | drop:NODE | cordon:NODE | uncordon:NODE | \
 delete:NODE | partition:ZONE | apiserver:slow:DURATION | apiserver:fail | heal";
@@ -166,19 +169,23 @@ impl Lab {
     }
 
     /// A Prometheus configuration scraping every agent (labelled with `node` and `zone`, as the
-    /// chart's ServiceMonitor labels them) and the aggregator, every second.
+    /// chart's ServiceMonitor labels them) and the aggregator, every second, both in namespace
+    /// `kubenurse` as the checked-in alert rules select them, with those rules loaded
+    /// ([`ALERT_RULES`]) and evaluated every second.
     pub fn prometheus_config(&self) -> String {
-        let mut config = String::from("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n");
+        let mut config =
+            String::from("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n");
+        config.push_str(&format!("rule_files: ['{ALERT_RULES}']\nscrape_configs:\n"));
         config.push_str("  - job_name: kubenurse\n    static_configs:\n");
         for a in &self.cluster.agents {
             let target = kubenurse_agent::checks::host_port(&a.sim.bind.to_string(), a.port);
             config.push_str(&format!(
-                "      - targets: ['{target}']\n        labels: {{node: '{}', zone: '{}'}}\n",
+                "      - targets: ['{target}']\n        labels: {{namespace: '{NAMESPACE}', node: '{}', zone: '{}'}}\n",
                 a.sim.node, a.sim.zone
             ));
         }
         config.push_str(&format!(
-            "  - job_name: kubenurse-aggregator\n    static_configs:\n      - targets: ['{}']\n",
+            "  - job_name: kubenurse-aggregator\n    static_configs:\n      - targets: ['{}']\n        labels: {{namespace: '{NAMESPACE}'}}\n",
             self.aggregator.http
         ));
         config
