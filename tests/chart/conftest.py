@@ -58,8 +58,13 @@ class Rendered:
         assert len(found) == 1, f"expected one {kind} {name or ''}, found {[o['metadata']['name'] for o in found]}"
         return found[0]
 
-    def kinds(self) -> list[tuple[str, str]]:
-        return sorted((o["kind"], o["metadata"]["name"]) for o in self.objects)
+    def kinds(self, *, hooks: bool = True) -> list[tuple[str, str]]:
+        """(kind, name) of every object; hooks=False: only what `helm install` applies as the
+        release's manifest, without hook objects (the `helm test` Pod)."""
+        return sorted((o["kind"], o["metadata"]["name"]) for o in self.objects if hooks or not is_hook(o))
+
+    def hooks(self) -> list[dict[str, Any]]:
+        return [o for o in self.objects if is_hook(o)]
 
     # The two workloads and their containers.
     def agent(self) -> dict[str, Any]:
@@ -76,6 +81,11 @@ class Rendered:
 
     def agent_env(self) -> dict[str, Any]:
         return env_map(self.agent_container())
+
+
+def is_hook(obj: dict[str, Any]) -> bool:
+    """A Helm hook (helm.sh/hook annotation): not part of the release's manifest."""
+    return "helm.sh/hook" in (obj["metadata"].get("annotations") or {})
 
 
 def container(workload: dict[str, Any]) -> dict[str, Any]:

@@ -75,6 +75,10 @@ SCENARIOS: dict[str, Any] = {
     "servicemonitor": {"serviceMonitor": {"enabled": True}},
     "prometheusrule": {"prometheusRule": {"enabled": True}},
     "everything": EVERYTHING_VALUES,
+    "helm-test": {"helmTest": {"wait": "30s", "expectNodes": 5, "deletePolicy": "before-hook-creation",
+                               "podLabels": {"team": "net"}, "nodeSelector": {"kubernetes.io/os": "linux"},
+                               "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}]},
+                  "networkPolicy": {"enabled": True}},
 }
 
 
@@ -156,6 +160,7 @@ def test_default_objects(render):
         ("ClusterRoleBinding", f"{NAMESPACE}-{RELEASE}-kubenurse-aggregator"),
         ("DaemonSet", f"{RELEASE}-kubenurse"),
         ("Deployment", f"{RELEASE}-kubenurse-aggregator"),
+        ("Pod", f"{RELEASE}-kubenurse-aggregator-check"),  # the `helm test` hook (test_helm_test.py)
         ("PodDisruptionBudget", f"{RELEASE}-kubenurse-aggregator"),
         ("Role", f"{RELEASE}-kubenurse"),
         ("Role", f"{RELEASE}-kubenurse-aggregator"),
@@ -261,16 +266,20 @@ def test_probes(render):
 
 def test_security_contexts(scenario):
     name, r = scenario
-    for workload in r.all("DaemonSet") + r.all("Deployment"):
-        pod = workload["spec"]["template"]["spec"].get("securityContext", {})
-        c = container(workload)["securityContext"]
+    # The two workloads' pod templates and the `helm test` Pod.
+    specs = [w["spec"]["template"]["spec"] for w in r.all("DaemonSet") + r.all("Deployment")]
+    specs += [p["spec"] for p in r.all("Pod")]
+    for spec in specs:
+        pod = spec.get("securityContext", {})
+        (c,) = spec["containers"]
+        c = c["securityContext"]
         assert pod.get("runAsNonRoot") is True or c.get("runAsNonRoot") is True
         assert c["readOnlyRootFilesystem"] is True
         assert c["allowPrivilegeEscalation"] is False
         assert c["capabilities"]["drop"] == ["ALL"] and "add" not in c["capabilities"]
         seccomp = c.get("seccompProfile") or pod.get("seccompProfile")
         assert seccomp == {"type": "RuntimeDefault"}
-        assert workload["spec"]["template"]["spec"].get("hostNetwork") is not True
+        assert spec.get("hostNetwork") is not True
 
 
 def test_resources(render):
@@ -1199,5 +1208,8 @@ def test_install_dry_run_renders_the_same_objects(render):
     finally:
         config.close()
     objects = [o for o in yaml.safe_load_all(release["manifest"]) if o]
-    assert sorted((o["kind"], o["metadata"]["name"]) for o in objects) == render().kinds()
+    # Helm keeps hooks out of the release's manifest: the `helm test` Pod is recognised as one.
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in objects) == render().kinds(hooks=False)
+    assert [(h["kind"], h["metadata"]["name"]) for h in render().hooks()] == [
+        ("Pod", f"{RELEASE}-kubenurse-aggregator-check")]
     assert release["chart_name"] == "kubenurse" and release["namespace"] == NAMESPACE

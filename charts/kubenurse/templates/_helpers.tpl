@@ -171,6 +171,13 @@ aggregator's certificate must be valid for when aggregator.tls is on. */}}
 {{- printf "%s://%s:%v" $scheme (include "kubenurse.aggregatorHost" .) .Values.aggregator.service.grpcPort -}}
 {{- end -}}
 
+{{/* The aggregator's HTTP API (API, merged /alive, /metrics) through its ClusterIP Service, port
+aggregator.service.httpPort: the URL of the helm test's `kubenurse-aggregator check --url`. Plain
+HTTP whatever aggregator.tls says: that covers the gRPC stream only. */}}
+{{- define "kubenurse.aggregatorHttpUrl" -}}
+{{- printf "http://%s.%s.svc.%s:%v" (include "kubenurse.aggregator.fullname" .) .Release.Namespace .Values.clusterDomain .Values.aggregator.service.httpPort -}}
+{{- end -}}
+
 {{/*
 TLS of the agents' gRPC stream to the aggregator (aggregator.tls): on with aggregator.tls.enabled
 while the aggregator is installed.
@@ -301,6 +308,33 @@ downward API gives both the agents' namespace. */}}
   value: {{ .Values.neighbour_limit | toString | quote }}
 - name: KUBENURSE_ALLOW_UNSCHEDULABLE
   value: {{ include "kubenurse.bool" .Values.allow_unschedulable | quote }}
+{{- end -}}
+
+{{/*
+The helm test (templates/tests/check-pod.yaml): on with helmTest.enabled (true unless set false)
+while the aggregator is installed, since it asks the aggregator.
+*/}}
+{{- define "kubenurse.helmTestEnabled" -}}
+{{- $t := default (dict) .Values.helmTest -}}
+{{- $on := or (not (hasKey $t "enabled")) (eq (include "kubenurse.bool" $t.enabled) "true") -}}
+{{- ternary "true" "false" (and (eq (include "kubenurse.aggregatorEnabled" .) "true") $on) -}}
+{{- end -}}
+
+{{/* The test Pod's own app.kubernetes.io/name: neither tier's selectors, Services, PDB nor the
+default neighbour_filter (app.kubernetes.io/name=kubenurse) pick it up. */}}
+{{- define "kubenurse.helmTest.name" -}}
+{{- printf "%s-check" (include "kubenurse.name" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "kubenurse.helmTest.fullname" -}}
+{{- printf "%s-check" (include "kubenurse.aggregator.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "kubenurse.helmTest.labels" -}}
+{{ include "kubenurse.commonLabels" . }}
+app.kubernetes.io/name: {{ include "kubenurse.helmTest.name" . | quote }}
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
+app.kubernetes.io/component: helm-test
 {{- end -}}
 
 {{/* The aggregator's service-account token and RBAC: TokenReview and pushed discovery need the
