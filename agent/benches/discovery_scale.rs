@@ -176,6 +176,7 @@ fn main() -> anyhow::Result<()> {
             tls: None,
             auth: AuthConfig::None,
             cell_metrics: kubenurse_aggregator::metrics::CellMetrics::None,
+            node_conditions: None,
             discovery: Some(DiscoveryConfig {
                 namespace: Some(NAMESPACE.into()),
                 neighbour_filter: LabelSelector::parse(NEIGHBOUR_FILTER)?,

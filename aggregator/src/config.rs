@@ -15,6 +15,8 @@ use kubenurse_neighbours::selector::LabelSelector;
 use kubenurse_neighbours::vars::{self as shared, parse_bool, parse_limit, parse_selector};
 
 use crate::auth::{AuthMode, Expectation, ServiceAccount, DEFAULT_AUDIENCE};
+use crate::conditions::plan::Policy;
+use crate::conditions::{ConditionsConfig, NodeConditionsMode};
 use crate::discovery::DiscoveryConfig;
 use crate::metrics::CellMetrics;
 use crate::state::Settings;
@@ -64,6 +66,10 @@ impl fmt::Display for GoDuration {
 
 fn parse_positive(s: &str) -> Result<usize, String> {
     s.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| "expected a whole number above 0".into())
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    s.parse::<f64>().ok().filter(|v| *v > 0.0 && *v <= 1.0).ok_or_else(|| "expected a share above 0, at most 1".into())
 }
 
 fn parse_hysteresis(s: &str) -> Result<u32, String> {
@@ -140,6 +146,17 @@ pub struct Args {
     /// error ratio of every targeted cell: 3 × nodes × limit series; the matrix dashboard's).
     #[arg(long, env = "KUBENURSE_AGGREGATOR_CELL_METRICS", value_enum, default_value_t = CellMetrics::None)]
     pub cell_metrics: CellMetrics,
+    /// Mark nodes the suspects name with the Node condition KubenurseNetworkProblem and an
+    /// Event (off, dry-run: plan, log and count only, or on; one replica writes, by a Lease).
+    #[arg(long, env = "KUBENURSE_AGGREGATOR_NODE_CONDITIONS", value_enum, default_value_t = NodeConditionsMode::Off)]
+    pub node_conditions: NodeConditionsMode,
+    /// Most nodes marked at once, as a share of the nodes (0-1; at least one node): more
+    /// suspected nodes than that is not the nodes, and none is marked.
+    #[arg(long, env = "KUBENURSE_AGGREGATOR_NODE_CONDITIONS_MAX_SHARE", default_value = "0.1", value_parser = parse_share)]
+    pub node_conditions_max_share: f64,
+    /// A node's condition stays True at least this long before it clears (Go duration).
+    #[arg(long, env = "KUBENURSE_AGGREGATOR_NODE_CONDITIONS_MIN_HOLD", default_value = "5m")]
+    pub node_conditions_min_hold: GoDuration,
     /// Watch the agents' Pods and the Nodes once and push each agent its targets (true or
     /// false; uses KUBECONFIG or the in-cluster config).
     #[arg(long, env = "KUBENURSE_AGGREGATOR_DISCOVERY", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
@@ -227,6 +244,8 @@ pub struct Config {
     pub discovery: Option<DiscoveryConfig>,
     /// `--cell-metrics`.
     pub cell_metrics: CellMetrics,
+    /// `--node-conditions` (unless off) with its cap and hold.
+    pub node_conditions: Option<ConditionsConfig>,
 }
 
 /// How streams are authenticated, with what the mode needs.
@@ -283,6 +302,9 @@ impl Config {
             auth_service_account,
             client_ca,
             cell_metrics,
+            node_conditions,
+            node_conditions_max_share,
+            node_conditions_min_hold,
             discovery,
             namespace,
             neighbour_filter,
@@ -335,6 +357,12 @@ impl Config {
             neighbour_limit,
             allow_unschedulable,
         });
+        let policy =
+            Policy { max_share: node_conditions_max_share, min_hold_micros: node_conditions_min_hold.micros() };
+        let node_conditions = match node_conditions {
+            NodeConditionsMode::Off => None,
+            mode => Some(ConditionsConfig { dry_run: mode == NodeConditionsMode::DryRun, policy }),
+        };
         Ok(Self {
             grpc_address,
             http_address,
@@ -342,6 +370,7 @@ impl Config {
             auth,
             discovery,
             cell_metrics,
+            node_conditions,
             settings: Settings {
                 window_micros: window.micros(),
                 hysteresis,

@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod cell;
 pub mod check;
+pub mod conditions;
 pub mod config;
 pub mod discovery;
 pub mod guard;
@@ -64,6 +65,9 @@ pub enum AggregatorError {
     /// No kube client for pushed discovery.
     #[error("kube client for --discovery: {0}")]
     DiscoveryKube(String),
+    /// No kube client for node conditions.
+    #[error("kube client for --node-conditions: {0}")]
+    ConditionsKube(String),
 }
 
 /// The gRPC service for `state` behind `gate`, with message size bounds (also used by
@@ -109,7 +113,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AggregatorError> {
     // Every setting is taken apart here, so one that is read but not wired fails to compile.
-    let Config { grpc_address, http_address, settings, tls, auth, discovery, cell_metrics } = config;
+    let Config { grpc_address, http_address, settings, tls, auth, discovery, cell_metrics, node_conditions } = config;
     let metrics = Arc::new(AggregatorMetrics::new(cell_metrics)?);
     // Kept until the aggregator stops: dropping it stops the watches.
     let discovery = match discovery {
@@ -125,8 +129,21 @@ pub async fn run(
         }
         None => None,
     };
-    let gate = Arc::new(gate(&auth, kube_config).await?);
+    let gate = Arc::new(gate(&auth, kube_config.clone()).await?);
     let state = StateHandle::spawn(settings, metrics.clone());
+    // Kept until the aggregator stops, like the watches.
+    let conditions = match node_conditions {
+        Some(conditions) => {
+            let kube_config = match kube_config {
+                Some(c) => c,
+                None => kube::Config::infer().await.map_err(|e| AggregatorError::ConditionsKube(e.to_string()))?,
+            };
+            let client =
+                kube::Client::try_from(kube_config).map_err(|e| AggregatorError::ConditionsKube(e.to_string()))?;
+            Some(conditions::spawn(client, conditions, state.clone(), metrics.clone()))
+        }
+        None => None,
+    };
     let ready = Arc::new(AtomicBool::new(true));
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -187,6 +204,7 @@ pub async fn run(
     if let Ok(r) = http_task.await {
         r.map_err(AggregatorError::Http)?;
     }
+    drop(conditions);
     drop(discovery);
     Ok(())
 }

@@ -45,6 +45,12 @@ pub struct AggregatorMetrics {
     pub targets_sent: IntCounter,
     /// Nodes checked by fewer live agents than they should be (`/api/v1/coverage`).
     pub under_covered: IntGauge,
+    /// Node condition writes (or dry-run plans), by result.
+    pub condition_writes: IntCounterVec,
+    /// Nodes this replica has marked with the condition now.
+    pub conditions_marked: IntGauge,
+    /// 1 while this replica holds the node-conditions Lease.
+    pub condition_writer: IntGauge,
     /// Current suspects by kind and cause.
     pub suspects: GaugeVec,
     p50: GaugeVec,
@@ -83,6 +89,24 @@ impl AggregatorMetrics {
             "kubenurse_aggregator_under_covered_nodes",
             "Nodes checked by fewer live agents than the neighbour limit asks for.",
         )?;
+        let condition_writes = IntCounterVec::new(
+            Opts::new(
+                "kubenurse_aggregator_node_condition_writes_total",
+                "Node condition and event writes (--node-conditions), by result: ok, error, dry_run.",
+            ),
+            &["result"],
+        )?;
+        for result in crate::conditions::RESULTS {
+            condition_writes.with_label_values(&[result]);
+        }
+        let conditions_marked = IntGauge::new(
+            "kubenurse_aggregator_node_conditions_marked",
+            "Nodes this replica has marked KubenurseNetworkProblem=True.",
+        )?;
+        let condition_writer = IntGauge::new(
+            "kubenurse_aggregator_node_conditions_writer",
+            "1 while this replica holds the node-conditions Lease (only it writes).",
+        )?;
         let suspects = GaugeVec::new(
             Opts::new("kubenurse_aggregator_suspects", "Current fault suspects by kind and cause."),
             &["kind", "cause"],
@@ -99,6 +123,9 @@ impl AggregatorMetrics {
             Box::new(cells.clone()),
             Box::new(targets_sent.clone()),
             Box::new(under_covered.clone()),
+            Box::new(condition_writes.clone()),
+            Box::new(conditions_marked.clone()),
+            Box::new(condition_writer.clone()),
             Box::new(suspects.clone()),
             Box::new(p50.clone()),
             Box::new(p99.clone()),
@@ -116,6 +143,9 @@ impl AggregatorMetrics {
             cells,
             targets_sent,
             under_covered,
+            condition_writes,
+            conditions_marked,
+            condition_writer,
             suspects,
             p50,
             p99,

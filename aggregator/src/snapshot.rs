@@ -180,6 +180,11 @@ impl Snapshot {
         self.nodes.iter().map(SnapshotNode::facts).collect()
     }
 
+    /// Nodes known (streaming or targeted).
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
     /// Agents streaming.
     pub fn connected_agents(&self) -> usize {
         self.nodes.iter().filter(|n| n.connected).count()

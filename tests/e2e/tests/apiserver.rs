@@ -154,3 +154,100 @@ async fn token_review_speaks_kubectl() -> anyhow::Result<()> {
     assert_eq!(api.requests("create tokenreviews"), 2);
     Ok(())
 }
+
+/// What the aggregator writes, as the real `kubectl` writes it: a strategic-merge patch of one
+/// Node condition through the `status` subresource (the others kept), an events.k8s.io/v1
+/// Event (and the server's refusal of one without `eventTime`), a Lease replaced with a stale
+/// resourceVersion (409). Skipped, saying so, where kubectl is not installed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_status_events_and_leases_speak_kubectl() -> anyhow::Result<()> {
+    if std::process::Command::new("kubectl").arg("version").arg("--client").output().is_err() {
+        eprintln!("kubectl not installed: node status, event and lease wire check skipped");
+        return Ok(());
+    }
+    let dir = workdir("api-writes");
+    let api = FakeApiServer::start(&dir).await?;
+    let mut n = node("node-01", "zone-a");
+    n.status = serde_json::from_value(serde_json::json!({"conditions": [{"type": "Ready", "status": "True"}]}))?;
+    api.apply_node(n);
+    let kubectl = |args: &[&str]| -> anyhow::Result<(bool, String, String)> {
+        let out =
+            std::process::Command::new("kubectl").arg("--kubeconfig").arg(api.kubeconfig_path()).args(args).output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    };
+    let write = |name: &str, body: serde_json::Value| -> anyhow::Result<String> {
+        let file = dir.join(name);
+        std::fs::write(&file, body.to_string())?;
+        Ok(file.display().to_string())
+    };
+    let event = |time: Option<&str>| {
+        let mut e = serde_json::json!({
+            "apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": "node-01.1", "namespace": "default"},
+            "regarding": {"apiVersion": "v1", "kind": "Node", "name": "node-01"},
+            "reason": "DestinationErrors", "note": "checks into node-01 fail", "action": "MarkNode", "type": "Warning",
+            "reportingController": "kubenurse-aggregator", "reportingInstance": "aggregator-0",
+        });
+        if let Some(t) = time {
+            e["eventTime"] = serde_json::json!(t);
+        }
+        e
+    };
+    let lease = |rv: Option<&str>| {
+        let mut l = serde_json::json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "kubenurse-aggregator-node-conditions", "namespace": "kubenurse"},
+            "spec": {"holderIdentity": "aggregator-0", "leaseDurationSeconds": 15},
+        });
+        if let Some(rv) = rv {
+            l["metadata"]["resourceVersion"] = serde_json::json!(rv);
+        }
+        l
+    };
+    let (patched, no_time, created, listed, lease_made, stale) = tokio::task::block_in_place(|| {
+        let condition = r#"{"status":{"conditions":[{"type":"KubenurseNetworkProblem","status":"True","reason":"DestinationErrors","message":"m"}]}}"#;
+        let patched = kubectl(&[
+            "patch",
+            "node",
+            "node-01",
+            "--subresource=status",
+            "--type=strategic",
+            "-p",
+            condition,
+            "-o",
+            "json",
+        ])?;
+        let no_time = kubectl(&["create", "--validate=false", "-f", &write("e0.json", event(None))?])?;
+        let created = kubectl(&[
+            "create",
+            "--validate=false",
+            "-o",
+            "json",
+            "-f",
+            &write("e1.json", event(Some("2026-12-02T07:00:00.000000Z")))?,
+        ])?;
+        let listed = kubectl(&["get", "events.events.k8s.io", "-n", "default", "-o", "json"])?;
+        let lease_made = kubectl(&["create", "--validate=false", "-o", "json", "-f", &write("l.json", lease(None))?])?;
+        let stale = kubectl(&["replace", "--validate=false", "-f", &write("l2.json", lease(Some("1")))?])?;
+        Ok::<_, anyhow::Error>((patched, no_time, created, listed, lease_made, stale))
+    })?;
+    anyhow::ensure!(patched.0, "kubectl patch: {}", patched.2);
+    let node_json: serde_json::Value = serde_json::from_str(&patched.1)?;
+    let types: Vec<&str> =
+        node_json["status"]["conditions"].as_array().into_iter().flatten().filter_map(|c| c["type"].as_str()).collect();
+    assert_eq!(types, ["Ready", "KubenurseNetworkProblem"], "strategic merge keeps Ready: {node_json}");
+    assert_eq!(api.requests("patch node status"), 1);
+    assert!(!no_time.0 && no_time.2.contains("eventTime: Required value"), "refused: {no_time:?}");
+    anyhow::ensure!(created.0, "kubectl create event: {}", created.2);
+    let listed: serde_json::Value = serde_json::from_str(&listed.1)?;
+    assert_eq!(listed["items"][0]["reason"], "DestinationErrors", "{listed}");
+    assert_eq!(api.events("default").len(), 1);
+    anyhow::ensure!(lease_made.0, "kubectl create lease: {}", lease_made.2);
+    assert!(!stale.0 && stale.2.contains("the object has been modified"), "a stale replace is a conflict: {stale:?}");
+    assert!(api.lease("kubenurse", "kubenurse-aggregator-node-conditions").is_some());
+    Ok(())
+}

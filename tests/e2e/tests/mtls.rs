@@ -39,6 +39,7 @@ async fn client_certificates_name_the_node() -> anyhow::Result<()> {
         auth: AuthConfig::Mtls { client_ca_pem: agents_ca.cert_pem().into_bytes() },
         kube: None,
         discovery: None,
+        conditions: None,
     };
     let settings = Settings { tick_micros: 100_000, ..Settings::default() };
     let agg =

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use kubenurse_aggregator::auth::{Expectation, ServiceAccount, DEFAULT_AUDIENCE};
+use kubenurse_aggregator::conditions::ConditionsConfig;
 use kubenurse_aggregator::config::{AuthConfig, Config};
 use kubenurse_aggregator::discovery::DiscoveryConfig;
 use kubenurse_aggregator::metrics::CellMetrics;
@@ -38,6 +39,8 @@ pub struct AggregatorOptions {
     pub kube: Option<kube::Config>,
     /// Pushed discovery (needs `kube`).
     pub discovery: Option<DiscoveryConfig>,
+    /// Node conditions and events (needs `kube`).
+    pub conditions: Option<ConditionsConfig>,
 }
 
 /// Pushed discovery with the simulated agents' namespace and filter, and `limit`.
@@ -61,6 +64,7 @@ impl AggregatorOptions {
             auth: AuthConfig::TokenReview(Expectation { audience: DEFAULT_AUDIENCE.into(), service_account }),
             kube: Some(api.kube_config()),
             discovery: Some(discovery_for(limit)?),
+            conditions: None,
         })
     }
 }
@@ -68,7 +72,7 @@ impl AggregatorOptions {
 impl Default for AggregatorOptions {
     /// Plaintext and `--auth none`: for tests that speak gRPC to it by hand.
     fn default() -> Self {
-        Self { tls: None, auth: AuthConfig::None, kube: None, discovery: None }
+        Self { tls: None, auth: AuthConfig::None, kube: None, discovery: None, conditions: None }
     }
 }
 
@@ -86,11 +90,20 @@ impl LocalAggregator {
         settings: Settings,
         options: AggregatorOptions,
     ) -> anyhow::Result<Self> {
-        let AggregatorOptions { tls, auth, kube, discovery } = options;
+        let AggregatorOptions { tls, auth, kube, discovery, conditions } = options;
         let (stop, stopped) = oneshot::channel::<()>();
         // Per-cell series on: the lab's Prometheus feeds the matrix dashboard.
         let cell_metrics = CellMetrics::All;
-        let config = Config { grpc_address: grpc, http_address: http, settings, tls, auth, discovery, cell_metrics };
+        let config = Config {
+            grpc_address: grpc,
+            http_address: http,
+            settings,
+            tls,
+            auth,
+            discovery,
+            cell_metrics,
+            node_conditions: conditions,
+        };
         let task = tokio::spawn(kubenurse_aggregator::run(config, kube, async move {
             let _ = stopped.await;
         }));

@@ -5,6 +5,8 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use kubenurse_aggregator::conditions::plan::Policy;
+use kubenurse_aggregator::conditions::ConditionsConfig;
 use kubenurse_aggregator::state::Settings;
 
 use kubenurse_aggregator::auth::DEFAULT_AUDIENCE;
@@ -37,6 +39,13 @@ pub enum FaultSpec {
     ApiFail,
     /// `heal`: every fault above cleared (deleted nodes stay deleted).
     Heal,
+}
+
+/// The lab's `--node-conditions on`: the default share cap, a hold of five intervals (so a
+/// healed fault clears within a minute at the lab's pace).
+pub fn lab_conditions(interval: Duration) -> ConditionsConfig {
+    let min_hold_micros = i64::try_from((interval * 5).as_micros()).unwrap_or(i64::MAX);
+    ConditionsConfig { dry_run: false, policy: Policy { max_share: 0.1, min_hold_micros } }
 }
 
 /// The chart's alert rules as a plain rules file (kept equal to the chart by its tests).
@@ -87,12 +96,14 @@ pub struct Lab {
 
 impl Lab {
     /// Starts the API server, the aggregator reviewing agents' tokens with it (the chart's
-    /// default, `--auth tokenreview`), then the cluster streaming to it.
+    /// default, `--auth tokenreview`) and marking suspected nodes with the Node condition
+    /// ([`lab_conditions`]), then the cluster streaming to it.
     pub async fn start(mut spec: ClusterSpec, settings: Settings, dir: &std::path::Path) -> anyhow::Result<Self> {
         let interval = kubenurse_common::duration::parse_go_duration(&spec.interval)?;
         let ip = format!("127.0.{}.254", spec.subnet);
         let api = FakeApiServer::start(dir).await?;
-        let options = AggregatorOptions::token_review(&api, spec.limit)?;
+        let mut options = AggregatorOptions::token_review(&api, spec.limit)?;
+        options.conditions = Some(lab_conditions(interval));
         let (grpc, http) = (format!("{ip}:50051").parse()?, format!("{ip}:{}", spec.port).parse()?);
         let aggregator = LocalAggregator::start_with(grpc, http, settings, options).await?;
         spec.env.push(("KUBENURSE_AGGREGATOR_URL".into(), aggregator.grpc_url()));

@@ -12,6 +12,7 @@ use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::Router;
 use clap::Parser;
+use kubenurse_aggregator::conditions::plan::CONDITION_TYPE;
 use kubenurse_aggregator::state::Settings;
 use kubenurse_lab::cluster::ClusterSpec;
 use kubenurse_lab::lab::{FaultSpec, Lab, FAULT_SYNTAX};
@@ -200,6 +201,12 @@ async fn run(
         n = spec.nodes
     );
     println!("  fake API server   https://{api}  (kubeconfig {})", kubeconfig.display());
+    println!("  node conditions   a suspected node gets KubenurseNetworkProblem=True (and an Event); watch it with");
+    println!(
+        "                    kubectl --kubeconfig {} get nodes -o custom-columns='NAME:.metadata.name,NETWORK:.status.conditions[?(@.type==\"{CONDITION_TYPE}\")].status,REASON:.status.conditions[?(@.type==\"{CONDITION_TYPE}\")].reason'",
+        kubeconfig.display()
+    );
+    println!("                    kubectl --kubeconfig {} get events.events.k8s.io -n default", kubeconfig.display());
     println!("  faults            type e.g. `delay:node-03:80ms`, `refuse:node-02`, `partition:zone-b`, `heal`,");
     println!("                    or: curl 'http://{control_addr}/fault?spec=refuse:node-02'");
     println!("  Ctrl-C stops everything.");

@@ -306,22 +306,31 @@ pub(super) async fn not_found(req: Request) -> Response {
 /// sends anything: what this server serves and nothing more.
 pub(super) async fn discovery(req: Request) -> Response {
     let resource = |name: &str, kind: &str, namespaced: bool, verbs: &[&str]| json!({"name": name, "singularName": kind.to_lowercase(), "namespaced": namespaced, "kind": kind, "verbs": verbs});
+    let group = |name: &str| {
+        let gv = format!("{name}/v1");
+        json!({"name": name, "versions": [{"groupVersion": gv, "version": "v1"}], "preferredVersion": {"groupVersion": gv, "version": "v1"}})
+    };
+    let list = |gv: &str, resources: Vec<Value>| json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources});
     let value = match req.uri().path() {
         "/api" => json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}),
-        "/apis" => json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [{
-            "name": "authentication.k8s.io",
-            "versions": [{"groupVersion": "authentication.k8s.io/v1", "version": "v1"}],
-            "preferredVersion": {"groupVersion": "authentication.k8s.io/v1", "version": "v1"},
-        }]}),
-        "/api/v1" => json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": [
-            resource("pods", "Pod", true, &["get", "list", "watch"]),
-            resource("nodes", "Node", false, &["get", "list", "watch"]),
+        "/apis" => json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+            group("authentication.k8s.io"), group("events.k8s.io"), group("coordination.k8s.io"),
         ]}),
-        _ => {
-            json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "authentication.k8s.io/v1", "resources": [
-                resource("tokenreviews", "TokenReview", false, &["create"]),
-            ]})
+        "/api/v1" => list(
+            "v1",
+            vec![
+                resource("pods", "Pod", true, &["get", "list", "watch"]),
+                resource("nodes", "Node", false, &["get", "list", "watch"]),
+                resource("nodes/status", "Node", false, &["get", "patch"]),
+            ],
+        ),
+        "/apis/events.k8s.io/v1" => {
+            list("events.k8s.io/v1", vec![resource("events", "Event", true, &["create", "list", "patch"])])
         }
+        "/apis/coordination.k8s.io/v1" => {
+            list("coordination.k8s.io/v1", vec![resource("leases", "Lease", true, &["create", "get", "update"])])
+        }
+        _ => list("authentication.k8s.io/v1", vec![resource("tokenreviews", "TokenReview", false, &["create"])]),
     };
     json_response(value)
 }

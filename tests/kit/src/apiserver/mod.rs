@@ -1,7 +1,8 @@
 //! A fake Kubernetes API server that speaks the real wire format to the agent's real kube
 //! client: HTTPS with its own CA, bearer tokens (401 otherwise), `/version`, pods and nodes
 //! with list, get and watch (resourceVersion, label selectors, `410 Gone` for a version that
-//! is too old), TokenReview of the tokens it issues, k8s-openapi objects. Tests change pods and nodes while agents run, and can make
+//! is too old), TokenReview of the tokens it issues, what a controller writes (Node status
+//! patches, Events, Leases: `writes.rs`), k8s-openapi objects. Tests change pods and nodes while agents run, and can make
 //! the server slow or failing.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -17,7 +18,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, NodeSpec, Pod};
+use k8s_openapi::api::events::v1::Event;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -27,12 +30,14 @@ use crate::pki::{write_file, TestCa};
 mod handlers;
 mod objects;
 mod tokens;
+mod writes;
 
 use handlers::*;
 use objects::selector_matches;
 pub use objects::{kubenurse_pod, node};
 use tokens::{create_token_review, Tokens};
 pub use tokens::{TokenRequest, API_AUDIENCE};
+use writes::*;
 
 /// The bearer token the fake server accepts.
 pub const TOKEN: &str = "kubenurse-test-token";
@@ -64,6 +69,8 @@ struct Store {
     /// Versions at or below this are gone from history.
     compacted: u64,
     tokens: Tokens,
+    events: BTreeMap<(String, String), Event>,
+    leases: BTreeMap<(String, String), Lease>,
 }
 
 /// Faults a test can switch on.
@@ -85,6 +92,31 @@ struct Shared {
 }
 
 impl Shared {
+    /// Stores a change under the next resource version and tells the watchers; the stored
+    /// object as JSON (null when `set_rv` stored nothing).
+    fn commit<T: serde::Serialize + Clone>(
+        &self,
+        kind: Kind,
+        event: &'static str,
+        set_rv: impl FnOnce(&mut Store, String) -> Option<T>,
+        namespace: Option<String>,
+        labels: Option<BTreeMap<String, String>>,
+    ) -> Value {
+        let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        store.rv += 1;
+        let rv = store.rv;
+        let Some(object) = set_rv(&mut store, rv.to_string()) else { return Value::Null };
+        let change = change_of(rv, kind, namespace, labels, event, &object);
+        store.history.push_back(change.clone());
+        while store.history.len() > HISTORY {
+            if let Some(old) = store.history.pop_front() {
+                store.compacted = old.rv;
+            }
+        }
+        let _ = self.changes.send(change.clone());
+        change.object
+    }
+
     fn count(&self, what: String) {
         *self.requests.lock().unwrap_or_else(|p| p.into_inner()).entry(what).or_default() += 1;
     }
@@ -158,6 +190,13 @@ impl FakeApiServer {
             .route("/api/v1/namespaces/{ns}/pods/{name}", get(get_pod))
             .route("/api/v1/nodes", get(nodes_all))
             .route("/api/v1/nodes/{name}", get(get_node))
+            .route("/api/v1/nodes/{name}/status", get(get_node).patch(patch_node_status))
+            .route("/apis/events.k8s.io/v1", get(discovery))
+            .route("/apis/events.k8s.io/v1/namespaces/{ns}/events", get(list_events).post(create_event))
+            .route("/apis/events.k8s.io/v1/namespaces/{ns}/events/{name}", axum::routing::patch(patch_event))
+            .route("/apis/coordination.k8s.io/v1", get(discovery))
+            .route("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases", axum::routing::post(create_lease))
+            .route("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}", get(get_lease).put(replace_lease))
             .route("/apis/authentication.k8s.io/v1/tokenreviews", axum::routing::post(create_token_review))
             .fallback(not_found)
             .layer(middleware::from_fn_with_state(shared.clone(), auth_and_faults))
@@ -225,18 +264,7 @@ impl FakeApiServer {
         namespace: Option<String>,
         labels: Option<BTreeMap<String, String>>,
     ) {
-        let mut store = self.shared.store.lock().unwrap_or_else(|p| p.into_inner());
-        store.rv += 1;
-        let rv = store.rv;
-        let Some(object) = set_rv(&mut store, rv.to_string()) else { return };
-        let change = change_of(rv, kind, namespace, labels, event, &object);
-        store.history.push_back(change.clone());
-        while store.history.len() > HISTORY {
-            if let Some(old) = store.history.pop_front() {
-                store.compacted = old.rv;
-            }
-        }
-        let _ = self.shared.changes.send(change);
+        self.shared.commit(kind, event, set_rv, namespace, labels);
     }
 
     /// Creates or replaces a pod.
@@ -323,6 +351,31 @@ impl FakeApiServer {
             None,
         );
         found
+    }
+
+    /// A node as stored now.
+    pub fn node(&self, name: &str) -> Option<Node> {
+        self.shared.store.lock().unwrap_or_else(|p| p.into_inner()).nodes.get(name).cloned()
+    }
+
+    /// The events.k8s.io/v1 Events of `namespace`, oldest first.
+    pub fn events(&self, namespace: &str) -> Vec<Event> {
+        let store = self.shared.store.lock().unwrap_or_else(|p| p.into_inner());
+        let mut events: Vec<Event> =
+            store.events.iter().filter(|((n, _), _)| n == namespace).map(|(_, e)| e.clone()).collect();
+        events.sort_by_key(|e| e.metadata.resource_version.as_deref().and_then(|v| v.parse::<u64>().ok()));
+        events
+    }
+
+    /// A Lease as stored now.
+    pub fn lease(&self, namespace: &str, name: &str) -> Option<Lease> {
+        self.shared
+            .store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .leases
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
     }
 
     /// Cordons (or uncordons) a node, as `kubectl cordon` does.
