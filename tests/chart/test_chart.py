@@ -46,6 +46,10 @@ AUTH_NONE_VALUES = {"aggregator": {"auth": {"mode": "none"}}}
 DISCOVERY_OFF_VALUES = {"aggregator": {"discovery": {"enabled": False}}}
 PUSHED_ONLY_VALUES = {"discovery": {"mode": "aggregator"}}
 
+# Node conditions (aggregator.nodeConditions, off by default): dry-run only lists Nodes; on writes.
+NODE_CONDITIONS_DRY_RUN_VALUES = {"aggregator": {"nodeConditions": {"mode": "dry-run"}}}
+NODE_CONDITIONS_ON_VALUES = {"aggregator": {"nodeConditions": {"mode": "on", "maxShare": 0.25, "minHold": "10m"}}}
+
 EVERYTHING_VALUES = {
     **TLS_VALUES,
     "serviceMonitor": {"enabled": True, "serviceDiscoveryRole": "EndpointSlice", "scrapeTimeout": "10s"},
@@ -57,6 +61,7 @@ EVERYTHING_VALUES = {
     "neighbour_filter": "app.kubernetes.io/name=kubenurse,team=net",
     "discovery": {"mode": "auto", "fallbackAfter": "2m30s"},
     "aggregator": {"replicas": 3, "extraEnvs": [{"name": "RUST_LOG", "value": "info"}],
+                   "nodeConditions": {"mode": "on", "maxShare": 0.2, "minHold": "15m"},
                    "tls": {"enabled": True, "secretName": "aggregator-tls", "caSecretName": "trust",
                            "caKey": "bundle.pem"},
                    "auth": {"audience": "https://nurse.example.com/aggregator", "tokenExpirationSeconds": 7200}},
@@ -72,6 +77,11 @@ SCENARIOS: dict[str, Any] = {
     "mtls": MTLS_VALUES,
     "discovery-off": DISCOVERY_OFF_VALUES,
     "pushed-only": PUSHED_ONLY_VALUES,
+    "node-conditions-dry-run": NODE_CONDITIONS_DRY_RUN_VALUES,
+    "node-conditions-on": NODE_CONDITIONS_ON_VALUES,
+    # The aggregator's only API use: node conditions (no TokenReview, no pushed discovery).
+    "node-conditions-only": {"aggregator": {"nodeConditions": {"mode": "on"}, "auth": {"mode": "none"},
+                                            "discovery": {"enabled": False}}},
     "servicemonitor": {"serviceMonitor": {"enabled": True}},
     "prometheusrule": {"prometheusRule": {"enabled": True}},
     "everything": EVERYTHING_VALUES,
@@ -130,13 +140,27 @@ def test_every_object_matches_the_kubernetes_schema(scenario, kube_version):
     assert checked >= 7  # aggregator off: DaemonSet, Service, ServiceAccount, Role(Binding), ClusterRole(Binding)
 
 
+# The one pair of objects outside the release namespace: with aggregator.nodeConditions.mode on,
+# the Role and RoleBinding for the Nodes' Events, which kube-runtime's Recorder writes into
+# namespace default (test_node_conditions.py).
+NODE_EVENTS_RBAC = {("Role", f"{NAMESPACE}-{RELEASE}-kubenurse-aggregator-node-conditions"),
+                    ("RoleBinding", f"{NAMESPACE}-{RELEASE}-kubenurse-aggregator-node-conditions")}
+
+
 def test_every_object_is_namespaced_to_the_release(scenario):
-    _, r = scenario
+    name, r = scenario
     cluster_scoped = {"ClusterRole", "ClusterRoleBinding"}
+    in_default = set()
     for obj in r.objects:
         if obj["kind"] in cluster_scoped or obj["metadata"]["name"].endswith("corporate-ca"):
             continue
+        if (obj["kind"], obj["metadata"]["name"]) in NODE_EVENTS_RBAC:
+            assert obj["metadata"]["namespace"] == "default", obj["metadata"]
+            in_default.add((obj["kind"], obj["metadata"]["name"]))
+            continue
         assert obj["metadata"].get("namespace") == NAMESPACE, obj["metadata"]
+    node_conditions_on = name in ("node-conditions-on", "node-conditions-only", "everything")
+    assert in_default == (NODE_EVENTS_RBAC if node_conditions_on else set())
 
 
 def test_env_values_are_strings(scenario):
@@ -1181,7 +1205,8 @@ def test_schema_rejects(chart, values, key):
 def test_defaults_and_upstream_file_pass_the_schema(chart):
     chart.validate_schema({})
     chart.validate_schema(values_file("upstream-values.yaml"))
-    for values in (MTLS_VALUES, AUTH_NONE_VALUES, EVERYTHING_VALUES, DISCOVERY_OFF_VALUES, PUSHED_ONLY_VALUES):
+    for values in (MTLS_VALUES, AUTH_NONE_VALUES, EVERYTHING_VALUES, DISCOVERY_OFF_VALUES, PUSHED_ONLY_VALUES,
+                   NODE_CONDITIONS_DRY_RUN_VALUES, NODE_CONDITIONS_ON_VALUES):
         chart.validate_schema(values)
 
 

@@ -337,11 +337,50 @@ app.kubernetes.io/instance: {{ .Release.Name | quote }}
 app.kubernetes.io/component: helm-test
 {{- end -}}
 
-{{/* The aggregator's service-account token and RBAC: TokenReview and pushed discovery need the
-API server. */}}
+{{/* The aggregator's service-account token: TokenReview, pushed discovery and node conditions
+need the API server. */}}
 {{- define "kubenurse.aggregator.needsApi" -}}
+{{- $on := or (eq (include "kubenurse.aggregator.needsRbac" .) "true") (ne (include "kubenurse.aggregatorNodeConditions" .) "off") -}}
+{{- ternary "true" "false" $on -}}
+{{- end -}}
+
+{{/* aggregator-rbac.yaml: TokenReview and pushed discovery (node conditions have their own,
+aggregator-node-conditions-rbac.yaml). */}}
+{{- define "kubenurse.aggregator.needsRbac" -}}
 {{- $on := or (eq (include "kubenurse.aggregatorAuth" .) "tokenreview") (eq (include "kubenurse.aggregatorDiscovery" .) "true") -}}
 {{- ternary "true" "false" $on -}}
+{{- end -}}
+
+{{/* KUBENURSE_AGGREGATOR_NODE_CONDITIONS: aggregator.nodeConditions.mode as given ("off" when
+unset, or without the aggregator); kubenurse.validate rejects anything but off, dry-run, on
+(a YAML boolean from an unquoted on/off included). */}}
+{{- define "kubenurse.aggregatorNodeConditions" -}}
+{{- $nc := default (dict) .Values.aggregator.nodeConditions -}}
+{{- if and (eq (include "kubenurse.aggregatorEnabled" .) "true") (hasKey $nc "mode") (not (kindIs "invalid" $nc.mode)) -}}
+{{- toString $nc.mode -}}
+{{- else -}}
+off
+{{- end -}}
+{{- end -}}
+
+{{- define "kubenurse.aggregatorNodeConditions.maxShare" -}}
+{{- $nc := default (dict) .Values.aggregator.nodeConditions -}}
+{{- if kindIs "invalid" $nc.maxShare }}0.1{{ else }}{{ toString $nc.maxShare }}{{ end -}}
+{{- end -}}
+
+{{- define "kubenurse.aggregatorNodeConditions.minHold" -}}
+{{- (default (dict) .Values.aggregator.nodeConditions).minHold | default "5m" | toString -}}
+{{- end -}}
+
+{{/* The Lease the aggregator's replicas elect the node-condition writer by, in the release
+namespace: a fixed name in the aggregator (LEASE_NAME, aggregator/src/conditions/lease.rs). */}}
+{{- define "kubenurse.aggregatorNodeConditions.lease" -}}
+kubenurse-aggregator-node-conditions
+{{- end -}}
+
+{{/* reportingController of the aggregator's Events (CONTROLLER, aggregator/src/conditions/mod.rs). */}}
+{{- define "kubenurse.aggregatorNodeConditions.controller" -}}
+kubenurse-aggregator
 {{- end -}}
 
 {{- define "kubenurse.aggregator.clusterRoleName" -}}
@@ -404,7 +443,11 @@ always rendered), so a bad combination fails the whole release with this message
 {{- fail "aggregator.auth.mtls.agentCertVolume is a volume source without a name (the chart names the volume aggregator-client): drop its name key" -}}
 {{- end -}}
 {{- end -}}
-{{- /* values.schema.json rejects this too; kept for renders that skip the schema. */ -}}
+{{- /* values.schema.json rejects these too; kept for renders that skip the schema. */ -}}
+{{- $nodeConditions := include "kubenurse.aggregatorNodeConditions" . -}}
+{{- if not (has $nodeConditions (list "off" "dry-run" "on")) -}}
+{{- fail (printf "aggregator.nodeConditions.mode must be \"off\", \"dry-run\" or \"on\", not %s (quote it: YAML reads a bare on/off as a boolean)" $nodeConditions) -}}
+{{- end -}}
 {{- if and (eq (include "kubenurse.aggregatorEnabled" .) "true") (ne (include "kubenurse.aggregatorDiscovery" .) "true") (eq (toString (default (dict) .Values.discovery).mode) "aggregator") -}}
 {{- fail "discovery.mode: aggregator needs aggregator.discovery.enabled: true (with it off nothing pushes the agents their neighbours); use discovery.mode auto or local" -}}
 {{- end -}}
