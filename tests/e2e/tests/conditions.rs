@@ -1,7 +1,8 @@
 //! Node conditions and events (`--node-conditions`) against the fake API server: a refusing
 //! node gets `KubenurseNetworkProblem=True` (its other conditions kept) and a Warning event,
 //! healing sets it False; of two replicas only the Lease holder writes; more suspected nodes
-//! than the share cap mark none and one event says so; a dry run writes nothing.
+//! than the share cap mark none and one event says so; a partitioned zone marks no node; a dry
+//! run writes nothing.
 //! Subnets 127.0.58.x and 127.0.59.x.
 
 use std::path::PathBuf;
@@ -168,6 +169,26 @@ async fn a_refusing_node_is_marked_by_one_replica_and_cleared_when_healed() -> a
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!(marked(&api), Vec::<String>::new(), "over the cap nothing stays marked");
+
+    // A partitioned zone (4 of 12 nodes): the zone is the suspect, and no node is marked.
+    cluster.fault("node-05", Rule::default())?;
+    cluster.fault("node-09", Rule::default())?;
+    cluster.partition(Some("zone-a"))?;
+    let url = a.url();
+    eventually("the zone suspected", Duration::from_secs(30), || {
+        let url = url.clone();
+        async move {
+            let (_, body) = http_get(&format!("{url}/api/v1/suspects")).await.ok()?;
+            let s: serde_json::Value = serde_json::from_str(&body).ok()?;
+            s["suspects"].as_array()?.iter().any(|s| s["kind"] == "zone" && s["zone"] == "zone-a").then_some(())
+        }
+    })
+    .await?;
+    for _ in 0..8 {
+        assert_eq!(marked(&api), Vec::<String>::new(), "a zone marks no node");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    cluster.partition(None)?;
     cluster.stop().await?;
     a.stop().await?;
     b.stop().await
