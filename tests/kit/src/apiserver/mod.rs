@@ -256,17 +256,6 @@ impl FakeApiServer {
         config
     }
 
-    fn commit<T: serde::Serialize + Clone>(
-        &self,
-        kind: Kind,
-        event: &'static str,
-        set_rv: impl FnOnce(&mut Store, String) -> Option<T>,
-        namespace: Option<String>,
-        labels: Option<BTreeMap<String, String>>,
-    ) {
-        self.shared.commit(kind, event, set_rv, namespace, labels);
-    }
-
     /// Creates or replaces a pod.
     pub fn apply_pod(&self, mut pod: Pod) {
         let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
@@ -276,7 +265,7 @@ impl FakeApiServer {
         let existed =
             self.shared.store.lock().unwrap_or_else(|p| p.into_inner()).pods.contains_key(&(ns.clone(), name.clone()));
         let event = if existed { "MODIFIED" } else { "ADDED" };
-        self.commit(
+        self.shared.commit(
             Kind::Pods,
             event,
             |store, rv| {
@@ -301,7 +290,7 @@ impl FakeApiServer {
             .get(&key)
             .and_then(|p| p.metadata.labels.clone());
         let mut found = false;
-        self.commit(
+        self.shared.commit(
             Kind::Pods,
             "DELETED",
             |store, rv| {
@@ -322,7 +311,7 @@ impl FakeApiServer {
         let labels = node.metadata.labels.clone();
         let existed = self.shared.store.lock().unwrap_or_else(|p| p.into_inner()).nodes.contains_key(&name);
         let event = if existed { "MODIFIED" } else { "ADDED" };
-        self.commit(
+        self.shared.commit(
             Kind::Nodes,
             event,
             |store, rv| {
@@ -338,7 +327,7 @@ impl FakeApiServer {
     /// Deletes a node; returns whether it existed.
     pub fn delete_node(&self, name: &str) -> bool {
         let mut found = false;
-        self.commit(
+        self.shared.commit(
             Kind::Nodes,
             "DELETED",
             |store, rv| {
