@@ -36,6 +36,7 @@ pub struct Metrics {
     duration: HistogramVec,
     trace: HistogramVec,
     errors: IntCounterVec,
+    syn_retransmits: IntCounterVec,
     incoming: IntGauge,
     /// Every check task records here at once: sharded, so checks never wait on one lock.
     series: DashMap<CheckKind, Series>,
@@ -69,6 +70,13 @@ impl Metrics {
             Opts::new("kubenurse_errors_total", "Kubenurse error counter partitioned by error type"),
             &["type", "event"],
         )?;
+        let syn_retransmits = IntCounterVec::new(
+            Opts::new(
+                "kubenurse_tcp_syn_retransmits_total",
+                "SYN retransmissions inferred from slow TCP connects (one from 1 s, two from 3 s, ...), by check type.",
+            ),
+            &["type"],
+        )?;
         let incoming = IntGauge::new(
             "kubenurse_neighbourhood_incoming_checks",
             "Number of unique source nodes checks in the last minute for the neighbourhood checks",
@@ -77,8 +85,9 @@ impl Metrics {
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(trace.clone()))?;
         registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(syn_retransmits.clone()))?;
         registry.register(Box::new(incoming.clone()))?;
-        Ok(Self { registry, requests, duration, trace, errors, incoming, series: DashMap::new() })
+        Ok(Self { registry, requests, duration, trace, errors, syn_retransmits, incoming, series: DashMap::new() })
     }
 
     /// Records one check's request under its kind's `type` label.
@@ -89,6 +98,11 @@ impl Metrics {
         for (phase, at) in result.trace.events() {
             self.trace.with_label_values(&[check_type, phase.as_str()]).observe(at.as_secs_f64());
             s.trace_events.insert(phase.as_str());
+        }
+        if let Some(connect) = result.trace.connect_time(result.duration) {
+            // Created at 0 on the first new connection, so a rate exists before any loss.
+            let n = crate::trace::syn_retransmits(connect);
+            self.syn_retransmits.with_label_values(&[check_type]).inc_by(u64::from(n));
         }
         let code = match result.status {
             Some(status) => status.as_u16().to_string(),
@@ -131,6 +145,7 @@ impl Metrics {
             let _ = self.errors.remove_label_values(&[check_type, event]);
         }
         let _ = self.duration.remove_label_values(&[check_type]);
+        let _ = self.syn_retransmits.remove_label_values(&[check_type]);
     }
 
     /// Path checks that currently have series.
@@ -210,6 +225,16 @@ mod tests {
         assert!(text.contains(r#"kubenurse_errors_total{event="connect_done",type="path_b"} 1"#));
         assert!(text.contains(r#"kubenurse_httpclient_requests_total{code="round_trip_error",type="path_b"} 1"#));
         assert!(text.contains(r#"event="connect_done",type="path_a",le="0.005""#));
+        assert!(text.contains(r#"kubenurse_tcp_syn_retransmits_total{type="path_a"} 0"#), "{text}");
+        // A connect that took 3.2 s needed two SYN retransmissions.
+        let mut slow = result(Some(200), None);
+        let t0 = std::time::Instant::now();
+        slow.trace = RequestTrace::start();
+        slow.trace.mark_at(Phase::ConnectStart, t0);
+        slow.trace.mark_at(Phase::ConnectDone, t0 + std::time::Duration::from_millis(3200));
+        m.record(&b, &slow);
+        let text = m.encode().unwrap();
+        assert!(text.contains(r#"kubenurse_tcp_syn_retransmits_total{type="path_b"} 2"#), "{text}");
         m.forget(&a);
         let text = m.encode().unwrap();
         assert!(!text.contains("path_a"), "{text}");

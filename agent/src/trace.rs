@@ -191,11 +191,60 @@ impl RequestTrace {
     pub fn elapsed(&self) -> Duration {
         self.start.elapsed()
     }
+
+    /// How long the TCP connect took: to its end, or to `ended` (request start to when it
+    /// stopped) when it stopped in the connect; `None` without a new connection.
+    pub fn connect_time(&self, ended: Duration) -> Option<Duration> {
+        let start = self.get(Phase::ConnectStart)?;
+        let end = match self.get(Phase::ConnectDone) {
+            Some(done) => done,
+            None if self.in_progress == Some(Phase::ConnectDone) => ended,
+            None => return None,
+        };
+        Some(end.saturating_sub(start))
+    }
+}
+
+/// Linux's initial TCP retransmission timeout: an unanswered SYN is sent again after it, then
+/// after twice as long each time.
+pub const INITIAL_RTO: Duration = Duration::from_secs(1);
+
+/// SYN retransmissions a connect of `connect` must have needed (Pingmesh's inference of loss):
+/// one from 1 s, two from 3 s, three from 7 s, and so on.
+pub fn syn_retransmits(connect: Duration) -> u32 {
+    let (mut at, mut wait, mut n) = (Duration::ZERO, INITIAL_RTO, 0);
+    while n < 16 {
+        at += wait;
+        if connect < at {
+            break;
+        }
+        n += 1;
+        wait *= 2;
+    }
+    n
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slow_connects_count_syn_retransmits() {
+        let ms = Duration::from_millis;
+        assert_eq!(syn_retransmits(ms(999)), 0);
+        assert_eq!(syn_retransmits(ms(1000)), 1);
+        assert_eq!(syn_retransmits(ms(2999)), 1);
+        assert_eq!(syn_retransmits(ms(3000)), 2);
+        assert_eq!(syn_retransmits(ms(7000)), 3);
+        assert_eq!(syn_retransmits(Duration::from_secs(1 << 20)), 16, "bounded");
+        let mut t = RequestTrace::start();
+        assert_eq!(t.connect_time(ms(5)), None, "no new connection");
+        t.mark_at(Phase::ConnectStart, t.start + ms(2));
+        t.begin(Phase::ConnectDone);
+        assert_eq!(t.connect_time(ms(3500)), Some(ms(3498)), "timed out in the connect");
+        t.mark_at(Phase::ConnectDone, t.start + ms(1202));
+        assert_eq!(t.connect_time(ms(3500)), Some(ms(1200)));
+    }
 
     #[test]
     fn local_causes_are_the_agents_and_keep_upstreams_event_label() {

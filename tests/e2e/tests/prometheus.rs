@@ -129,6 +129,7 @@ async fn prometheus_scrapes_the_lab_and_every_dashboard_query_has_data() -> anyh
         ("kubenurse_httpclient_trace_request_duration_seconds_bucket", &["type", "event", "le"][..]),
         ("kubenurse_errors_total", &["type", "event"][..]),
         ("kubenurse_neighbourhood_incoming_checks", &[][..]),
+        ("kubenurse_tcp_syn_retransmits_total", &["type"][..]),
     ] {
         let series = query(family).await?;
         let nodes: std::collections::BTreeSet<&str> =
