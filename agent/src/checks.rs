@@ -31,7 +31,7 @@ pub const SKIPPED: &str = "skipped";
 pub struct CheckSpec {
     /// What is checked; its label is the metric `type` and the `/alive` key.
     pub kind: CheckKind,
-    /// What to GET.
+    /// What to GET (or, for an extra check, `tcp://` to connect to or `dns://` to look up).
     pub url: Uri,
 }
 
@@ -288,7 +288,11 @@ impl Checker {
                 headers.insert(ORIGIN_HEADER, v);
             }
         }
-        let probe = self.client.get(&spec.url, &headers, self.timeout).await;
+        let probe = match crate::extra::NonHttp::of(&spec.url) {
+            Some(crate::extra::NonHttp::Tcp) => crate::extra::tcp(&self.client, &spec.url, self.timeout).await,
+            Some(crate::extra::NonHttp::Dns) => crate::extra::dns(&spec.url, self.timeout).await,
+            None => self.client.get(&spec.url, &headers, self.timeout).await,
+        };
         self.metrics.record(&spec.kind, &probe);
         let value = probe.summary();
         if let Some((kind, message)) = &probe.failure {

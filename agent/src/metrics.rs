@@ -104,13 +104,15 @@ impl Metrics {
             let n = crate::trace::syn_retransmits(connect);
             self.syn_retransmits.with_label_values(&[check_type]).inc_by(u64::from(n));
         }
-        let code = match result.status {
-            Some(status) => status.as_u16().to_string(),
-            None => ROUND_TRIP_ERROR.to_string(),
+        let code = match (result.status, &result.failure) {
+            (Some(status), _) => status.as_u16().to_string(),
+            // A TCP or DNS extra check that succeeded: no HTTP status to show.
+            (None, None) => crate::extra::NON_HTTP_OK.to_string(),
+            (None, Some(_)) => ROUND_TRIP_ERROR.to_string(),
         };
         self.requests.with_label_values(&[check_type, &code]).inc();
         s.codes.insert(code);
-        if result.status.is_some() {
+        if result.status.is_some() || result.failure.is_none() {
             self.duration.with_label_values(&[check_type]).observe(result.duration.as_secs_f64());
         }
         if let Some((kind, _)) = &result.failure {

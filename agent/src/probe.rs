@@ -204,17 +204,7 @@ impl ProbeClient {
             Ok(Ok(status)) if status == StatusCode::OK => (Some(status), None),
             Ok(Ok(status)) => (Some(status), Some((FailureKind::Status(status.as_u16()), status_text(status)))),
             Ok(Err(failure)) => (None, Some(failure)),
-            Err(_) => {
-                let phase = trace.in_progress();
-                let kind = match phase {
-                    Some(p @ (Phase::DnsDone | Phase::ConnectDone | Phase::TlsHandshakeDone | Phase::WroteRequest)) => {
-                        FailureKind::Phase(p)
-                    }
-                    _ => FailureKind::RoundTrip,
-                };
-                let during = phase.map(|p| format!(" waiting for {}", p.as_str())).unwrap_or_default();
-                (None, Some((kind, format!("GET {uri}: timeout after {timeout:?}{during}"))))
-            }
+            Err(_) => (None, Some(timed_out(&trace, &format!("GET {uri}"), timeout))),
         };
         ProbeResult { status, failure, trace, duration }
     }
@@ -290,32 +280,33 @@ impl ProbeClient {
         Ok(status)
     }
 
-    async fn connect(
+    /// Resolves `host` (unless `ip` is given) and connects to `port` on the first address that
+    /// answers, marking the DNS and connect phases; error texts start with `what`.
+    pub(crate) async fn open_tcp(
         &self,
-        uri: &Uri,
-        target: &Target,
+        what: &str,
+        host: &str,
+        ip: Option<IpAddr>,
+        port: u16,
         trace: &mut RequestTrace,
-    ) -> Result<PooledConn, (FailureKind, String)> {
-        let addrs: Vec<SocketAddr> = match target.ip {
-            Some(ip) => vec![SocketAddr::new(ip, target.port)],
+    ) -> Result<TcpStream, (FailureKind, String)> {
+        let addrs: Vec<SocketAddr> = match ip {
+            Some(ip) => vec![SocketAddr::new(ip, port)],
             None => {
                 trace.mark(Phase::DnsStart);
                 trace.begin(Phase::DnsDone);
-                let found = tokio::net::lookup_host((target.host.as_str(), target.port)).await;
+                let found = tokio::net::lookup_host((host, port)).await;
                 let found: Vec<SocketAddr> = found
                     .map_err(|e| {
                         let kind = match LocalCause::of(&e) {
                             Some(cause) => FailureKind::Local(Phase::DnsDone, cause),
                             None => FailureKind::Phase(Phase::DnsDone),
                         };
-                        (kind, format!("GET {uri}: lookup {}: {e}", target.host))
+                        (kind, format!("{what}: lookup {host}: {e}"))
                     })?
                     .collect();
                 if found.is_empty() {
-                    return Err((
-                        FailureKind::Phase(Phase::DnsDone),
-                        format!("GET {uri}: lookup {}: no addresses", target.host),
-                    ));
+                    return Err((FailureKind::Phase(Phase::DnsDone), format!("{what}: lookup {host}: no addresses")));
                 }
                 trace.mark(Phase::DnsDone);
                 found
@@ -343,9 +334,19 @@ impl ProbeClient {
                 Some(cause) => FailureKind::Local(Phase::ConnectDone, cause),
                 None => FailureKind::Phase(Phase::ConnectDone),
             };
-            (kind, format!("GET {uri}: {}", last_err.unwrap_or_default()))
+            (kind, format!("{what}: {}", last_err.unwrap_or_default()))
         })?;
         trace.mark(Phase::ConnectDone);
+        Ok(tcp)
+    }
+
+    async fn connect(
+        &self,
+        uri: &Uri,
+        target: &Target,
+        trace: &mut RequestTrace,
+    ) -> Result<PooledConn, (FailureKind, String)> {
+        let tcp = self.open_tcp(&format!("GET {uri}"), &target.host, target.ip, target.port, trace).await?;
         // Latency probes: never wait for Nagle.
         let _ = tcp.set_nodelay(true);
 
@@ -375,6 +376,20 @@ impl ProbeClient {
         });
         Ok(PooledConn { sender, marks })
     }
+}
+
+/// The failure of a check that ran out of time: the phase it was waiting for (`what` starts
+/// the text).
+pub(crate) fn timed_out(trace: &RequestTrace, what: &str, timeout: Duration) -> (FailureKind, String) {
+    let phase = trace.in_progress();
+    let kind = match phase {
+        Some(p @ (Phase::DnsDone | Phase::ConnectDone | Phase::TlsHandshakeDone | Phase::WroteRequest)) => {
+            FailureKind::Phase(p)
+        }
+        _ => FailureKind::RoundTrip,
+    };
+    let during = phase.map(|p| format!(" waiting for {}", p.as_str())).unwrap_or_default();
+    (kind, format!("{what}: timeout after {timeout:?}{during}"))
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

@@ -194,7 +194,14 @@ pub fn parse_extra_checks(value: &str) -> Result<Vec<ExtraCheck>, String> {
         if checks.iter().any(|c| c.name == name) {
             return Err(format!("check name {name:?} appears twice"));
         }
-        let url = parse_url(url.trim()).map_err(|e| format!("entry {entry:?}: {e}"))?;
+        let url = url.trim();
+        let url = if url.starts_with("tcp://") || url.starts_with("dns://") {
+            let uri: Uri = url.parse().map_err(|e| format!("entry {entry:?}: not a URL: {e}"))?;
+            crate::extra::validate(&uri).map_err(|e| format!("entry {entry:?}: {e}"))?;
+            uri
+        } else {
+            parse_url(url).map_err(|e| format!("entry {entry:?}: {e}"))?
+        };
         checks.push(ExtraCheck { name: name.to_string(), url });
     }
     Ok(checks)
@@ -291,8 +298,12 @@ pub const SHUTDOWN_DURATION: Setting<Duration> = setting(
     parse_wait,
 );
 /// `KUBENURSE_EXTRA_CHECKS`.
-pub const EXTRA_CHECKS: Setting<Vec<ExtraCheck>> =
-    setting("KUBENURSE_EXTRA_CHECKS", Unset, "extra checks, name:url|name:url", parse_extra_checks);
+pub const EXTRA_CHECKS: Setting<Vec<ExtraCheck>> = setting(
+    "KUBENURSE_EXTRA_CHECKS",
+    Unset,
+    "extra checks, name:url|name:tcp://host:port|name:dns://name",
+    parse_extra_checks,
+);
 /// `KUBENURSE_EXPOSE_METADATA`.
 pub const EXPOSE_METADATA: Setting<bool> =
     setting("KUBENURSE_EXPOSE_METADATA", Value("false"), "accepted for compatibility", parse_bool);

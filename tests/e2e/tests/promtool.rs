@@ -40,14 +40,24 @@ fn promtool_rejects_broken_exposition() -> anyhow::Result<()> {
 async fn every_agent_metrics_output_passes_promtool() -> anyhow::Result<()> {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("promtool");
     let _ = std::fs::remove_dir_all(&dir);
+    // A TCP extra check's target, and a DNS one resolved from /etc/hosts (nothing leaves).
+    let listener = tokio::net::TcpListener::bind("127.0.61.251:0").await?;
+    let tcp_port = listener.local_addr()?.port();
+    let accepting = tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            drop(conn);
+        }
+    });
+    let extra = format!("refused:http://127.0.61.250:9/|tcpok:tcp://127.0.61.251:{tcp_port}|names:dns://localhost");
     let spec = ClusterSpec {
         nodes: 4,
         subnet: 61,
         port: 18080,
         interval: "300ms".into(),
         limit: 2,
-        // A failing extra check puts errors_total and round_trip_error series in the output.
-        env: vec![("KUBENURSE_EXTRA_CHECKS".into(), "refused:http://127.0.61.250:9/".into())],
+        // A failing extra check puts errors_total and round_trip_error series in the output;
+        // the TCP and DNS ones succeed with code "ok".
+        env: vec![("KUBENURSE_EXTRA_CHECKS".into(), extra)],
         proxied: false,
         token_audience: None,
         client_cert_dir: None,
@@ -78,8 +88,22 @@ async fn every_agent_metrics_output_passes_promtool() -> anyhow::Result<()> {
         ] {
             assert!(text.contains(&format!("# TYPE {family} ")), "{family} missing on {}", agent.sim.node);
         }
+        for ok_check in ["tcpok", "names"] {
+            let line = format!("kubenurse_httpclient_requests_total{{code=\"ok\",type=\"{ok_check}\"}}");
+            assert!(text.contains(&line), "{line} missing on {}", agent.sim.node);
+        }
+        assert!(text.contains(
+            "kubenurse_httpclient_trace_request_duration_seconds_count{event=\"connect_done\",type=\"tcpok\"}"
+        ));
+        assert!(text
+            .contains("kubenurse_httpclient_trace_request_duration_seconds_count{event=\"dns_done\",type=\"names\"}"));
         let (ok, report) = promtool_check(&text)?;
         assert!(ok, "promtool check metrics failed for {}:\n{report}", agent.sim.node);
+        let (_, alive) = http_get(&format!("{}/alive", agent.url())).await?;
+        let alive: serde_json::Value = serde_json::from_str(&alive)?;
+        let last = &alive["last_check_result"];
+        assert_eq!((&last["tcpok"], &last["names"]), (&serde_json::json!("ok"), &serde_json::json!("ok")), "{last}");
     }
+    accepting.abort();
     cluster.stop().await
 }
