@@ -95,7 +95,9 @@ async fn matrix_suspects_and_restarts() -> anyhow::Result<()> {
     ] {
         assert!(cell.get(field).is_some(), "cell lacks {field}: {cell}");
     }
-    assert!(cell["p50_ms"].as_f64().is_some_and(|v| v > 0.0 && v < 100.0), "{cell}");
+    // Milliseconds (not µs or s): a loopback check, even on a machine busy with other tests
+    // (one run under load saw a p50 above 100 ms), stays far below a second.
+    assert!(cell["p50_ms"].as_f64().is_some_and(|v| v > 0.0 && v < 1000.0), "{cell}");
     let (_, suspects) = aggregator.get_json("/api/v1/suspects").await?;
     assert_eq!(suspects["suspects"], serde_json::json!([]), "healthy cluster has suspects: {suspects}");
     let (_, coverage) = aggregator.get_json("/api/v1/coverage").await?;
