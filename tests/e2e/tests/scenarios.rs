@@ -303,3 +303,42 @@ async fn s6_nodes_come_and_go() -> anyhow::Result<()> {
     new_agent.stop().await?;
     lab.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s9_faults_compose_a_delay_survives_a_partition() -> anyhow::Result<()> {
+    use kubenurse_lab::lab::FaultSpec;
+    let _serial = SERIAL.lock().await;
+    let mut lab = lab(56, "s9").await?;
+    let agg = lab.aggregator.url();
+    // node-07 is in zone-b: the partition of zone-c leaves its delay in force.
+    let delay = FaultSpec::Delay("node-07".into(), Duration::from_millis(80));
+    let partition = FaultSpec::Partition("zone-c".into());
+    lab.apply(&delay).await?;
+    lab.apply(&partition).await?;
+    assert_eq!(lab.describe_active(), "delay:node-07:80ms, partition:zone-c");
+    let both = |agg: String| async move {
+        let s = get(&agg, "/api/v1/suspects").await?;
+        let list = s["suspects"].as_array()?.clone();
+        let zone = list.iter().any(|s| s["kind"] == "zone" && s["zone"] == "zone-c" && s["cause"] == "errors");
+        let slow = list.iter().any(|s| s["node"] == "node-07" && s["cause"] == "latency");
+        Some((zone, slow, s))
+    };
+    within(&lab, 10, "both faults' suspects at once", || {
+        let agg = agg.clone();
+        async move { both(agg).await.filter(|(z, l, _)| *z && *l).map(|_| ()) }
+    })
+    .await?;
+    // Healing one leaves the other.
+    lab.apply(&FaultSpec::HealOne(Box::new(partition))).await?;
+    assert_eq!(lab.describe_active(), "delay:node-07:80ms");
+    let (_, _, s) = within(&lab, 10, "the zone healed, the delay still there", || {
+        let agg = agg.clone();
+        async move { both(agg).await.filter(|(z, l, _)| !*z && *l) }
+    })
+    .await?
+    .0;
+    println!("after healing the partition: {s}");
+    lab.apply(&FaultSpec::Heal).await?;
+    assert_eq!(lab.describe_active(), "none");
+    lab.stop().await
+}

@@ -2,6 +2,7 @@
 //! netem): it listens on the node's pod address and forwards to the agent, passing traffic
 //! through, delaying it, refusing connections (listener closed: RST), or black-holing them
 //! (accepted, never answered) — for every source, or only for sources in a set (a partition).
+//! Several rules compose ([`effect`]): a refusal or black hole wins, delays add up.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -35,10 +36,36 @@ pub struct Rule {
     pub only_from: Option<BTreeSet<IpAddr>>,
 }
 
+/// What the rules in force do to a connection from `peer`: a refusal wins, then a black hole;
+/// the delays of every applicable rule add up.
+pub fn effect(rules: &[Rule], peer: IpAddr) -> Fault {
+    let applicable = rules.iter().filter(|r| r.only_from.as_ref().is_none_or(|set| set.contains(&peer)));
+    let mut delay = Duration::ZERO;
+    let mut blackhole = false;
+    for r in applicable {
+        match r.fault {
+            Fault::Refuse => return Fault::Refuse,
+            Fault::Blackhole => blackhole = true,
+            Fault::Delay(d) => delay += d,
+            Fault::Pass => {}
+        }
+    }
+    match (blackhole, delay.is_zero()) {
+        (true, _) => Fault::Blackhole,
+        (false, false) => Fault::Delay(delay),
+        (false, true) => Fault::Pass,
+    }
+}
+
+/// Whether the rules close the port (a refusal for every source).
+fn refuses_everyone(rules: &[Rule]) -> bool {
+    rules.iter().any(|r| r.fault == Fault::Refuse && r.only_from.is_none())
+}
+
 /// A running proxy; stops when dropped.
 pub struct FaultProxy {
     listen: SocketAddr,
-    rule: watch::Sender<Rule>,
+    rules: watch::Sender<Vec<Rule>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -46,9 +73,9 @@ impl FaultProxy {
     /// Listens on `listen`, forwarding to `upstream`.
     pub async fn start(listen: SocketAddr, upstream: SocketAddr) -> std::io::Result<Self> {
         let listener = TcpListener::bind(listen).await?;
-        let (rule, rx) = watch::channel(Rule::default());
+        let (rules, rx) = watch::channel(Vec::new());
         let task = tokio::spawn(run(listener, listen, upstream, rx));
-        Ok(Self { listen, rule, task })
+        Ok(Self { listen, rules, task })
     }
 
     /// The address clients connect to.
@@ -56,14 +83,14 @@ impl FaultProxy {
         self.listen
     }
 
-    /// Applies `rule` to new connections from now on.
+    /// Applies `rule` alone to new connections from now on.
     pub fn set(&self, rule: Rule) {
-        self.rule.send_replace(rule);
+        self.set_all(vec![rule]);
     }
 
-    /// The rule in force.
-    pub fn rule(&self) -> Rule {
-        self.rule.borrow().clone()
+    /// Applies every one of `rules` (composed by [`effect`]) to new connections from now on.
+    pub fn set_all(&self, rules: Vec<Rule>) {
+        self.rules.send_replace(rules);
     }
 }
 
@@ -73,11 +100,11 @@ impl Drop for FaultProxy {
     }
 }
 
-async fn run(listener: TcpListener, listen: SocketAddr, upstream: SocketAddr, mut rule: watch::Receiver<Rule>) {
+async fn run(listener: TcpListener, listen: SocketAddr, upstream: SocketAddr, mut rule: watch::Receiver<Vec<Rule>>) {
     let held: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
     let mut listener = Some(listener);
     loop {
-        let refusing = rule.borrow().fault == Fault::Refuse && rule.borrow().only_from.is_none();
+        let refusing = refuses_everyone(&rule.borrow());
         match (&listener, refusing) {
             (Some(_), true) => {
                 listener = None;
@@ -111,9 +138,7 @@ async fn run(listener: TcpListener, listen: SocketAddr, upstream: SocketAddr, mu
                 Err(_) => continue,
             },
         };
-        let current = rule.borrow().clone();
-        let applies = current.only_from.as_ref().is_none_or(|set| set.contains(&peer.ip()));
-        let fault = if applies { current.fault } else { Fault::Pass };
+        let fault = effect(&rule.borrow(), peer.ip());
         let held = held.clone();
         tokio::spawn(async move {
             match fault {
@@ -167,6 +192,21 @@ mod tests {
         let mut buf = [0u8; 4];
         tokio::time::timeout(Duration::from_millis(500), s.read_exact(&mut buf)).await??;
         Ok(start.elapsed())
+    }
+
+    #[test]
+    fn rules_compose_refusal_first_delays_add_up() {
+        let (a, b): (IpAddr, IpAddr) = ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
+        let ms = Duration::from_millis;
+        let delay = |d| Rule { fault: Fault::Delay(ms(d)), only_from: None };
+        let cut_from_a = Rule { fault: Fault::Refuse, only_from: Some([a].into()) };
+        let rules = vec![delay(80), cut_from_a.clone(), delay(20)];
+        assert_eq!(effect(&rules, a), Fault::Refuse, "the partition holds with the delay");
+        assert_eq!(effect(&rules, b), Fault::Delay(ms(100)), "the delay holds with the partition");
+        assert_eq!(effect(&[], b), Fault::Pass);
+        let hole = Rule { fault: Fault::Blackhole, only_from: None };
+        assert_eq!(effect(&[delay(5), hole], b), Fault::Blackhole);
+        assert!(!refuses_everyone(&rules) && refuses_everyone(&[Rule { fault: Fault::Refuse, only_from: None }]));
     }
 
     #[tokio::test]

@@ -220,17 +220,30 @@ impl LocalCluster {
     /// Cuts `zone` off from the other zones in both directions (connections closed unanswered);
     /// `None` heals every partition.
     pub fn partition(&self, zone: Option<&str>) -> anyhow::Result<()> {
+        let rules = self.nodes.iter().map(|sim| zone.map(|z| self.partition_rule(sim, z)).into_iter().collect());
+        self.set_rules(rules.collect())
+    }
+
+    /// The rule of `sim`'s proxy that cuts `zone` off from the other zones: it refuses the
+    /// sources on the other side of the zone's border.
+    pub fn partition_rule(&self, sim: &SimNode, zone: &str) -> Rule {
+        let inside = sim.zone == zone;
+        let sources = self.nodes.iter().filter(|n| (n.zone == zone) != inside).map(|n| n.bind).collect();
+        Rule { fault: Fault::Refuse, only_from: Some(sources) }
+    }
+
+    /// Whether every node's agent is behind a fault proxy.
+    pub fn proxied(&self) -> bool {
+        !self.proxies.is_empty() && self.proxies.len() == self.nodes.len()
+    }
+
+    /// Sets every proxy's rules at once: `rules[i]` for node `i` (composed, see
+    /// [`kubenurse_testkit::proxy::effect`]).
+    pub fn set_rules(&self, rules: Vec<Vec<Rule>>) -> anyhow::Result<()> {
         anyhow::ensure!(self.proxies.len() == self.nodes.len(), "cluster is not proxied");
-        for (sim, proxy) in self.nodes.iter().zip(&self.proxies) {
-            let rule = match zone {
-                None => Rule::default(),
-                Some(z) => {
-                    let inside = sim.zone == z;
-                    let sources = self.nodes.iter().filter(|n| (n.zone == z) != inside).map(|n| n.bind).collect();
-                    Rule { fault: Fault::Refuse, only_from: Some(sources) }
-                }
-            };
-            proxy.set(rule);
+        anyhow::ensure!(rules.len() == self.proxies.len(), "one rule list per node");
+        for (proxy, rules) in self.proxies.iter().zip(rules) {
+            proxy.set_all(rules);
         }
         Ok(())
     }

@@ -39,6 +39,28 @@ pub enum FaultSpec {
     ApiFail,
     /// `heal`: every fault above cleared (deleted nodes stay deleted).
     Heal,
+    /// `heal:SPEC`: that one fault cleared, the others kept.
+    HealOne(Box<FaultSpec>),
+}
+
+impl std::fmt::Display for FaultSpec {
+    /// The syntax it parses from.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let go = |d: &Duration| format!("{}ms", d.as_millis());
+        match self {
+            Self::Delay(n, d) => write!(f, "delay:{n}:{}", go(d)),
+            Self::Refuse(n) => write!(f, "refuse:{n}"),
+            Self::Drop(n) => write!(f, "drop:{n}"),
+            Self::Cordon(n, true) => write!(f, "cordon:{n}"),
+            Self::Cordon(n, false) => write!(f, "uncordon:{n}"),
+            Self::Delete(n) => write!(f, "delete:{n}"),
+            Self::Partition(z) => write!(f, "partition:{z}"),
+            Self::ApiSlow(d) => write!(f, "apiserver:slow:{}", go(d)),
+            Self::ApiFail => f.write_str("apiserver:fail"),
+            Self::Heal => f.write_str("heal"),
+            Self::HealOne(one) => write!(f, "heal:{one}"),
+        }
+    }
 }
 
 /// The lab's `--node-conditions on`: the default share cap, a hold of five intervals (so a
@@ -53,12 +75,18 @@ pub const ALERT_RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../alerts
 
 /// The accepted forms, for error messages and `--help`.
 pub const FAULT_SYNTAX: &str = "delay:NODE:DURATION | refuse:NODE | drop:NODE | cordon:NODE | uncordon:NODE | \
-delete:NODE | partition:ZONE | apiserver:slow:DURATION | apiserver:fail | heal";
+delete:NODE | partition:ZONE | apiserver:slow:DURATION | apiserver:fail | heal | heal:SPEC";
 
 impl FromStr for FaultSpec {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(one) = s.trim().strip_prefix("heal:") {
+            return match one.parse()? {
+                Self::Heal | Self::HealOne(_) => Err(format!("heal:{one}: heal one fault, e.g. heal:refuse:node-02")),
+                spec => Ok(Self::HealOne(Box::new(spec))),
+            };
+        }
         let parts: Vec<&str> = s.trim().split(':').collect();
         let dur = |v: &str| {
             kubenurse_common::duration::parse_go_duration(v.trim_start_matches('+')).map_err(|e| format!("{v:?}: {e}"))
@@ -92,6 +120,8 @@ pub struct Lab {
     pub limit: usize,
     /// Simulated agents of a big cluster, if any.
     pub simulated: Option<SimulatedAgents>,
+    /// Faults in force, in the order applied (they compose until healed).
+    active: Vec<FaultSpec>,
 }
 
 impl Lab {
@@ -109,7 +139,7 @@ impl Lab {
         spec.env.push(("KUBENURSE_AGGREGATOR_URL".into(), aggregator.grpc_url()));
         spec.token_audience = Some(DEFAULT_AUDIENCE.into());
         let cluster = LocalCluster::start_on(api, &spec, dir).await?;
-        Ok(Self { cluster, aggregator, interval, limit: spec.limit, simulated: None })
+        Ok(Self { cluster, aggregator, interval, limit: spec.limit, simulated: None, active: Vec::new() })
     }
 
     /// Makes the cluster big: `count` more realistic Nodes whose agents are simulated (see
@@ -122,27 +152,84 @@ impl Lab {
         Ok(())
     }
 
-    /// Applies a fault; returns what was done, for the operator.
+    /// Faults in force, in the order applied.
+    pub fn active_faults(&self) -> &[FaultSpec] {
+        &self.active
+    }
+
+    /// Every proxy's rules from the faults in force: they compose (a delay stays while a
+    /// partition comes and goes).
+    fn proxy_rules(&self) -> Vec<Vec<Rule>> {
+        let c = &self.cluster;
+        c.nodes
+            .iter()
+            .map(|sim| {
+                self.active
+                    .iter()
+                    .filter_map(|f| match f {
+                        FaultSpec::Delay(n, d) if *n == sim.node => {
+                            Some(Rule { fault: Fault::Delay(*d), only_from: None })
+                        }
+                        FaultSpec::Refuse(n) if *n == sim.node => Some(Rule { fault: Fault::Refuse, only_from: None }),
+                        FaultSpec::Drop(n) if *n == sim.node => Some(Rule { fault: Fault::Blackhole, only_from: None }),
+                        FaultSpec::Partition(z) => Some(c.partition_rule(sim, z)),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The API server's faults from those in force: failing wins, the slowest delay counts.
+    fn api_faults(&self) -> Faults {
+        let failing = self.active.contains(&FaultSpec::ApiFail);
+        let delay = self
+            .active
+            .iter()
+            .filter_map(|f| if let FaultSpec::ApiSlow(d) = f { Some(*d) } else { None })
+            .max()
+            .unwrap_or_default();
+        Faults { delay, failing }
+    }
+
+    /// Brings the proxies and the API server to the faults in force.
+    fn enforce(&self) -> anyhow::Result<()> {
+        self.cluster.api.set_faults(self.api_faults());
+        if self.cluster.proxied() {
+            self.cluster.set_rules(self.proxy_rules())?;
+        }
+        Ok(())
+    }
+
+    /// Applies a fault on top of those in force (or heals); returns what was done, for the
+    /// operator.
     pub async fn apply(&mut self, fault: &FaultSpec) -> anyhow::Result<String> {
-        let c = &mut self.cluster;
-        Ok(match fault {
-            FaultSpec::Delay(n, d) => {
-                c.fault(n, Rule { fault: Fault::Delay(*d), only_from: None })?;
-                format!("{n}: inbound delayed by {d:?}")
+        let node_exists = |n: &str| self.cluster.nodes.iter().any(|s| s.node == n);
+        let done = match fault {
+            FaultSpec::Delay(n, _) | FaultSpec::Refuse(n) | FaultSpec::Drop(n) => {
+                anyhow::ensure!(node_exists(n), "no node {n}");
+                anyhow::ensure!(self.cluster.proxied(), "the cluster is not proxied");
+                match fault {
+                    FaultSpec::Delay(_, d) => format!("{n}: inbound delayed by {d:?}"),
+                    FaultSpec::Refuse(_) => format!("{n}: refusing connections"),
+                    _ => format!("{n}: black-holing connections"),
+                }
             }
-            FaultSpec::Refuse(n) => {
-                c.fault(n, Rule { fault: Fault::Refuse, only_from: None })?;
-                format!("{n}: refusing connections")
-            }
-            FaultSpec::Drop(n) => {
-                c.fault(n, Rule { fault: Fault::Blackhole, only_from: None })?;
-                format!("{n}: black-holing connections")
+            FaultSpec::Partition(z) => {
+                anyhow::ensure!(self.cluster.nodes.iter().any(|s| s.zone == *z), "no zone {z}");
+                anyhow::ensure!(self.cluster.proxied(), "the cluster is not proxied");
+                format!("{z}: partitioned from the other zones")
             }
             FaultSpec::Cordon(n, on) => {
-                anyhow::ensure!(c.api.cordon(n, *on), "no node {n}");
-                format!("{n}: {}", if *on { "cordoned" } else { "uncordoned" })
+                anyhow::ensure!(self.cluster.api.cordon(n, *on), "no node {n}");
+                if !on {
+                    self.active.retain(|f| *f != FaultSpec::Cordon(n.clone(), true));
+                    return Ok(format!("{n}: uncordoned"));
+                }
+                format!("{n}: cordoned")
             }
             FaultSpec::Delete(n) => {
+                let c = &mut self.cluster;
                 let i = c
                     .agents
                     .iter()
@@ -153,30 +240,44 @@ impl Lab {
                 agent.stop().await?;
                 c.api.delete_pod(NAMESPACE, &pod);
                 c.api.delete_node(n);
-                format!("{n}: agent stopped, pod and node deleted")
+                // Permanent: nothing to heal.
+                return Ok(format!("{n}: agent stopped, pod and node deleted"));
             }
-            FaultSpec::Partition(z) => {
-                anyhow::ensure!(c.nodes.iter().any(|s| s.zone == *z), "no zone {z}");
-                c.partition(Some(z))?;
-                format!("{z}: partitioned from the other zones")
-            }
-            FaultSpec::ApiSlow(d) => {
-                c.api.set_faults(Faults { delay: *d, failing: false });
-                format!("API server: every answer delayed by {d:?}")
-            }
-            FaultSpec::ApiFail => {
-                c.api.set_faults(Faults { delay: Duration::ZERO, failing: true });
-                "API server: failing every request (503)".into()
-            }
+            FaultSpec::ApiSlow(d) => format!("API server: every answer delayed by {d:?}"),
+            FaultSpec::ApiFail => "API server: failing every request (503)".into(),
             FaultSpec::Heal => {
-                c.partition(None)?;
-                c.api.set_faults(Faults::default());
-                for s in c.nodes.clone() {
-                    let _ = c.api.cordon(&s.node, false);
+                for f in std::mem::take(&mut self.active) {
+                    if let FaultSpec::Cordon(n, true) = f {
+                        let _ = self.cluster.api.cordon(&n, false);
+                    }
                 }
-                "healed: proxies pass, API server healthy, nodes uncordoned".into()
+                self.enforce()?;
+                return Ok("healed: proxies pass, API server healthy, nodes uncordoned".into());
             }
-        })
+            FaultSpec::HealOne(one) => {
+                let before = self.active.len();
+                self.active.retain(|f| f != &**one);
+                anyhow::ensure!(self.active.len() < before, "{one} is not in force");
+                if let FaultSpec::Cordon(n, true) = &**one {
+                    let _ = self.cluster.api.cordon(n, false);
+                }
+                self.enforce()?;
+                return Ok(format!("healed {one}; in force: {}", self.describe_active()));
+            }
+        };
+        if !self.active.contains(fault) {
+            self.active.push(fault.clone());
+        }
+        self.enforce()?;
+        Ok(done)
+    }
+
+    /// The faults in force, for a status line (`none` when healthy).
+    pub fn describe_active(&self) -> String {
+        if self.active.is_empty() {
+            return "none".into();
+        }
+        self.active.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
     }
 
     /// A Prometheus configuration scraping every agent (labelled with `node` and `zone`, as the
@@ -224,6 +325,16 @@ mod tests {
         assert_eq!("apiserver:slow:2s".parse(), Ok(FaultSpec::ApiSlow(Duration::from_secs(2))));
         assert_eq!("apiserver:fail".parse(), Ok(FaultSpec::ApiFail));
         assert_eq!("heal".parse(), Ok(FaultSpec::Heal));
+        assert_eq!(
+            "heal:delay:node-07:80ms".parse(),
+            Ok(FaultSpec::HealOne(Box::new(FaultSpec::Delay("node-07".into(), Duration::from_millis(80)))))
+        );
+        assert!("heal:heal".parse::<FaultSpec>().is_err());
+        for spec in
+            ["delay:node-07:80ms", "refuse:node-01", "partition:zone-c", "apiserver:slow:2000ms", "heal:drop:node-02"]
+        {
+            assert_eq!(spec.parse::<FaultSpec>().map(|f| f.to_string()), Ok(spec.to_string()), "prints as it parses");
+        }
         for bad in ["delay:node-03", "delay:node-03:fast", "refuse:", "explode:node-01", ""] {
             assert!(bad.parse::<FaultSpec>().is_err(), "{bad:?}");
         }

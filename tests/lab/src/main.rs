@@ -207,7 +207,8 @@ async fn run(
         kubeconfig.display()
     );
     println!("                    kubectl --kubeconfig {} get events.events.k8s.io -n default", kubeconfig.display());
-    println!("  faults            type e.g. `delay:node-03:80ms`, `refuse:node-02`, `partition:zone-b`, `heal`,");
+    println!("  faults            type e.g. `delay:node-03:80ms`, `refuse:node-02`, `partition:zone-b` (they add up),");
+    println!("                    `heal:delay:node-03:80ms` for one, `heal` for all,");
     println!("                    or: curl 'http://{control_addr}/fault?spec=refuse:node-02'");
     println!("  Ctrl-C stops everything.");
 
@@ -227,8 +228,12 @@ async fn run(
                 _ => stdin_open = false,
             },
             _ = ticker.tick() => {
-                let urls: Vec<String> =
-                    lab.lock().await.as_ref().map(|l| l.cluster.agents.iter().map(|a| a.url()).collect()).unwrap_or_default();
+                let (urls, faults): (Vec<String>, String) = lab
+                    .lock()
+                    .await
+                    .as_ref()
+                    .map(|l| (l.cluster.agents.iter().map(|a| a.url()).collect(), l.describe_active()))
+                    .unwrap_or_default();
                 let mut healthy = 0;
                 for u in &urls {
                     if matches!(http_get(&format!("{u}/alive")).await, Ok((200, _))) {
@@ -251,7 +256,7 @@ async fn run(
                     })
                     .collect();
                 println!(
-                    "  status: {healthy}/{} agents all ok · {} streaming · {rate:.0} results/s · suspects: {}",
+                    "  status: {healthy}/{} agents all ok · {} streaming · {rate:.0} results/s · faults: {faults} · suspects: {}",
                     urls.len(),
                     status["connected_agents"].as_u64().unwrap_or(0),
                     if names.is_empty() { "none".to_string() } else { names.join(", ") }
