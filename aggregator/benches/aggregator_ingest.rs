@@ -3,8 +3,9 @@
 //! 1. Ingest: results per second one aggregator process sustains over gRPC from a load
 //!    generator simulating 10,000 nodes × 10 neighbours (one stream per simulated agent), and
 //!    its resident memory afterwards.
-//!    The same load again while 8 clients loop `/api/v1/matrix` and `/metrics`: the ratio of
-//!    the two rates (the API answers from snapshots, off the owner task).
+//!    The same load again while 8 clients loop `/api/v1/matrix` (asking for gzip as browsers
+//!    do; `BENCH_CLIENT_GZIP=0` for the plain 25 MiB) and `/metrics`: the ratio of the two
+//!    rates (the API answers from snapshots, off the owner task), and where the CPU went.
 //! 2. `/api/v1/matrix` with those 100,000 cells: median response time, plain and gzipped,
 //!    beside serde_json writing the same number of cells from a Vec (the floor); `/metrics`
 //!    median time and size (`BENCH_CELL_METRICS=all` for per-cell series).
@@ -30,7 +31,7 @@ use kubenurse_proto::v1::{
     agent_message, AgentMessage, AggregatorMessage, CheckResult, Hello, Outcome, ResultBatch, RoundEnd,
 };
 use kubenurse_proto::MAX_MESSAGE_BYTES;
-use kubenurse_testkit::http::http_get;
+use kubenurse_testkit::http::{http_get, http_get_with};
 use kubenurse_testkit::measure::{median, proc_stat, ticks_per_second};
 use tokio::sync::mpsc;
 
@@ -94,13 +95,14 @@ const WARM_UP: u64 = 2;
 /// Trials of each measurement; the medians are printed.
 const TRIALS: u64 = 3;
 
-/// Rounds `rounds` while 8 clients loop `/api/v1/matrix` and `/metrics` (or only the matrix):
-/// results/s, and how many answers the clients got.
+/// Rounds `rounds` while 8 clients loop `/api/v1/matrix` and `/metrics` (or only the matrix),
+/// asking for gzip as browsers do (or not): results/s, and how many answers the clients got.
 async fn while_queried(
     http: &'static str,
     senders: &[(mpsc::Sender<AgentMessage>, Vec<String>)],
     rounds: std::ops::Range<u64>,
     with_metrics: bool,
+    gzip: bool,
 ) -> anyhow::Result<(f64, u32)> {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut loops = Vec::new();
@@ -110,7 +112,8 @@ async fn while_queried(
         loops.push(tokio::spawn(async move {
             let mut served = 0u32;
             while !stop.load(Ordering::Relaxed) && served < 10_000 {
-                match http_get(&format!("http://{http}{path}")).await {
+                let headers: &[(&str, &str)] = if gzip { &[("accept-encoding", "gzip")] } else { &[] };
+                match http_get_with(&format!("http://{http}{path}"), headers).await {
                     Ok((200, _)) => served += 1,
                     // Busy (beyond the expensive-query permits): back off as Retry-After says.
                     _ => tokio::time::sleep(Duration::from_secs(1)).await,
@@ -353,33 +356,55 @@ fn main() -> anyhow::Result<()> {
         ingest_rounds(http, &senders, 0..WARM_UP).await?;
         // BENCH_LOOP_METRICS=0: all 8 loop the matrix (to tell the two costs apart).
         let with_metrics = std::env::var("BENCH_LOOP_METRICS").map_or(true, |v| v != "0");
+        // BENCH_CLIENT_GZIP=0: the clients take the 25 MiB plain matrix (browsers ask for gzip).
+        let gzip = std::env::var("BENCH_CLIENT_GZIP").map_or(true, |v| v != "0");
         // Alone and busy trials alternate, so a change in the machine's speed hits both.
         let (mut alone, mut busy, mut cpu, mut served) = (Vec::new(), Vec::new(), Vec::new(), 0);
+        // Where the CPU goes while queried: the aggregator's, and this process's (the load
+        // generator and the 8 clients reading the answers), per result, in both phases.
+        let (mut busy_cpu, mut own_alone, mut own_busy) = (Vec::new(), Vec::new(), Vec::new());
+        let me = std::process::id();
         let mut next = WARM_UP;
         for _ in 0..TRIALS {
-            let before = cpu_seconds(pid);
+            let (before, own) = (cpu_seconds(pid), cpu_seconds(me));
             alone.push(ingest_rounds(http, &senders, next..next + rounds).await?);
             cpu.push(cpu_seconds(pid) - before);
+            own_alone.push(cpu_seconds(me) - own);
             next += rounds;
-            let (rate, answers) = while_queried(http, &senders, next..next + rounds, with_metrics).await?;
+            let (before, own) = (cpu_seconds(pid), cpu_seconds(me));
+            let (rate, answers) = while_queried(http, &senders, next..next + rounds, with_metrics, gzip).await?;
+            busy_cpu.push(cpu_seconds(pid) - before);
+            own_busy.push(cpu_seconds(me) - own);
             busy.push(rate);
             served += answers;
             next += rounds;
         }
-        let (alone, busy) = (median(alone), median(busy));
+        let (alone, busy, cpu) = (median(alone), median(busy), median(cpu));
         println!("ingest: {nodes} simulated agents x {LIMIT} neighbours, medians of {TRIALS} trials of {rounds} rounds (after {WARM_UP} warm-up rounds)");
         println!("  a bare tonic sink decoding the same messages (the floor): {floor:.0} results/s");
         println!("  the aggregator alone: {alone:.0} results/s = {:.2} x the floor   [target >= 0.5]", alone / floor);
         println!(
             "  CPU per result: aggregator {:.2} us, bare sink {:.2} us (the generator shares the 2 cores with either)",
-            per_result(median(cpu)),
+            per_result(cpu),
             per_result(sink_cpu)
         );
         println!("  aggregator resident memory after the trials: {:.1} MiB   [target <= 512 MiB]", proc_stat(pid).map_or(0.0, |p| p.rss_mib()));
-        let what = if with_metrics { "/api/v1/matrix and /metrics" } else { "/api/v1/matrix" };
+        let what = match (with_metrics, gzip) {
+            (true, true) => "/api/v1/matrix (gzip, as browsers ask) and /metrics",
+            (true, false) => "/api/v1/matrix (plain) and /metrics",
+            (false, true) => "/api/v1/matrix (gzip, as browsers ask)",
+            (false, false) => "/api/v1/matrix (plain)",
+        };
         println!(
             "  while 8 clients loop {what}: {busy:.0} results/s = {:.2} x alone ({served} answers with 200)   [target >= 0.9]",
             busy / alone
+        );
+        println!(
+            "    CPU per result while queried: aggregator {:.2} us (alone {:.2}); this process (generator + clients) {:.2} us (alone {:.2})",
+            per_result(median(busy_cpu)),
+            per_result(cpu),
+            per_result(median(own_busy)),
+            per_result(median(own_alone))
         );
 
         let (plain_ms, size) = timed_get(http, "/api/v1/matrix", false, 15).await?;
