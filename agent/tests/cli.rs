@@ -57,7 +57,7 @@ fn every_invalid_value_exits_2_naming_the_variable() {
         vec![("KUBENURSE_HTTP_PORT", "http".into())],
     ];
     for case in cases {
-        let mut env = base_env("127.0.61.1", 18080);
+        let mut env = base_env("127.0.62.1", 18080);
         env.extend(case.iter().cloned());
         let out = command(&env).stdin(Stdio::null()).output().expect("agent binary runs");
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -86,10 +86,12 @@ fn help_lists_every_variable_with_its_default() {
 
 #[tokio::test]
 async fn sigterm_makes_ready_503_before_the_listener_closes() {
-    let (ip, port) = ("127.0.61.2", 18080);
+    let (ip, port) = ("127.0.62.2", 18080);
     let mut env = base_env(ip, port);
     env.push(("KUBENURSE_SHUTDOWN_DURATION", "1500ms".into()));
-    let mut child = command(&env).stdin(Stdio::null()).stderr(Stdio::null()).spawn().expect("agent starts");
+    let child = command(&env).stdin(Stdio::null()).stderr(Stdio::null()).spawn().expect("agent starts");
+    // Killed however the test ends, so a failure leaves no agent holding the address.
+    let mut child = KillOnDrop(child);
     let ready = format!("http://{ip}:{port}/ready");
     let start = Instant::now();
     loop {
@@ -99,12 +101,21 @@ async fn sigterm_makes_ready_503_before_the_listener_closes() {
         assert!(start.elapsed() < Duration::from_secs(20), "agent never became ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let alive = http_get(&format!("http://{ip}:{port}/alive")).await.expect("alive answers");
-    assert_eq!(alive.0, 200, "{}", alive.1);
+    // Ready comes with the listeners; /alive turns 200 when the first round has finished.
+    let alive = format!("http://{ip}:{port}/alive");
+    let mut last = (0, String::new());
+    while start.elapsed() < Duration::from_secs(20) {
+        last = http_get(&alive).await.expect("alive answers");
+        if last.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(last.0, 200, "{}", last.1);
     let root = http_get(&format!("http://{ip}:{port}/")).await.expect("/ answers");
     assert_eq!(root.0, 301, "/ redirects to /alive");
 
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill runs");
+    let status = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().expect("kill runs");
     assert!(status.success());
     let mut saw_503 = false;
     let mut closed = false;
@@ -122,6 +133,16 @@ async fn sigterm_makes_ready_503_before_the_listener_closes() {
     }
     assert!(saw_503, "/ready never answered 503 during the shutdown wait");
     assert!(closed, "listener never closed");
-    let exit = child.wait().expect("agent exits");
+    let exit = child.0.wait().expect("agent exits");
     assert_eq!(exit.code(), Some(0));
+}
+
+/// A child process killed when dropped (a no-op once it has exited).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

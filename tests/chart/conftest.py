@@ -8,6 +8,7 @@ renders offline.
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,17 @@ class Rendered:
 
     def agent_env(self) -> dict[str, Any]:
         return env_map(self.agent_container())
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """base with override's keys, maps merged recursively (as Helm merges values files)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def is_hook(obj: dict[str, Any]) -> bool:

@@ -22,7 +22,7 @@ import helm_python as helm
 import pytest
 import yaml
 
-from conftest import CHART_DIR, HERE, NAMESPACE, RELEASE, REPO
+from conftest import CHART_DIR, HERE, NAMESPACE, RELEASE, REPO, deep_merge
 
 RULES_FILE = REPO / "alerts" / "kubenurse.rules.yaml"
 ALERTS_DOC = REPO / "docs" / "alerts.md"
@@ -86,15 +86,6 @@ def rules_by_alert(groups: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             out[r["alert"]] = r
     return out
 
-
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 class _Dumper(yaml.SafeDumper):

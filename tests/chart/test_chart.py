@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from conftest import CHART_DIR, NAMESPACE, RELEASE, container, env_map, selects, values_file
+from conftest import CHART_DIR, NAMESPACE, RELEASE, container, deep_merge, env_map, selects, values_file
 
 # Kubernetes versions whose schemas every object must satisfy (strict: no unknown fields):
 # the oldest kubernetes-validate ships at or above the chart's kubeVersion floor worth
@@ -96,16 +96,6 @@ def scenario_values(name: str) -> dict[str, Any]:
     v = SCENARIOS[name]
     return values_file(v) if isinstance(v, str) else v
 
-
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """base with override's keys, maps merged recursively (as Helm merges values files)."""
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 @pytest.fixture(params=sorted(SCENARIOS))

@@ -27,17 +27,7 @@ async fn until(url: &str, want: Outcome, limit: Duration) -> anyhow::Result<Stri
 async fn the_check_exits_by_the_verdict() -> anyhow::Result<()> {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("check-e2e");
     let _ = std::fs::remove_dir_all(&dir);
-    let spec = ClusterSpec {
-        nodes: 5,
-        subnet: 57,
-        port: 18080,
-        interval: "1s".into(),
-        limit: 10,
-        env: vec![("KUBENURSE_CHECK_TIMEOUT".into(), "500ms".into())],
-        proxied: true,
-        token_audience: None,
-        client_cert_dir: None,
-    };
+    let spec = ClusterSpec::scenario(5, 57);
     let mut lab = Lab::start(spec, Settings { tick_micros: 250_000, ..Settings::default() }, &dir).await?;
     let url = lab.aggregator.url();
 

@@ -42,17 +42,10 @@ async fn aggregator(api: &FakeApiServer, ip: &str, dry_run: bool) -> anyhow::Res
 }
 
 fn spec(nodes: u8, subnet: u8, urls: String) -> ClusterSpec {
-    ClusterSpec {
-        nodes,
-        subnet,
-        port: 18080,
-        interval: "1s".into(),
-        limit: 10,
-        env: vec![("KUBENURSE_CHECK_TIMEOUT".into(), "500ms".into()), ("KUBENURSE_AGGREGATOR_URL".into(), urls)],
-        proxied: true,
-        token_audience: Some(kubenurse_aggregator::auth::DEFAULT_AUDIENCE.into()),
-        client_cert_dir: None,
-    }
+    let mut spec = ClusterSpec::scenario(nodes, subnet);
+    spec.env.push(("KUBENURSE_AGGREGATOR_URL".into(), urls));
+    spec.token_audience = Some(kubenurse_aggregator::auth::DEFAULT_AUDIENCE.into());
+    spec
 }
 
 fn condition(api: &FakeApiServer, node: &str, kind: &str) -> Option<NodeCondition> {

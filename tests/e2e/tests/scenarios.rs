@@ -23,17 +23,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 async fn lab(subnet: u8, name: &str) -> anyhow::Result<Lab> {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
     let _ = std::fs::remove_dir_all(&dir);
-    let spec = ClusterSpec {
-        nodes: 12,
-        subnet,
-        port: 18080,
-        interval: "1s".into(),
-        limit: 10,
-        env: vec![("KUBENURSE_CHECK_TIMEOUT".into(), "500ms".into())],
-        proxied: true,
-        token_audience: None,
-        client_cert_dir: None,
-    };
+    let spec = ClusterSpec::scenario(12, subnet);
     let lab = Lab::start(spec, Settings { tick_micros: 250_000, ..Settings::default() }, &dir).await?;
     // Healthy first: every pair present.
     let agg = lab.aggregator.url();

@@ -115,6 +115,22 @@ impl Default for ClusterSpec {
 }
 
 impl ClusterSpec {
+    /// The fault scenarios' cluster: `nodes` agents on `subnet`, every agent behind a fault
+    /// proxy, a round a second, 10 neighbours, checks timing out after 500 ms.
+    pub fn scenario(nodes: u8, subnet: u8) -> Self {
+        Self {
+            nodes,
+            subnet,
+            port: 18080,
+            interval: "1s".into(),
+            limit: 10,
+            env: vec![("KUBENURSE_CHECK_TIMEOUT".into(), "500ms".into())],
+            proxied: true,
+            token_audience: None,
+            client_cert_dir: None,
+        }
+    }
+
     /// `nodes` agents on `subnet` (port 18080, every 500 ms) streaming to `aggregator_url`
     /// with projected tokens of the default audience: what an authenticated install looks like.
     pub fn streaming(subnet: u8, nodes: u8, aggregator_url: &str) -> Self {
