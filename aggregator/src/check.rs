@@ -208,16 +208,6 @@ fn name_of(s: &Suspect) -> String {
     }
 }
 
-fn kind_word(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Source => "source",
-        Kind::Destination => "destination",
-        Kind::Node => "node",
-        Kind::Zone => "zone",
-        Kind::Cluster => "cluster",
-    }
-}
-
 /// Judges one reading (pure).
 pub fn judge(reading: &Reading, expect_nodes: usize) -> Verdict {
     let agents = reading.status.connected_agents;
@@ -233,7 +223,7 @@ pub fn judge(reading: &Reading, expect_nodes: usize) -> Verdict {
         problems.push(format!(
             "suspect {} ({} {:?}): {} of {} cells bad ({:.0} %), e.g. {examples}",
             name_of(s),
-            kind_word(s.kind),
+            s.kind.as_str(),
             s.cause,
             e.bad_cells,
             e.cells,

@@ -160,10 +160,7 @@ impl AggregatorMetrics {
         self.under_covered.set(snapshot.under_covered_nodes() as i64);
         self.suspects.reset();
         for s in &snapshot.suspects {
-            let kind = serde_json::to_value(s.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-            let cause =
-                serde_json::to_value(s.cause).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-            self.suspects.with_label_values(&[kind.as_str(), cause.as_str()]).inc();
+            self.suspects.with_label_values(&[s.kind.as_str(), s.cause.as_str()]).inc();
         }
         self.p50.reset();
         self.p99.reset();

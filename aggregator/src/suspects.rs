@@ -62,6 +62,19 @@ pub enum Kind {
     Cluster,
 }
 
+impl Kind {
+    /// Its name: the `kind` of `/api/v1/suspects` and of the suspects metric.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Source => "source",
+            Self::Destination => "destination",
+            Self::Node => "node",
+            Self::Zone => "zone",
+            Self::Cluster => "cluster",
+        }
+    }
+}
+
 /// Errors or latency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -72,6 +85,17 @@ pub enum Cause {
     Latency,
     /// Checks that failed inside the source agent's own node: only ever a source suspect.
     Local,
+}
+
+impl Cause {
+    /// Its name: the `cause` of `/api/v1/suspects` and of the suspects metric.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Errors => "errors",
+            Self::Latency => "latency",
+            Self::Local => "local",
+        }
+    }
 }
 
 /// Why a suspect was named.
@@ -359,6 +383,16 @@ mod tests {
     fn only(s: &[Suspect]) -> (Kind, Option<&str>, Option<&str>, Cause) {
         assert_eq!(s.len(), 1, "{s:#?}");
         (s[0].kind, s[0].node.as_deref(), s[0].zone.as_deref(), s[0].cause)
+    }
+
+    #[test]
+    fn names_are_the_serialised_names() {
+        for k in [Kind::Source, Kind::Destination, Kind::Node, Kind::Zone, Kind::Cluster] {
+            assert_eq!(serde_json::to_value(k).ok(), Some(serde_json::json!(k.as_str())));
+        }
+        for c in [Cause::Errors, Cause::Latency, Cause::Local] {
+            assert_eq!(serde_json::to_value(c).ok(), Some(serde_json::json!(c.as_str())));
+        }
     }
 
     #[test]

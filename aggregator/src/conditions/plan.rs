@@ -80,20 +80,13 @@ pub struct Planner {
     over_cap: bool,
 }
 
+/// `DestinationErrors` from `destination` and `errors`: the condition's reason.
 fn pascal(kind: Kind, cause: Cause) -> String {
-    let kind = match kind {
-        Kind::Source => "Source",
-        Kind::Destination => "Destination",
-        Kind::Node => "Node",
-        Kind::Zone => "Zone",
-        Kind::Cluster => "Cluster",
+    let capital = |word: &str| {
+        let mut chars = word.chars();
+        chars.next().map(|c| c.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_default()
     };
-    let cause = match cause {
-        Cause::Errors => "Errors",
-        Cause::Latency => "Latency",
-        Cause::Local => "Local",
-    };
-    format!("{kind}{cause}")
+    capital(kind.as_str()) + &capital(cause.as_str())
 }
 
 /// The condition message of a suspect: what is wrong, and the cells that show it.
