@@ -342,6 +342,22 @@ def kubenurse_dashboard() -> dict:
                  [(f"sum by (node) (rate(kubenurse_aggregator_dropped_results_total{{{SEL}}}[$__rate_interval]))",
                    "{{node}}")], unit="reqps")
 
+    # Last, so the panels above keep their ids (links to single panels).
+    b.row("UDP loss")
+    b.timeseries("UDP loss ratio per path", "Lost share of the UDP echo packets from the selected nodes, per "
+                 "destination (kubenurse_udp_packets_lost_total / kubenurse_udp_packets_sent_total; "
+                 "udp.enabled).",
+                 [(f"sum by (type) (rate(kubenurse_udp_packets_lost_total{{{SEL_TYPE}}}[$__rate_interval])) / "
+                   f"sum by (type) (rate(kubenurse_udp_packets_sent_total{{{SEL_TYPE}}}[$__rate_interval]))",
+                   "{{type}}")], unit="percentunit")
+    b.timeseries("UDP RTT p99 per path", "99th percentile round-trip time of the answered UDP echo packets, per "
+                 "destination (kubenurse_udp_rtt_seconds).",
+                 [(_q("0.99", "kubenurse_udp_rtt_seconds", "type", SEL_TYPE), "{{type}}")], unit="s")
+    b.timeseries("TCP SYN retransmits", "SYN retransmissions per second of the checks' new connections, per "
+                 "check type (kubenurse_tcp_syn_retransmits_total): packet loss on the TCP path.",
+                 [(f"sum by (type) (rate(kubenurse_tcp_syn_retransmits_total{{{SEL_TYPE}}}[$__rate_interval]))",
+                   "{{type}}")], unit="pps", w=24)
+
     variables = [
         datasource_var(),
         query_var("zone", "Zone", "label_values(kubenurse_httpclient_requests_total, zone)"),
@@ -414,6 +430,17 @@ def matrix_dashboard() -> dict:
     b.timeseries("Matrix cells", "Source-destination cells per replica (about nodes × neighbour_limit).",
                  [("max by (pod) (kubenurse_aggregator_matrix_cells)", "{{pod}}")])
 
+    # Last, so the panels above keep their ids (links to single panels).
+    b.row("UDP loss (rows: source node, columns: destination node)")
+    b.matrix("UDP loss ratio", "Lost share of the UDP echo packets from the row's node to the column's node over "
+             "the window (kubenurse_matrix_loss_ratio; agents with udp.enabled).",
+             cells("kubenurse_matrix_loss_ratio"), unit="percentunit", max_value=1)
+    b.table("Worst paths by UDP loss", "The 20 cells with the highest UDP loss ratio.",
+            f"topk(20, {cells('kubenurse_matrix_loss_ratio')} > 0)", unit="percentunit", h=12)
+    b.timeseries("Lossy paths (UDP loss ratio)", "The 10 cells with the highest UDP loss ratio at each step.",
+                 [(f"topk(10, {cells('kubenurse_matrix_loss_ratio')} > 0)", "{{src}} → {{dst}}")],
+                 unit="percentunit", w=24)
+
     variables = [
         datasource_var(),
         query_var("zone", "Zone (sources)", "label_values(kubenurse_neighbourhood_incoming_checks, zone)"),
@@ -423,7 +450,7 @@ def matrix_dashboard() -> dict:
               "asDropdown": False, "includeVars": False, "keepTime": True, "targetBlank": False,
               "icon": "dashboard", "tooltip": "", "url": ""}]
     return dashboard("kubenurse-rs-matrix", "kubenurse matrix", "Cluster view from the kubenurse aggregator: "
-                     "node × node latency and errors, suspects, ingest.", ["kubenurse", "kubenurse-matrix"],
+                     "node × node latency, errors and UDP loss, suspects, ingest.", ["kubenurse", "kubenurse-matrix"],
                      variables, b, links)
 
 

@@ -20,6 +20,8 @@ use crate::metrics::Metrics;
 use crate::probe::{ProbeClient, ProbeResult};
 use crate::ring::Neighbour;
 use crate::trace::FailureKind;
+use crate::udp::book::LinkReport;
+use crate::udp::UdpProber;
 
 /// Header telling the neighbour who checked it (upstream's name).
 pub const ORIGIN_HEADER: &str = "KUBENURSE-NEIGHBOUR-ORIGIN";
@@ -73,10 +75,13 @@ pub struct RoundResult {
     pub neighbourhood: Vec<Neighbour>,
     /// The finished checks, for streaming and tests.
     pub outcomes: Vec<CheckOutcome>,
+    /// Each path neighbour's UDP probes (none while `KUBENURSE_CHECK_UDP` is false).
+    pub udp: Vec<LinkReport>,
 }
 
 impl RoundResult {
-    /// True when every check is ok or skipped and the neighbourhood is known.
+    /// True when every check is ok or skipped and the neighbourhood is known (UDP loss is
+    /// shown, not an error: TCP checks that pass are the verdict).
     pub fn all_ok(&self) -> bool {
         (self.neighbourhood_state == "ok" || self.neighbourhood_state == SKIPPED)
             && self.values.values().all(|v| v == "ok" || v == SKIPPED)
@@ -87,6 +92,11 @@ impl RoundResult {
         let mut map = serde_json::Map::new();
         for (k, v) in &self.values {
             map.insert(k.clone(), Value::String(v.clone()));
+        }
+        for r in &self.udp {
+            if let Ok(kind) = CheckKind::path(&r.node) {
+                map.insert(crate::udp::alive_key(&kind), Value::String(r.summary()));
+            }
         }
         map.insert("neighbourhood_state".into(), Value::String(self.neighbourhood_state.clone()));
         map.insert(
@@ -204,6 +214,7 @@ pub struct Checker {
     /// Read again for every API-server check (the kubelet rotates it).
     token_path: PathBuf,
     timeout: Duration,
+    udp: Option<Arc<UdpProber>>,
 }
 
 impl Checker {
@@ -216,7 +227,13 @@ impl Checker {
         token_path: PathBuf,
         timeout: Duration,
     ) -> Self {
-        Self { plan, client, metrics, pod_name, token_path, timeout }
+        Self { plan, client, metrics, pod_name, token_path, timeout, udp: None }
+    }
+
+    /// Also probes every path neighbour over UDP each round.
+    pub fn with_udp(mut self, prober: UdpProber) -> Self {
+        self.udp = Some(Arc::new(prober));
+        self
     }
 
     /// Runs one round over `view` (or no neighbours when the neighbourhood check is off),
@@ -236,6 +253,10 @@ impl Checker {
             None => (SKIPPED.to_string(), Vec::new()),
         };
         let (specs, skipped) = self.plan.round(&neighbourhood);
+        let udp = self.udp.clone().map(|prober| {
+            let neighbours = neighbourhood.clone();
+            tokio::spawn(async move { prober.run_round(&neighbours).await })
+        });
         let tasks: Vec<_> = specs
             .into_iter()
             .map(|spec| {
@@ -255,12 +276,19 @@ impl Checker {
                 Err(e) => warn!(error = %e, "check task failed"),
             }
         }
+        let udp = match udp {
+            Some(task) => task.await.unwrap_or_else(|e| {
+                warn!(error = %e, "udp probe task failed");
+                Vec::new()
+            }),
+            None => Vec::new(),
+        };
         let mut values: BTreeMap<String, String> =
             skipped.iter().map(|kind| (kind.label().into_owned(), SKIPPED.to_string())).collect();
         for o in &outcomes {
             values.insert(o.spec.kind.label().into_owned(), o.value.clone());
         }
-        RoundResult { started_at, took: start.elapsed(), values, neighbourhood_state, neighbourhood, outcomes }
+        RoundResult { started_at, took: start.elapsed(), values, neighbourhood_state, neighbourhood, outcomes, udp }
     }
 
     async fn run_check(&self, spec: CheckSpec) -> CheckOutcome {

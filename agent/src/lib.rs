@@ -15,6 +15,7 @@ pub mod server;
 pub mod state;
 pub mod tls;
 pub mod trace;
+pub mod udp;
 pub mod uplink;
 
 // Who checks whom has one home, shared with the aggregator.
@@ -127,6 +128,9 @@ pub async fn run(
         bind_address,
         http_port,
         https_port,
+        check_udp,
+        udp_port,
+        udp_packets,
         aggregator,
         discovery: discovery_mode,
         discovery_fallback_after,
@@ -175,6 +179,10 @@ pub async fn run(
         hostname: pod_name.clone(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
+    let echo_addr = SocketAddr::new(bind_address.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)), udp_port);
+    let echo_socket =
+        udp::bind(bind_address, udp_port).await.map_err(|source| AgentError::Bind { addr: echo_addr, source })?;
+    let echo = tokio::spawn(udp::echo::serve(echo_socket, metrics.clone(), stop_rx.clone()));
     let router = server::router(state.clone());
     let mut servers =
         vec![tokio::spawn(server::serve(http_listener, router.clone(), None, stop_rx.clone(), DRAIN_TIMEOUT))];
@@ -205,7 +213,16 @@ pub async fn run(
     });
     let probe = ProbeClient::new(client_tls, reuse_connections).with_source(bind_address);
     let token_path = service_account_dir.join("token");
-    let checker = Arc::new(Checker::new(plan, probe, metrics.clone(), pod_name, token_path, check_timeout));
+    let mut checker = Checker::new(plan, probe, metrics.clone(), pod_name, token_path, check_timeout);
+    if check_udp && check_neighbourhood {
+        let source = SocketAddr::new(bind_address.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)), 0);
+        let socket = udp::bind(bind_address, 0)
+            .await
+            .map_err(|source_err| AgentError::Bind { addr: source, source: source_err })?;
+        let timing = udp::RoundTiming::for_interval(udp_packets, check_interval);
+        checker = checker.with_udp(udp::UdpProber::new(socket, udp_port, timing, metrics.clone()));
+    }
+    let checker = Arc::new(checker);
     let rounds = tokio::spawn(round_loop(checker, state.clone(), discovery, check_interval, uplink.clone(), stop_rx));
 
     shutdown.await;
@@ -219,6 +236,7 @@ pub async fn run(
         }
     }
     rounds.abort();
+    echo.abort();
     if let Some(up) = uplink {
         up.stop();
     }
@@ -276,6 +294,9 @@ async fn round_loop(
         });
         let round = checker.run_round(view, on_done).await;
         if let Some(up) = &uplink {
+            for r in &round.udp {
+                up.push_udp(uplink::udp_to_wire(r, round_no, round.started_at));
+            }
             up.push_round_end(RoundEnd {
                 round: round_no,
                 all_ok: round.all_ok(),

@@ -21,12 +21,73 @@ pub struct UplinkMetrics {
     pub targets_refused: IntCounterVec,
 }
 
+/// The UDP probe's families: per neighbour (`type`), and the datagrams either side ignored.
+struct UdpFamilies {
+    sent: IntCounterVec,
+    lost: IntCounterVec,
+    rtt: HistogramVec,
+    ignored: IntCounterVec,
+    echo: IntCounterVec,
+}
+
+impl UdpFamilies {
+    fn new(buckets: &[f64]) -> Result<Self, prometheus::Error> {
+        let counter = |name: &str, help: &str, label: &str| IntCounterVec::new(Opts::new(name, help), &[label]);
+        let ignored = counter(
+            "kubenurse_udp_replies_ignored_total",
+            "UDP datagrams at the probe socket that matched no packet sent (stray, late or forged), by reason.",
+            "reason",
+        )?;
+        for reason in crate::udp::book::Ignored::ALL {
+            ignored.with_label_values(&[reason.as_str()]);
+        }
+        let echo = counter(
+            "kubenurse_udp_echo_requests_total",
+            "UDP datagrams at the echo port, by what was done with them.",
+            "result",
+        )?;
+        for result in crate::udp::echo::EchoResult::ALL {
+            echo.with_label_values(&[result.as_str()]);
+        }
+        Ok(Self {
+            sent: counter("kubenurse_udp_packets_sent_total", "UDP echo packets sent, by check type.", "type")?,
+            lost: counter(
+                "kubenurse_udp_packets_lost_total",
+                "UDP echo packets sent and never answered within the round, by check type.",
+                "type",
+            )?,
+            rtt: HistogramVec::new(
+                HistogramOpts::new("kubenurse_udp_rtt_seconds", "Round-trip time of answered UDP echo packets.")
+                    .buckets(buckets.to_vec()),
+                &["type"],
+            )?,
+            ignored,
+            echo,
+        })
+    }
+
+    fn register(&self, registry: &Registry) -> Result<(), prometheus::Error> {
+        registry.register(Box::new(self.sent.clone()))?;
+        registry.register(Box::new(self.lost.clone()))?;
+        registry.register(Box::new(self.rtt.clone()))?;
+        registry.register(Box::new(self.ignored.clone()))?;
+        registry.register(Box::new(self.echo.clone()))
+    }
+
+    fn forget(&self, check_type: &str) {
+        let _ = self.sent.remove_label_values(&[check_type]);
+        let _ = self.lost.remove_label_values(&[check_type]);
+        let _ = self.rtt.remove_label_values(&[check_type]);
+    }
+}
+
 /// Label values created per check type, so they can all be removed together.
 #[derive(Default)]
 struct Series {
     codes: BTreeSet<String>,
     trace_events: BTreeSet<&'static str>,
     error_events: BTreeSet<String>,
+    udp: bool,
 }
 
 /// The agent's metrics.
@@ -37,6 +98,7 @@ pub struct Metrics {
     trace: HistogramVec,
     errors: IntCounterVec,
     syn_retransmits: IntCounterVec,
+    udp: UdpFamilies,
     incoming: IntGauge,
     /// Every check task records here at once: sharded, so checks never wait on one lock.
     series: DashMap<CheckKind, Series>,
@@ -87,7 +149,9 @@ impl Metrics {
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(syn_retransmits.clone()))?;
         registry.register(Box::new(incoming.clone()))?;
-        Ok(Self { registry, requests, duration, trace, errors, syn_retransmits, incoming, series: DashMap::new() })
+        let udp = UdpFamilies::new(buckets)?;
+        udp.register(&registry)?;
+        Ok(Self { registry, requests, duration, trace, errors, syn_retransmits, udp, incoming, series: DashMap::new() })
     }
 
     /// Records one check's request under its kind's `type` label.
@@ -99,9 +163,8 @@ impl Metrics {
             self.trace.with_label_values(&[check_type, phase.as_str()]).observe(at.as_secs_f64());
             s.trace_events.insert(phase.as_str());
         }
-        if let Some(connect) = result.trace.connect_time(result.duration) {
+        if let Some(n) = result.syn_retransmits() {
             // Created at 0 on the first new connection, so a rate exists before any loss.
-            let n = crate::trace::syn_retransmits(connect);
             self.syn_retransmits.with_label_values(&[check_type]).inc_by(u64::from(n));
         }
         let code = match (result.status, &result.failure) {
@@ -118,6 +181,30 @@ impl Metrics {
         if let Some((kind, _)) = &result.failure {
             self.count_failure(&mut s, check_type, kind);
         }
+    }
+
+    /// Records one round of UDP probes to a neighbour.
+    pub fn record_udp(&self, kind: &CheckKind, report: &crate::udp::book::LinkReport) {
+        let check_type = kind.label();
+        let labels = [check_type.as_ref()];
+        self.series.entry(kind.clone()).or_default().udp = true;
+        self.udp.sent.with_label_values(&labels).inc_by(u64::from(report.sent));
+        // Created at 0, so a loss rate exists before the first loss.
+        self.udp.lost.with_label_values(&labels).inc_by(u64::from(report.lost()));
+        let rtt = self.udp.rtt.with_label_values(&labels);
+        for d in &report.rtts {
+            rtt.observe(d.as_secs_f64());
+        }
+    }
+
+    /// Counts a datagram the probe socket ignored.
+    pub fn count_ignored(&self, reason: crate::udp::book::Ignored) {
+        self.udp.ignored.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    /// Counts what the echo did with a datagram.
+    pub fn count_echo(&self, result: crate::udp::echo::EchoResult) {
+        self.udp.echo.with_label_values(&[result.as_str()]).inc();
     }
 
     /// Counts a failure that produced no request (an unreadable token).
@@ -148,6 +235,9 @@ impl Metrics {
         }
         let _ = self.duration.remove_label_values(&[check_type]);
         let _ = self.syn_retransmits.remove_label_values(&[check_type]);
+        if s.udp {
+            self.udp.forget(check_type);
+        }
     }
 
     /// Path checks that currently have series.

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 
-use kubenurse_proto::v1::{CheckResult, ResultBatch, RoundEnd};
+use kubenurse_proto::v1::{CheckResult, ResultBatch, RoundEnd, UdpResult};
 use kubenurse_proto::{MAX_MESSAGE_BYTES, MAX_RESULTS_PER_BATCH};
 use prost::Message as _;
 
@@ -23,6 +23,8 @@ pub enum Item {
     Result(CheckResult),
     /// The end of a round.
     RoundEnd(RoundEnd),
+    /// A round's UDP probes to one neighbour.
+    Udp(UdpResult),
 }
 
 impl Item {
@@ -31,6 +33,7 @@ impl Item {
         let len = match self {
             Item::Result(r) => r.encoded_len(),
             Item::RoundEnd(e) => e.encoded_len(),
+            Item::Udp(u) => u.encoded_len(),
         };
         len + prost::length_delimiter_len(len) + 1
     }
@@ -113,6 +116,7 @@ pub fn batch_of(items: Vec<Item>) -> ResultBatch {
         match item {
             Item::Result(r) => batch.results.push(r),
             Item::RoundEnd(e) => batch.round_ends.push(e),
+            Item::Udp(u) => batch.udp_results.push(u),
         }
     }
     batch

@@ -47,6 +47,12 @@ impl ProbeResult {
             (Some((_, message)), _) => message.clone(),
         }
     }
+
+    /// SYN retransmissions its TCP connect must have needed; `None` when it opened no new
+    /// connection.
+    pub fn syn_retransmits(&self) -> Option<u32> {
+        self.trace.connect_time(self.duration).map(crate::trace::syn_retransmits)
+    }
 }
 
 /// `404 Not Found`, as Go's `resp.Status`.

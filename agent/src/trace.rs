@@ -213,7 +213,7 @@ pub const INITIAL_RTO: Duration = Duration::from_secs(1);
 /// one from 1 s, two from 3 s, three from 7 s, and so on.
 pub fn syn_retransmits(connect: Duration) -> u32 {
     let (mut at, mut wait, mut n) = (Duration::ZERO, INITIAL_RTO, 0);
-    while n < 16 {
+    while n < kubenurse_proto::MAX_SYN_RETRANSMITS {
         at += wait;
         if connect < at {
             break;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use kubenurse_common::backoff::Backoff;
 use kubenurse_proto::v1::nurse_client::NurseClient;
 use kubenurse_proto::v1::{
-    agent_message, aggregator_message, AgentMessage, CheckResult, Hello, Outcome, Phase, RoundEnd,
+    agent_message, aggregator_message, AgentMessage, CheckResult, Hello, Outcome, Phase, RoundEnd, UdpResult,
 };
 use kubenurse_proto::MAX_MESSAGE_BYTES;
 use prometheus::{IntCounter, IntCounterVec, IntGauge};
@@ -28,6 +28,7 @@ use crate::config::AggregatorConfig;
 use crate::discovery::{Discovery, NeighbourhoodView};
 use crate::metrics::UplinkMetrics;
 use crate::outbox::{batch_of, Item, Outbox};
+use crate::udp::book::LinkReport;
 
 /// First reconnect delay.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -122,6 +123,7 @@ pub fn to_wire(o: &CheckOutcome, round: u64) -> CheckResult {
                 .map(|(ph, at)| Phase { event: ph.as_str().into(), micros: at.as_micros() as u64 })
                 .collect();
             r.status_code = p.status.map_or(0, |s| u32::from(s.as_u16()));
+            r.syn_retransmits = p.syn_retransmits().unwrap_or(0);
             match &p.failure {
                 None => r.set_outcome(Outcome::Ok),
                 Some((kind, message)) => {
@@ -138,6 +140,21 @@ pub fn to_wire(o: &CheckOutcome, round: u64) -> CheckResult {
         }
     }
     r
+}
+
+/// The wire form of one round's UDP probes to a neighbour, from round `round` started at
+/// `started_at`.
+pub fn udp_to_wire(r: &LinkReport, round: u64, started_at: std::time::SystemTime) -> UdpResult {
+    UdpResult {
+        target_node: r.node.clone(),
+        round,
+        start_unix_micros: started_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64),
+        sent: r.sent,
+        received: r.received,
+        duplicated: r.duplicated,
+        reordered: r.reordered,
+        rtt_micros: r.rtts.iter().map(|d| d.as_micros() as u64).collect(),
+    }
 }
 
 impl Uplink {
@@ -281,6 +298,11 @@ impl Uplink {
     /// Queues a finished check (never blocks).
     pub fn push_result(&self, result: CheckResult) {
         self.push(|| Item::Result(result.clone()));
+    }
+
+    /// Queues one round's UDP probes to a neighbour.
+    pub fn push_udp(&self, result: UdpResult) {
+        self.push(|| Item::Udp(result.clone()));
     }
 
     /// Queues the end of a round.

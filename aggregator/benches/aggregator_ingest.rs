@@ -77,7 +77,7 @@ async fn ingest_rounds(
                 })
                 .collect();
             let end = RoundEnd { round, all_ok: true, ..RoundEnd::default() };
-            let batch = ResultBatch { results, round_ends: vec![end] };
+            let batch = ResultBatch { results, round_ends: vec![end], ..ResultBatch::default() };
             tx.send(AgentMessage { msg: Some(agent_message::Msg::Batch(batch)) }).await?;
         }
     }

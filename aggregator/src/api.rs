@@ -130,7 +130,10 @@ async fn matrix(State(api): State<ApiState>, headers: HeaderMap, Query(q): Query
         None => Stat::P99,
         Some(s) => match Stat::parse(s) {
             Some(stat) => stat,
-            None => return bad_request(format!("stat={s:?}: expected p50, p90, p99 or error_ratio")),
+            None => {
+                let names: Vec<&str> = Stat::ALL.iter().map(|s| s.name()).collect();
+                return bad_request(format!("stat={s:?}: expected one of {}", names.join(", ")));
+            }
         },
     };
     let window = match q.get("window") {

@@ -1,6 +1,6 @@
 //! One matrix cell (a source node checking a destination, or one node's own check): a sliding
-//! window of time slots with latency sketches and error counts, the last result, and the
-//! hysteresis that decides whether the cell is failing or slow right now.
+//! window of time slots with latency sketches, error counts, SYN retransmits and UDP loss, the
+//! last result, and the hysteresis that decides whether the cell is failing, slow or lossy now.
 
 use std::collections::VecDeque;
 
@@ -35,7 +35,49 @@ struct Slot {
     index: i64,
     count: u32,
     errors: u32,
+    syn_retransmits: u32,
     sketch: SparseSketch,
+    /// Boxed: cells of agents without UDP probes pay one pointer.
+    udp: Option<Box<UdpSlot>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct UdpSlot {
+    sent: u32,
+    lost: u32,
+    rtt: SparseSketch,
+}
+
+/// One round of UDP packets to a neighbour, as the cell takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpRound<'a> {
+    /// Packets sent.
+    pub sent: u32,
+    /// Packets never answered.
+    pub lost: u32,
+    /// RTT of each answered packet, µs.
+    pub rtt_micros: &'a [u64],
+}
+
+/// The UDP verdict's state, boxed like the slots' UDP data.
+#[derive(Debug, Clone, Default)]
+pub struct UdpVerdict {
+    counted: Option<(u64, i64)>,
+    /// Lossy per the hysteresis.
+    pub loss: Streak,
+}
+
+/// Whether a result of sender round `round` arriving at `now` is a new round after the one
+/// `counted` (another round number, or 0, and at least `min_gap` µs later); records it if so.
+fn fresh_round(counted: &mut Option<(u64, i64)>, round: u64, now: i64, min_gap: i64) -> bool {
+    let fresh = match *counted {
+        None => true,
+        Some((last, at)) => (round == 0 || round != last) && now - at >= min_gap,
+    };
+    if fresh {
+        *counted = Some((round, now));
+    }
+    fresh
 }
 
 /// Window statistics of a cell.
@@ -51,6 +93,34 @@ pub struct CellStats {
     pub p90_micros: Option<f64>,
     /// 99th percentile.
     pub p99_micros: Option<f64>,
+    /// SYN retransmissions inferred from the window's connects.
+    pub syn_retransmits: u64,
+    /// UDP packets sent and lost in the window (`None` without UDP data).
+    pub udp: Option<UdpStats>,
+}
+
+/// UDP statistics of a cell's window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UdpStats {
+    /// Packets sent.
+    pub sent: u64,
+    /// Packets lost.
+    pub lost: u64,
+    /// RTT median of answered packets, µs.
+    pub p50_micros: Option<f64>,
+    /// RTT 99th percentile, µs.
+    pub p99_micros: Option<f64>,
+}
+
+impl UdpStats {
+    /// lost / sent (0 when nothing was sent).
+    pub fn loss_ratio(&self) -> f64 {
+        if self.sent == 0 {
+            0.0
+        } else {
+            self.lost as f64 / self.sent as f64
+        }
+    }
 }
 
 impl CellStats {
@@ -84,6 +154,8 @@ pub struct Cell {
     pub latency: Streak,
     /// The last sender round the hysteresis counted, and when (unix µs).
     counted: Option<(u64, i64)>,
+    /// The loss verdict, once UDP results arrive.
+    pub udp: Option<Box<UdpVerdict>>,
 }
 
 impl Cell {
@@ -93,43 +165,77 @@ impl Cell {
     /// µs after it. So the verdict moves by rounds, however fast a sender sends; the window
     /// statistics take every result.
     pub fn new_round(&mut self, round: u64, now: i64, min_gap: i64) -> bool {
-        let fresh = match self.counted {
-            None => true,
-            Some((last, at)) => (round == 0 || round != last) && now - at >= min_gap,
-        };
-        if fresh {
-            self.counted = Some((round, now));
+        fresh_round(&mut self.counted, round, now, min_gap)
+    }
+
+    /// Whether the cell is lossy per the hysteresis.
+    pub fn lossy(&self) -> bool {
+        self.udp.as_ref().is_some_and(|u| u.loss.bad)
+    }
+
+    /// Records a round of UDP packets at `at` (unix µs) into its slot and, when it is a new
+    /// round (as [`Cell::new_round`] decides), feeds the loss verdict: lossy once `k` rounds in
+    /// a row each lost more than `threshold` of their packets, clear after `k` that did not.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_udp(
+        &mut self,
+        at: i64,
+        slot_micros: i64,
+        retention: usize,
+        udp: UdpRound<'_>,
+        sender_round: u64,
+        min_gap: i64,
+        threshold: f64,
+        k: u32,
+    ) {
+        if let Some(slot) = self.slot_at(at, slot_micros, retention) {
+            let s = slot.udp.get_or_insert_with(Box::default);
+            s.sent = s.sent.saturating_add(udp.sent);
+            s.lost = s.lost.saturating_add(udp.lost);
+            for &rtt in udp.rtt_micros {
+                s.rtt.add(rtt);
+            }
         }
-        fresh
+        let v = self.udp.get_or_insert_with(Box::default);
+        if fresh_round(&mut v.counted, sender_round, at, min_gap) && udp.sent > 0 {
+            let bad = f64::from(udp.lost) / f64::from(udp.sent) > threshold;
+            v.loss.observe(bad, k);
+        }
     }
 
     /// Records a result at `at` (unix µs) into slot `at / slot_micros`, dropping slots older
     /// than `retention` slots.
     pub fn record(&mut self, at: i64, slot_micros: i64, retention: usize, micros: u64, failed: bool) {
-        let index = at.div_euclid(slot_micros.max(1));
-        if self.slots.back().is_none_or(|s| s.index < index) {
-            self.slots.push_back(Slot { index, ..Slot::default() });
-        }
-        let slot = match self.slots.iter_mut().rev().find(|s| s.index <= index) {
-            Some(s) if s.index == index => s,
-            // A result older than every kept slot, or between slots: count it in the oldest
-            // slot that is not newer (late results are rare and small).
-            Some(s) => s,
-            None => match self.slots.front_mut() {
-                Some(s) => s,
-                None => return,
-            },
-        };
+        self.record_tcp(at, slot_micros, retention, micros, failed, 0);
+    }
+
+    /// [`Cell::record`] with the SYN retransmissions its connect needed.
+    pub fn record_tcp(&mut self, at: i64, slot_micros: i64, retention: usize, micros: u64, failed: bool, syn: u32) {
+        let Some(slot) = self.slot_at(at, slot_micros, retention) else { return };
         slot.count = slot.count.saturating_add(1);
+        slot.syn_retransmits = slot.syn_retransmits.saturating_add(syn);
         if failed {
             slot.errors = slot.errors.saturating_add(1);
         } else {
             slot.sketch.add(micros);
         }
+    }
+
+    /// The slot a result at `at` goes into (a new one when `at` is past the newest), after
+    /// dropping slots older than `retention`.
+    fn slot_at(&mut self, at: i64, slot_micros: i64, retention: usize) -> Option<&mut Slot> {
+        let index = at.div_euclid(slot_micros.max(1));
+        if self.slots.back().is_none_or(|s| s.index < index) {
+            self.slots.push_back(Slot { index, ..Slot::default() });
+        }
         let newest = self.slots.back().map_or(index, |s| s.index);
-        while self.slots.front().is_some_and(|s| s.index <= newest - retention as i64) {
+        while self.slots.len() > 1 && self.slots.front().is_some_and(|s| s.index <= newest - retention as i64) {
             self.slots.pop_front();
         }
+        // A result older than every kept slot, or between slots: counted in the oldest slot
+        // that is not newer, or the oldest kept (late results are rare and small).
+        let pos = self.slots.iter().rposition(|s| s.index <= index).unwrap_or(0);
+        self.slots.get_mut(pos)
     }
 
     /// Statistics over the slots that overlap the last `window_slots` slots before `now`.
@@ -157,7 +263,27 @@ impl Cell {
                 dense.quantiles([0.5, 0.9, 0.99])
             }
         };
-        CellStats { count, errors, p50_micros, p90_micros, p99_micros }
+        let window = || self.slots.iter().filter(move |s| s.index >= oldest);
+        let syn_retransmits = window().map(|s| u64::from(s.syn_retransmits)).sum();
+        let udp = Self::udp_stats(window().filter_map(|s| s.udp.as_deref()));
+        CellStats { count, errors, p50_micros, p90_micros, p99_micros, syn_retransmits, udp }
+    }
+
+    fn udp_stats<'a>(slots: impl Iterator<Item = &'a UdpSlot> + Clone) -> Option<UdpStats> {
+        let mut iter = slots.clone();
+        let first = iter.next()?;
+        let (sent, lost) = slots.clone().fold((0, 0), |(s, l), u| (s + u64::from(u.sent), l + u64::from(u.lost)));
+        let [p50_micros, p99_micros] = match iter.next() {
+            None => first.rtt.quantiles([0.5, 0.99]),
+            Some(_) => {
+                let mut dense = DenseSketch::default();
+                for u in slots {
+                    u.rtt.merge_into(&mut dense);
+                }
+                dense.quantiles([0.5, 0.99])
+            }
+        };
+        Some(UdpStats { sent, lost, p50_micros, p99_micros })
     }
 }
 
@@ -192,6 +318,49 @@ mod tests {
         assert!(s.bad, "recovery needs k good rounds too");
         s.observe(false, 2);
         assert!(!s.bad);
+    }
+
+    #[test]
+    fn loss_needs_k_lossy_rounds_in_a_row_and_k_clean_ones_to_clear() {
+        let (slot, k, gap) = (30_000_000, 2, 1_000_000);
+        let mut c = Cell::default();
+        assert!(c.stats(0, slot, 10).udp.is_none(), "no UDP data: null, not 0");
+        let rtts = [300u64; 10];
+        let round = |c: &mut Cell, n: u64, lost: u32| {
+            let received = 10 - lost as usize;
+            let udp = UdpRound { sent: 10, lost, rtt_micros: &rtts[..received] };
+            c.record_udp(n as i64 * 5_000_000, slot, 10, udp, n, gap, 0.02, k);
+        };
+        round(&mut c, 1, 0);
+        round(&mut c, 2, 2);
+        assert!(!c.lossy(), "one lossy verdict");
+        round(&mut c, 2, 2);
+        assert!(!c.lossy(), "the same round again counts once");
+        round(&mut c, 3, 0);
+        assert!(!c.lossy(), "a clean round breaks the run");
+        round(&mut c, 4, 1);
+        round(&mut c, 5, 3);
+        assert!(c.lossy(), "two lossy rounds in a row");
+        round(&mut c, 6, 0);
+        assert!(c.lossy(), "recovery needs k clean rounds too");
+        round(&mut c, 7, 0);
+        assert!(!c.lossy());
+        let stats = c.stats(7 * 5_000_000, slot, 10).udp.expect("udp");
+        assert_eq!((stats.sent, stats.lost), (80, 8), "every result in the window, the repeat too");
+        assert!((stats.loss_ratio() - 0.1).abs() < 1e-9);
+        let p50 = stats.p50_micros.expect("rtt");
+        assert!((270.0..=330.0).contains(&p50), "{p50}");
+    }
+
+    #[test]
+    fn syn_retransmits_sum_over_the_window() {
+        let slot = 30_000_000;
+        let mut c = Cell::default();
+        c.record_tcp(0, slot, 10, 1_200_000, false, 1);
+        c.record_tcp(slot, slot, 10, 3_100_000, false, 2);
+        c.record(2 * slot, slot, 10, 300, false);
+        assert_eq!(c.stats(2 * slot, slot, 10).syn_retransmits, 3);
+        assert_eq!(c.stats(2 * slot, slot, 2).syn_retransmits, 2, "the oldest slot left the window");
     }
 
     #[test]

@@ -72,6 +72,15 @@ fn parse_share(s: &str) -> Result<f64, String> {
     s.parse::<f64>().ok().filter(|v| *v > 0.0 && *v <= 1.0).ok_or_else(|| "expected a share above 0, at most 1".into())
 }
 
+/// A loss share, `2%` or `0.02`: at least 0, below 1.
+fn parse_loss_threshold(s: &str) -> Result<f64, String> {
+    let share = match s.strip_suffix('%') {
+        Some(pct) => pct.trim().parse::<f64>().map(|p| p / 100.0),
+        None => s.parse::<f64>(),
+    };
+    share.ok().filter(|v| (0.0..1.0).contains(v)).ok_or_else(|| "expected a share like 2% or 0.02, below 100%".into())
+}
+
 fn parse_hysteresis(s: &str) -> Result<u32, String> {
     s.parse::<u32>().ok().filter(|h| (1..=100).contains(h)).ok_or_else(|| "expected 1-100".into())
 }
@@ -113,6 +122,10 @@ pub struct Args {
     /// forgotten after ten times as long.
     #[arg(long, env = "KUBENURSE_AGGREGATOR_GONE_AFTER", default_value_t = GoDuration::from_micros(Settings::default().gone_after_micros))]
     pub gone_after: GoDuration,
+    /// A cell is lossy after as many rounds in a row as the hysteresis asks that each lost more
+    /// than this share of their UDP packets (`2%` or 0.02).
+    #[arg(long, env = "KUBENURSE_AGGREGATOR_LOSS_THRESHOLD", default_value = "2%", value_parser = parse_loss_threshold)]
+    pub loss_threshold: f64,
     /// Latency below which no cell is ever slow, however the cluster median looks (Go duration).
     #[arg(long, env = "KUBENURSE_AGGREGATOR_SLOW_FLOOR", default_value_t = GoDuration::from_micros(Settings::default().slow_floor_micros as i64))]
     pub slow_floor: GoDuration,
@@ -292,6 +305,7 @@ impl Config {
             window,
             hysteresis,
             gone_after,
+            loss_threshold,
             slow_floor,
             max_nodes,
             max_targets,
@@ -376,6 +390,7 @@ impl Config {
                 hysteresis,
                 gone_after_micros: gone_after.micros(),
                 slow_floor_micros: u64::try_from(slow_floor.micros()).unwrap_or(u64::MAX),
+                loss_threshold,
                 max_nodes,
                 max_targets,
                 ..Settings::default()
@@ -400,6 +415,17 @@ mod tests {
             (d.window_micros, d.hysteresis, d.gone_after_micros, d.slow_floor_micros, d.max_nodes, d.max_targets)
         );
         assert_eq!(s.drop_after_micros(), 10 * d.gone_after_micros);
+        assert_eq!(s.loss_threshold, d.loss_threshold, "the flag's default is the settings' default");
+    }
+
+    #[test]
+    fn loss_threshold_takes_percent_or_share_and_refuses_the_rest() {
+        assert_eq!(parse_loss_threshold("2%"), Ok(0.02));
+        assert_eq!(parse_loss_threshold("0.5"), Ok(0.5));
+        assert_eq!(parse_loss_threshold("0%"), Ok(0.0));
+        for bad in ["100%", "1", "-1%", "x", "2 %%", ""] {
+            assert!(parse_loss_threshold(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

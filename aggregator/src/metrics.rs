@@ -13,8 +13,9 @@ pub enum CellMetrics {
     /// cluster would otherwise export 300,000 series on every scrape).
     #[default]
     None,
-    /// `kubenurse_matrix_{p50,p99}_seconds` and `kubenurse_matrix_error_ratio` for every cell
-    /// agents target now (3 × nodes × limit series), which the matrix dashboard reads.
+    /// `kubenurse_matrix_{p50,p99}_seconds`, `kubenurse_matrix_error_ratio` and
+    /// `kubenurse_matrix_loss_ratio` for every cell agents target now (up to 4 × nodes × limit
+    /// series), which the matrix dashboard reads.
     All,
 }
 
@@ -56,6 +57,7 @@ pub struct AggregatorMetrics {
     p50: GaugeVec,
     p99: GaugeVec,
     error_ratio: GaugeVec,
+    loss_ratio: GaugeVec,
 }
 
 impl AggregatorMetrics {
@@ -115,6 +117,10 @@ impl AggregatorMetrics {
         let p50 = cell_gauge("kubenurse_matrix_p50_seconds", "Median path-check latency over the window.")?;
         let p99 = cell_gauge("kubenurse_matrix_p99_seconds", "99th percentile path-check latency over the window.")?;
         let error_ratio = cell_gauge("kubenurse_matrix_error_ratio", "Failed share of path checks over the window.")?;
+        let loss_ratio = cell_gauge(
+            "kubenurse_matrix_loss_ratio",
+            "Lost share of UDP echo packets over the window (cells with UDP data).",
+        )?;
         for c in [
             Box::new(connected_agents.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(ingested.clone()),
@@ -130,6 +136,7 @@ impl AggregatorMetrics {
             Box::new(p50.clone()),
             Box::new(p99.clone()),
             Box::new(error_ratio.clone()),
+            Box::new(loss_ratio.clone()),
         ] {
             registry.register(c)?;
         }
@@ -150,6 +157,7 @@ impl AggregatorMetrics {
             p50,
             p99,
             error_ratio,
+            loss_ratio,
         })
     }
 
@@ -165,6 +173,7 @@ impl AggregatorMetrics {
         self.p50.reset();
         self.p99.reset();
         self.error_ratio.reset();
+        self.loss_ratio.reset();
         if self.cell_metrics == CellMetrics::None {
             return;
         }
@@ -182,6 +191,9 @@ impl AggregatorMetrics {
                 self.p99.with_label_values(&labels).set(v / 1000.0);
             }
             self.error_ratio.with_label_values(&labels).set(c.error_ratio);
+            if let Some(v) = c.loss_ratio {
+                self.loss_ratio.with_label_values(&labels).set(v);
+            }
         }
     }
 

@@ -86,17 +86,12 @@ pub struct Snapshot {
     pub suspects: Vec<Suspect>,
     coverage: OnceLock<CoverageDoc>,
     alive: OnceLock<(bool, Value)>,
-    rendered: [OnceLock<Bytes>; 4],
-    gzipped: [OnceLock<Bytes>; 4],
+    rendered: [OnceLock<Bytes>; Stat::ALL.len()],
+    gzipped: [OnceLock<Bytes>; Stat::ALL.len()],
 }
 
 fn stat_index(stat: Stat) -> usize {
-    match stat {
-        Stat::P50 => 0,
-        Stat::P90 => 1,
-        Stat::P99 => 2,
-        Stat::ErrorRatio => 3,
-    }
+    stat as usize
 }
 
 impl Snapshot {
@@ -305,8 +300,12 @@ mod tests {
             ..CheckResult::default()
         };
         let results = vec![path("b", 333, true), path("c", 0, false), own];
-        s.batch("a", &ResultBatch { results, round_ends: vec![] }, 1_000_000);
-        s.batch("b", &ResultBatch { results: vec![path("a", 1234, true)], round_ends: vec![] }, 1_100_000);
+        s.batch("a", &ResultBatch { results, round_ends: vec![], ..ResultBatch::default() }, 1_000_000);
+        s.batch(
+            "b",
+            &ResultBatch { results: vec![path("a", 1234, true)], round_ends: vec![], ..ResultBatch::default() },
+            1_100_000,
+        );
         s.tick(1_500_000);
         s
     }

@@ -5,9 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use kubenurse_proto::v1::{CheckResult, Hello, Outcome, ResultBatch};
+use kubenurse_proto::v1::{CheckResult, Hello, Outcome, ResultBatch, UdpResult};
 
-use crate::cell::Cell;
+use crate::cell::{Cell, UdpRound};
 use crate::suspects::{find_suspects, CellView, NodeView, Suspect};
 use crate::validate::{bounded_text, check_batch, check_hello, CheckedBatch, Rejection, ValidResult};
 
@@ -29,6 +29,8 @@ pub struct Settings {
     pub slow_factor: f64,
     /// Absolute floor of slowness, µs: sub-millisecond jitter never makes a suspect.
     pub slow_floor_micros: u64,
+    /// A cell is lossy above this UDP loss share over its last rounds.
+    pub loss_threshold: f64,
     /// How often verdicts, expiry and suspects are recomputed, µs.
     pub tick_micros: i64,
     /// Most nodes known at once: a hello that would add nodes beyond it is refused.
@@ -47,6 +49,7 @@ impl Default for Settings {
             gone_after_micros: 60_000_000,
             slow_factor: 3.0,
             slow_floor_micros: 20_000,
+            loss_threshold: 0.02,
             tick_micros: 1_000_000,
             max_nodes: 20_000,
             max_targets: crate::validate::MAX_TARGETS,
@@ -130,10 +133,16 @@ struct Apply {
 }
 
 impl Apply {
+    fn udp(&self, cell: &mut Cell, u: &UdpResult, loss_threshold: f64) {
+        let round = UdpRound { sent: u.sent, lost: u.sent - u.received, rtt_micros: &u.rtt_micros };
+        let (at, slot, retention, k) = (self.now, self.slot_micros, self.retention, self.hysteresis);
+        cell.record_udp(at, slot, retention, round, u.round, self.min_gap, loss_threshold, k);
+    }
+
     fn to(&self, cell: &mut Cell, r: &CheckResult, v: &ValidResult) {
         let (now, k) = (self.now, self.hysteresis);
         let failed = v.outcome == Outcome::Failed;
-        cell.record(now, self.slot_micros, self.retention, r.duration_micros, failed);
+        cell.record_tcp(now, self.slot_micros, self.retention, r.duration_micros, failed, r.syn_retransmits);
         cell.last_micros = r.duration_micros;
         cell.last_failed = failed;
         cell.last_local = failed && r.error_kind.starts_with(kubenurse_proto::LOCAL_ERROR_PREFIX);
@@ -267,7 +276,17 @@ impl ClusterState {
                 }
             }
         }
-        out.accepted = batch.results.len() as u64;
+        if !batch.udp.is_empty() {
+            let row = self.matrix.entry(node.to_string()).or_default();
+            for u in &batch.udp {
+                let cell = match row.get_mut(&u.target_node) {
+                    Some(cell) => cell,
+                    None => row.entry(u.target_node.clone()).or_default(),
+                };
+                apply.udp(cell, u, self.settings.loss_threshold);
+            }
+        }
+        out.accepted = (batch.results.len() + batch.udp.len()) as u64;
         self.ingested += out.accepted;
         out
     }
@@ -361,6 +380,7 @@ impl ClusterState {
                         failing: cell.health.bad,
                         slow: cell.latency.bad,
                         local: cell.last_local,
+                        lossy: cell.lossy(),
                     });
                 }
             }
@@ -420,7 +440,11 @@ mod tests {
     }
 
     fn batch(results: Vec<CheckResult>) -> ResultBatch {
-        ResultBatch { results, round_ends: vec![RoundEnd { round: 1, all_ok: true, ..RoundEnd::default() }] }
+        ResultBatch {
+            results,
+            round_ends: vec![RoundEnd { round: 1, all_ok: true, ..RoundEnd::default() }],
+            ..ResultBatch::default()
+        }
     }
 
     /// Three nodes all checking each other; `bad` receives failures from everyone `rounds` times.

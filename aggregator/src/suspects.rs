@@ -1,7 +1,9 @@
 //! Fault localisation over the matrix's current verdicts (pure, no I/O).
 //!
-//! The rule, applied separately to failing cells (cause `errors`) and slow cells (cause
-//! `latency`), each cell's verdict already filtered by the consecutive-rounds hysteresis:
+//! The rule, applied separately to failing cells (cause `errors`), slow cells (cause `latency`)
+//! and lossy cells (cause `loss`: UDP loss over the last rounds above `--loss-threshold`; a
+//! failing cell is counted as failing, not lossy), each cell's verdict already filtered by the
+//! consecutive-rounds hysteresis:
 //!
 //! 1. **cluster**: at least half of the fresh cells are bad and the bad cells come from at least
 //!    half of the nodes, and no zone explains ≥ 90 % of them (rule 2 is tried first): one
@@ -44,6 +46,8 @@ pub struct CellView {
     pub slow: bool,
     /// Its last failure lay in the source agent's own node (out of file descriptors, …).
     pub local: bool,
+    /// Lossy per hysteresis.
+    pub lossy: bool,
 }
 
 /// What a suspect is.
@@ -85,15 +89,21 @@ pub enum Cause {
     Latency,
     /// Checks that failed inside the source agent's own node: only ever a source suspect.
     Local,
+    /// UDP packets lost.
+    Loss,
 }
 
 impl Cause {
+    /// Every cause.
+    pub const ALL: [Cause; 4] = [Self::Errors, Self::Latency, Self::Local, Self::Loss];
+
     /// Its name: the `cause` of `/api/v1/suspects` and of the suspects metric.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Errors => "errors",
             Self::Latency => "latency",
             Self::Local => "local",
+            Self::Loss => "loss",
         }
     }
 }
@@ -155,12 +165,13 @@ fn evidence(nodes: &[NodeView], bad: &[(usize, usize)], total: usize, note: Opti
     }
 }
 
-/// Names the suspects for both causes, highest score first.
+/// Names the suspects for every cause, highest score first.
 pub fn find_suspects(nodes: &[NodeView], cells: &[CellView]) -> Vec<Suspect> {
     // A failure the source reports as its own says nothing about the destination or a zone.
     let mut out = localise(nodes, cells, Cause::Errors, |c| c.failing && !c.local);
     out.extend(local_sources(nodes, cells));
     out.extend(localise(nodes, cells, Cause::Latency, |c| c.slow && !c.failing));
+    out.extend(localise(nodes, cells, Cause::Loss, |c| c.lossy && !c.failing));
     out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.kind.cmp(&b.kind)));
     out
 }
@@ -374,6 +385,7 @@ mod tests {
                     failing: false,
                     slow: false,
                     local: false,
+                    lossy: false,
                 })
             })
             .collect();
@@ -390,7 +402,7 @@ mod tests {
         for k in [Kind::Source, Kind::Destination, Kind::Node, Kind::Zone, Kind::Cluster] {
             assert_eq!(serde_json::to_value(k).ok(), Some(serde_json::json!(k.as_str())));
         }
-        for c in [Cause::Errors, Cause::Latency, Cause::Local] {
+        for c in Cause::ALL {
             assert_eq!(serde_json::to_value(c).ok(), Some(serde_json::json!(c.as_str())));
         }
     }
@@ -467,6 +479,29 @@ mod tests {
             c.slow = true;
         }
         assert_eq!(only(&find_suspects(&nodes, &cells)), (Kind::Destination, Some("n09"), None, Cause::Latency));
+    }
+
+    #[test]
+    fn lossy_node_is_a_loss_suspect_and_failing_wins_over_lossy() {
+        let (nodes, mut cells) = cluster(12, 3, 10);
+        for c in cells.iter_mut().filter(|c| c.dst == 5) {
+            c.lossy = true;
+        }
+        assert_eq!(only(&find_suspects(&nodes, &cells)), (Kind::Destination, Some("n05"), None, Cause::Loss));
+        // The same cells failing as well: one suspect, for errors.
+        for c in cells.iter_mut().filter(|c| c.dst == 5) {
+            c.failing = true;
+        }
+        assert_eq!(only(&find_suspects(&nodes, &cells)), (Kind::Destination, Some("n05"), None, Cause::Errors));
+    }
+
+    #[test]
+    fn a_lossy_zone_is_the_zone() {
+        let (nodes, mut cells) = cluster(9, 3, 8);
+        for c in cells.iter_mut() {
+            c.lossy = (nodes[c.src].zone == "z0") != (nodes[c.dst].zone == "z0");
+        }
+        assert_eq!(only(&find_suspects(&nodes, &cells)), (Kind::Zone, None, Some("z0"), Cause::Loss));
     }
 
     #[test]

@@ -4,8 +4,8 @@
 pub use kubenurse_proto::kind::is_node_name as valid_node_name;
 use std::collections::BTreeMap;
 
-use kubenurse_proto::v1::{CheckResult, Hello, Outcome, ResultBatch, RoundEnd};
-use kubenurse_proto::{CheckKind, KindError, OLDEST_PROTOCOL_REVISION};
+use kubenurse_proto::v1::{CheckResult, Hello, Outcome, ResultBatch, RoundEnd, UdpResult};
+use kubenurse_proto::{CheckKind, KindError, MAX_SYN_RETRANSMITS, MAX_UDP_PACKETS, OLDEST_PROTOCOL_REVISION};
 
 /// Longest duration accepted: far above any check timeout.
 pub const MAX_DURATION_MICROS: u64 = 10 * 60 * 1_000_000;
@@ -67,11 +67,18 @@ pub enum Rejection {
     /// A message over the size limit (answered RESOURCE_EXHAUSTED).
     #[error("message_too_large")]
     MessageTooLarge,
+    /// A UDP result whose counts cannot be (more than `MAX_UDP_PACKETS` sent, more received
+    /// than sent, not one RTT per reply, an RTT beyond `MAX_DURATION_MICROS`).
+    #[error("bad_udp_result")]
+    BadUdpResult,
+    /// More SYN retransmissions than one connect can have needed.
+    #[error("absurd_syn_retransmits")]
+    AbsurdSynRetransmits,
 }
 
 impl Rejection {
     /// Every reason, so their counters exist (at 0) before the first rejection.
-    pub const ALL: [Rejection; 12] = [
+    pub const ALL: [Rejection; 14] = [
         Rejection::NoHello,
         Rejection::BadName,
         Rejection::BadHello,
@@ -84,6 +91,8 @@ impl Rejection {
         Rejection::StateUnavailable,
         Rejection::TooManyNodes,
         Rejection::MessageTooLarge,
+        Rejection::BadUdpResult,
+        Rejection::AbsurdSynRetransmits,
     ];
 }
 
@@ -148,9 +157,33 @@ pub fn check_result(r: &CheckResult, targets: &[String]) -> Result<ValidResult, 
     if r.duration_micros > MAX_DURATION_MICROS {
         return Err(Rejection::AbsurdDuration);
     }
+    if r.syn_retransmits > MAX_SYN_RETRANSMITS {
+        return Err(Rejection::AbsurdSynRetransmits);
+    }
     match Outcome::try_from(r.outcome) {
         Ok(Outcome::Unspecified) | Err(_) => Err(Rejection::BadOutcome),
         Ok(outcome) => Ok(ValidResult { kind, outcome }),
+    }
+}
+
+/// Validates one round of UDP packets against the sender's declared targets.
+pub fn check_udp(u: &UdpResult, targets: &[String]) -> Result<(), Rejection> {
+    if !valid_node_name(&u.target_node) {
+        return Err(Rejection::BadName);
+    }
+    if !targets.contains(&u.target_node) {
+        return Err(Rejection::UnknownTarget);
+    }
+    let consistent = u.sent <= MAX_UDP_PACKETS
+        && u.received <= u.sent
+        && u.rtt_micros.len() == u.received as usize
+        && u.duplicated <= MAX_UDP_PACKETS * 10
+        && u.reordered <= u.received
+        && u.rtt_micros.iter().all(|&r| r <= MAX_DURATION_MICROS);
+    if consistent {
+        Ok(())
+    } else {
+        Err(Rejection::BadUdpResult)
     }
 }
 
@@ -163,6 +196,8 @@ pub struct CheckedBatch {
     pub results: Vec<(CheckResult, ValidResult)>,
     /// The batch's latest round end, if it had any.
     pub round_end: Option<RoundEnd>,
+    /// The UDP results that passed [`check_udp`].
+    pub udp: Vec<UdpResult>,
 }
 
 /// Splits `batch` into its valid results (against the sender's declared `targets`) and the
@@ -176,8 +211,15 @@ pub fn check_batch(batch: ResultBatch, targets: &[String]) -> (CheckedBatch, BTr
             Err(e) => *refused.entry(e).or_default() += 1,
         }
     }
+    let mut udp = Vec::with_capacity(batch.udp_results.len());
+    for u in batch.udp_results {
+        match check_udp(&u, targets) {
+            Ok(()) => udp.push(u),
+            Err(e) => *refused.entry(e).or_default() += 1,
+        }
+    }
     let round_end = batch.round_ends.into_iter().max_by_key(|e| e.round);
-    (CheckedBatch { results, round_end }, refused)
+    (CheckedBatch { results, round_end, udp }, refused)
 }
 
 #[cfg(test)]
@@ -244,7 +286,38 @@ mod tests {
         assert_eq!(check_result(&absurd, &targets), Err(Rejection::AbsurdDuration));
         let no_outcome = CheckResult { outcome: 0, ..ok.clone() };
         assert_eq!(check_result(&no_outcome, &targets), Err(Rejection::BadOutcome));
+        let syn = CheckResult { syn_retransmits: MAX_SYN_RETRANSMITS + 1, ..ok.clone() };
+        assert_eq!(check_result(&syn, &targets), Err(Rejection::AbsurdSynRetransmits));
         let weird = CheckResult { check_type: "a b".into(), ..ok };
         assert_eq!(check_result(&weird, &targets), Err(Rejection::BadCheckType));
+    }
+
+    #[test]
+    fn udp_results_must_add_up() {
+        let targets = vec!["n2".to_string()];
+        let ok = UdpResult {
+            target_node: "n2".into(),
+            sent: 10,
+            received: 2,
+            rtt_micros: vec![300, 400],
+            ..Default::default()
+        };
+        assert_eq!(check_udp(&ok, &targets), Ok(()));
+        let cases = [
+            (UdpResult { target_node: "n9".into(), ..ok.clone() }, Rejection::UnknownTarget),
+            (UdpResult { target_node: "N_2".into(), ..ok.clone() }, Rejection::BadName),
+            (UdpResult { sent: MAX_UDP_PACKETS + 1, ..ok.clone() }, Rejection::BadUdpResult),
+            (UdpResult { received: 11, ..ok.clone() }, Rejection::BadUdpResult),
+            (UdpResult { rtt_micros: vec![300], ..ok.clone() }, Rejection::BadUdpResult),
+            (UdpResult { rtt_micros: vec![300, u64::MAX], ..ok.clone() }, Rejection::BadUdpResult),
+            (UdpResult { reordered: 3, ..ok.clone() }, Rejection::BadUdpResult),
+        ];
+        for (u, why) in cases {
+            assert_eq!(check_udp(&u, &targets), Err(why), "{u:?}");
+        }
+        let batch =
+            ResultBatch { udp_results: vec![ok.clone(), UdpResult { received: 11, ..ok }], ..Default::default() };
+        let (checked, refused) = check_batch(batch, &targets);
+        assert_eq!((checked.udp.len(), refused.get(&Rejection::BadUdpResult)), (1, Some(&1)));
     }
 }

@@ -21,18 +21,17 @@ pub enum Stat {
     P99,
     /// Failed share.
     ErrorRatio,
+    /// Lost share of UDP packets.
+    LossRatio,
 }
 
 impl Stat {
-    /// Parses `p50|p90|p99|error_ratio`.
+    /// Every statistic, in declaration order (`stat as usize` indexes it).
+    pub const ALL: [Stat; 5] = [Self::P50, Self::P90, Self::P99, Self::ErrorRatio, Self::LossRatio];
+
+    /// Parses a `?stat=` spelling ([`Stat::name`]).
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "p50" => Some(Self::P50),
-            "p90" => Some(Self::P90),
-            "p99" => Some(Self::P99),
-            "error_ratio" => Some(Self::ErrorRatio),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|stat| stat.name() == s)
     }
 
     /// This statistic of a cell's view.
@@ -42,6 +41,7 @@ impl Stat {
             Self::P90 => c.p90_ms,
             Self::P99 => c.p99_ms,
             Self::ErrorRatio => Some(c.error_ratio),
+            Self::LossRatio => c.loss_ratio,
         }
     }
 
@@ -52,6 +52,7 @@ impl Stat {
             Self::P90 => "p90",
             Self::P99 => "p99",
             Self::ErrorRatio => "error_ratio",
+            Self::LossRatio => "loss_ratio",
         }
     }
 }
@@ -88,6 +89,16 @@ pub struct CellView<'a> {
     pub failing: bool,
     /// Slow per hysteresis.
     pub slow: bool,
+    /// Lost share of UDP packets in the window; null without UDP data.
+    pub loss_ratio: Option<f64>,
+    /// UDP round-trip median, ms; null without UDP data (or no reply).
+    pub udp_p50_ms: Option<f64>,
+    /// UDP round-trip 99th percentile, ms.
+    pub udp_p99_ms: Option<f64>,
+    /// SYN retransmissions inferred in the window; null without TCP results.
+    pub syn_retransmits: Option<u64>,
+    /// Lossy per hysteresis.
+    pub lossy: bool,
     /// The requested statistic, for colouring.
     pub value: Option<f64>,
 }
@@ -182,6 +193,11 @@ pub fn cell_view<'a>(
         stale,
         failing: cell.health.bad,
         slow: cell.latency.bad,
+        loss_ratio: stats.udp.as_ref().map(|u| u.loss_ratio()),
+        udp_p50_ms: stats.udp.as_ref().and_then(|u| u.p50_micros).map(ms),
+        udp_p99_ms: stats.udp.as_ref().and_then(|u| u.p99_micros).map(ms),
+        syn_retransmits: (stats.count > 0).then_some(stats.syn_retransmits),
+        lossy: cell.lossy(),
         value: None,
     };
     view.value = stat.of(&view);
@@ -454,7 +470,9 @@ mod tests {
                 json!({"src": c.src, "dst": c.dst, "count": c.count, "errors": c.errors, "error_ratio": c.error_ratio,
                        "p50_ms": c.p50_ms, "p90_ms": c.p90_ms, "p99_ms": c.p99_ms, "last_ms": c.last_ms,
                        "last_error": c.last_error, "last_seen": c.last_seen.to_string(), "stale": c.stale,
-                       "failing": c.failing, "slow": c.slow, "value": c.value})
+                       "failing": c.failing, "slow": c.slow, "loss_ratio": c.loss_ratio,
+                       "udp_p50_ms": c.udp_p50_ms, "udp_p99_ms": c.udp_p99_ms,
+                       "syn_retransmits": c.syn_retransmits, "lossy": c.lossy, "value": c.value})
             })
             .collect();
         json!({"window_seconds": window as f64 / 1e6, "stat": stat.name(), "nodes": nodes, "cells": cells})
@@ -491,7 +509,7 @@ mod tests {
                 ..Default::default()
             },
         ];
-        s.batch("a", &ResultBatch { results, round_ends: vec![] }, 1_000_000);
+        s.batch("a", &ResultBatch { results, round_ends: vec![], ..ResultBatch::default() }, 1_000_000);
         s.tick(1_500_000);
         for stat in [Stat::P50, Stat::P90, Stat::P99, Stat::ErrorRatio] {
             let fast: serde_json::Value =

@@ -9,7 +9,7 @@ use kubenurse_aggregator::config::{parse_args, Config};
 use kubenurse_aggregator::state::{ClusterState, Settings};
 use kubenurse_aggregator::validate::MAX_ERROR_LEN;
 use kubenurse_proto::v1::{
-    agent_message, check, AgentMessage, Check, CheckResult, Hello, Phase, ResultBatch, RoundEnd,
+    agent_message, check, AgentMessage, Check, CheckResult, Hello, Phase, ResultBatch, RoundEnd, UdpResult,
 };
 use proptest::prelude::*;
 use prost::Message;
@@ -106,11 +106,29 @@ fn result() -> impl Strategy<Value = CheckResult> {
         })
 }
 
+fn udp() -> impl Strategy<Value = UdpResult> {
+    (name(), any::<u64>(), 0u32..120, 0u32..120, any::<u32>(), 0u32..20, prop::collection::vec(any::<u64>(), 0..30))
+        .prop_map(|(target_node, round, sent, received, duplicated, reordered, rtt_micros)| UdpResult {
+            target_node,
+            round: round % 8,
+            sent,
+            received,
+            duplicated,
+            reordered,
+            rtt_micros: rtt_micros.into_iter().map(|r| r % 20_000_000_000).collect(),
+            ..UdpResult::default()
+        })
+}
+
 fn message() -> impl Strategy<Value = AgentMessage> {
     prop_oneof![
         hello().prop_map(|h| AgentMessage { msg: Some(agent_message::Msg::Hello(h)) }),
-        (prop::collection::vec(result(), 0..20), prop::collection::vec((any::<u64>(), any::<bool>(), text(700)), 0..3))
-            .prop_map(|(results, ends)| AgentMessage {
+        (
+            prop::collection::vec(result(), 0..20),
+            prop::collection::vec((any::<u64>(), any::<bool>(), text(700)), 0..3),
+            prop::collection::vec(udp(), 0..6)
+        )
+            .prop_map(|(results, ends, udp_results)| AgentMessage {
                 msg: Some(agent_message::Msg::Batch(ResultBatch {
                     results,
                     round_ends: ends
@@ -122,6 +140,7 @@ fn message() -> impl Strategy<Value = AgentMessage> {
                             ..RoundEnd::default()
                         })
                         .collect(),
+                    udp_results,
                 })),
             }),
         Just(AgentMessage { msg: None }),

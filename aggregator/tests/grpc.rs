@@ -103,7 +103,9 @@ fn path(target: &str, micros: u64, ok: bool) -> CheckResult {
 }
 
 fn batch(results: Vec<CheckResult>) -> AgentMessage {
-    AgentMessage { msg: Some(agent_message::Msg::Batch(ResultBatch { results, round_ends: Vec::new() })) }
+    AgentMessage {
+        msg: Some(agent_message::Msg::Batch(ResultBatch { results, round_ends: Vec::new(), ..ResultBatch::default() })),
+    }
 }
 
 async fn next_ack(inbound: &mut Streaming<AggregatorMessage>) -> (u64, u64, String) {

@@ -41,11 +41,17 @@ impl Backoff {
     }
 }
 
-/// A uniformly random factor in [0, 1), from the standard library's per-process random keys.
-pub fn random_unit() -> f64 {
+/// 64 unpredictable bits (SipHash under the standard library's per-process random keys): for
+/// jitter and for nonces an off-path sender cannot guess; not a cryptographic key.
+pub fn random_u64() -> u64 {
     let mut h = RandomState::new().build_hasher();
     h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+    h.finish()
+}
+
+/// A uniformly random factor in [0, 1).
+pub fn random_unit() -> f64 {
+    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// `base` ± up to [`JITTER`].

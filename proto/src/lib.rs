@@ -26,6 +26,14 @@ pub const OLDEST_PROTOCOL_REVISION: u32 = 1;
 /// Largest message either side accepts (a batch of a few thousand results fits easily).
 pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
 
+/// Most UDP packets an agent sends one neighbour per round (`KUBENURSE_UDP_PACKETS`); the
+/// aggregator refuses a `UdpResult` claiming more.
+pub const MAX_UDP_PACKETS: u32 = 100;
+
+/// Most SYN retransmissions one connect can be inferred to have needed (Linux gives up long
+/// before: `tcp_syn_retries` is 6 by default).
+pub const MAX_SYN_RETRANSMITS: u32 = 16;
+
 /// Most results in one batch.
 pub const MAX_RESULTS_PER_BATCH: usize = 4096;
 

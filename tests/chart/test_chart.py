@@ -60,6 +60,7 @@ EVERYTHING_VALUES = {
     "neighbour_limit": 7,
     "neighbour_filter": "app.kubernetes.io/name=kubenurse,team=net",
     "discovery": {"mode": "auto", "fallbackAfter": "2m30s"},
+    "udp": {"port": 9081, "packets": 20},
     "aggregator": {"replicas": 3, "extraEnvs": [{"name": "RUST_LOG", "value": "info"}],
                    "nodeConditions": {"mode": "on", "maxShare": 0.2, "minHold": "15m"},
                    "tls": {"enabled": True, "secretName": "aggregator-tls", "caSecretName": "trust",
@@ -85,6 +86,8 @@ SCENARIOS: dict[str, Any] = {
     "servicemonitor": {"serviceMonitor": {"enabled": True}},
     "prometheusrule": {"prometheusRule": {"enabled": True}},
     "everything": EVERYTHING_VALUES,
+    # The UDP probe off: the echo port stays on the pods, the Service and NetworkPolicy drop it (test_udp.py).
+    "udp-off": {"udp": {"enabled": False}, "networkPolicy": {"enabled": True}},
     "helm-test": {"helmTest": {"wait": "30s", "expectNodes": 5, "deletePolicy": "before-hook-creation",
                                "podLabels": {"team": "net"}, "nodeSelector": {"kubernetes.io/os": "linux"},
                                "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}]},
@@ -268,7 +271,7 @@ def test_probes(render):
     r = render()
     agent = r.agent_container()
     ports = {p["name"]: p["containerPort"] for p in agent["ports"]}
-    assert ports == {"http": 8080}
+    assert ports == {"http": 8080, "udp-echo": 8081}  # the UDP echo: test_udp.py
     assert agent["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http", "scheme": "HTTP"}
     assert agent["livenessProbe"]["httpGet"] == {"path": "/alwayshappy", "port": "http", "scheme": "HTTP"}
     agg = r.aggregator_container()
@@ -349,7 +352,9 @@ def test_services_select_their_own_tier(render):
         assert selects(svc["spec"]["selector"], aggregator_pods)
         assert not selects(svc["spec"]["selector"], agent_pods)
     assert agent_svc["spec"]["ports"] == [{"name": "8080-8080", "port": 8080, "targetPort": "http",
-                                           "protocol": "TCP"}]
+                                           "protocol": "TCP"},
+                                          {"name": "udp-echo", "port": 8081, "targetPort": "udp-echo",
+                                           "protocol": "UDP"}]
 
 
 def test_user_labels_cannot_break_selection(render):
@@ -724,7 +729,7 @@ def test_upstream_spellings_are_accepted(render):
 def test_tls(render):
     r = render(TLS_VALUES)
     c = r.agent_container()
-    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8080, "https": 8443}
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8080, "https": 8443, "udp-echo": 8081}
     env = r.agent_env()
     assert env["KUBENURSE_USE_TLS"] == "true"
     assert env["KUBENURSE_CERT_FILE"] == "/etc/kubenurse/tls/tls.crt"
@@ -733,7 +738,7 @@ def test_tls(render):
     assert [m["name"] for m in c["volumeMounts"]] == ["tls", "aggregator-token"]  # and aggregator.auth's token
     svc = r.one("Service", f"{RELEASE}-kubenurse")
     assert {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]} == {
-        "8080-8080": (8080, "http"), "https": (8443, "https")}
+        "8080-8080": (8080, "http"), "https": (8443, "https"), "udp-echo": (8081, "udp-echo")}
     # Probes stay on plain HTTP, which the agent serves with TLS on too.
     assert c["readinessProbe"]["httpGet"]["port"] == "http"
 
@@ -1115,7 +1120,11 @@ def test_network_policies(render):
     policies = {p["metadata"]["name"]: p["spec"] for p in r.all("NetworkPolicy")}
     agent = policies[f"{RELEASE}-kubenurse"]
     assert agent["podSelector"]["matchLabels"] == r.agent()["spec"]["selector"]["matchLabels"]
-    assert agent["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}]}]
+    http_rule, udp_rule = agent["ingress"]
+    assert http_rule == {"ports": [{"port": "http", "protocol": "TCP"}]}
+    # The UDP echo only from the agents (test_udp.py).
+    assert udp_rule == {"from": [{"podSelector": {"matchLabels": agent["podSelector"]["matchLabels"]}}],
+                        "ports": [{"port": "udp-echo", "protocol": "UDP"}]}
     agg = policies[f"{RELEASE}-kubenurse-aggregator"]
     assert agg["podSelector"]["matchLabels"] == r.aggregator()["spec"]["selector"]["matchLabels"]
     grpc_rule, http_rule = agg["ingress"]

@@ -162,7 +162,9 @@ def test_panels_cover_the_brief():
     exprs = " ".join(e for _, e in queries("kubenurse.json"))
     for metric in ("kubenurse_httpclient_request_duration_seconds_bucket", "kubenurse_errors_total",
                    "kubenurse_httpclient_trace_request_duration_seconds_bucket",
-                   "kubenurse_neighbourhood_incoming_checks", "kubenurse_httpclient_requests_total"):
+                   "kubenurse_neighbourhood_incoming_checks", "kubenurse_httpclient_requests_total",
+                   "kubenurse_udp_packets_lost_total", "kubenurse_udp_packets_sent_total",
+                   "kubenurse_udp_rtt_seconds_bucket", "kubenurse_tcp_syn_retransmits_total"):
         assert metric in exprs
     assert "sum by (event)" in exprs and "sum by (code)" in exprs
     matrix = load("matrix.json")
@@ -170,10 +172,11 @@ def test_panels_cover_the_brief():
     for metric in ("kubenurse_matrix_p99_seconds", "kubenurse_matrix_p50_seconds", "kubenurse_matrix_error_ratio",
                    "kubenurse_aggregator_suspects", "kubenurse_aggregator_connected_agents",
                    "rate(kubenurse_aggregator_results_ingested_total[5m])",
-                   "kubenurse_aggregator_ingest_errors_total", "kubenurse_aggregator_matrix_cells"):
+                   "kubenurse_aggregator_ingest_errors_total", "kubenurse_aggregator_matrix_cells",
+                   "kubenurse_matrix_loss_ratio"):
         assert metric in exprs
     grids = [p for p in panels(matrix) if any(t["id"] == "groupingToMatrix" for t in p.get("transformations", []))]
-    assert {p["title"] for p in grids} == {"p99 latency", "Error ratio", "p50 latency"}
+    assert {p["title"] for p in grids} == {"p99 latency", "Error ratio", "p50 latency", "UDP loss ratio"}
     for p in grids:
         (t,) = p["transformations"]
         assert t["options"]["rowField"] == "src" and t["options"]["columnField"] == "dst"
@@ -277,6 +280,16 @@ def synthetic_series() -> list[dict[str, str]]:
         out.append(series("kubenurse_errors_total", {**target, "type": failing, "event": "connect_done"}, counter(1)))
         out.append(series("kubenurse_errors_total", {**target, "type": "me_service", "event": "status_code_503"},
                           counter(1)))
+        # UDP echo (path checks only): 10 packets a step to every neighbour, 1 of them lost on the
+        # failing path; SYN retransmits on it too.
+        for t in types:
+            if not t.startswith("path_"):
+                continue
+            out.append(series("kubenurse_udp_packets_sent_total", {**target, "type": t}, counter(10)))
+            out.append(series("kubenurse_udp_packets_lost_total", {**target, "type": t}, counter(int(t == failing))))
+            out.append(series("kubenurse_tcp_syn_retransmits_total", {**target, "type": t}, counter(int(t == failing))))
+            for i, le in enumerate(BUCKETS):
+                out.append(series("kubenurse_udp_rtt_seconds_bucket", {**target, "type": t, "le": le}, counter(i + 1)))
         out.append(series("kubenurse_neighbourhood_incoming_checks", target, gauge(2)))
         out.append(series("kubenurse_aggregator_connected", target, gauge(2)))
         out.append(series("kubenurse_aggregator_dropped_results_total", target, counter(1)))
@@ -296,6 +309,7 @@ def synthetic_series() -> list[dict[str, str]]:
                 out.append(series("kubenurse_matrix_p50_seconds", cell, gauge(0.002)))
                 out.append(series("kubenurse_matrix_p99_seconds", cell, gauge(0.008)))
                 out.append(series("kubenurse_matrix_error_ratio", cell, gauge(0.25 if dst == "node-b" else 0)))
+                out.append(series("kubenurse_matrix_loss_ratio", cell, gauge(0.1 if dst == "node-c" else 0)))
     return out
 
 
@@ -331,3 +345,32 @@ def test_a_query_without_data_is_caught(promtool, tmp_path):
                                                 'kubenurse_errors_total{event="no_such_event"}'])
     assert result.returncode != 0
     assert rule_name(1) in result.stdout + result.stderr and rule_name(0) + "," not in result.stdout
+
+
+def panel_expr(name: str, title: str) -> str:
+    (expr,) = [t["expr"] for p in panels(load(name)) if p["title"] == title for t in p["targets"]]
+    return expr
+
+
+def test_udp_loss_ratio_is_the_lost_share(promtool, tmp_path):
+    """The per-path loss panel divides lost by sent packets of the same destination: on the synthetic
+    series (10 packets a step to every neighbour; node-a loses 1 towards node-b, node-b and node-c
+    1 each towards node-a) that is 2/20 for path_node-a, 1/20 for path_node-b, none for path_node-c."""
+    expr = substitute(panel_expr("kubenurse.json", "UDP loss ratio per path"), SELECTIONS["all"])
+    test = {
+        "rule_files": [rules_file(tmp_path, ["vector(1)"]).name],
+        "evaluation_interval": "15s",
+        "tests": [{
+            "interval": "15s",
+            "input_series": synthetic_series(),
+            "promql_expr_test": [{"expr": f"round({expr}, 0.001)", "eval_time": "15m", "exp_samples": [
+                {"labels": '{type="path_node-a"}', "value": 0.1},
+                {"labels": '{type="path_node-b"}', "value": 0.05},
+                {"labels": '{type="path_node-c"}', "value": 0},
+            ]}],
+        }],
+    }
+    path = tmp_path / "udp.test.yml"
+    path.write_text(yaml.safe_dump(test, sort_keys=False))
+    result = promtool_run(promtool, "test", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -131,6 +131,12 @@ pub struct Config {
     pub http_port: u16,
     /// `KUBENURSE_HTTPS_PORT`.
     pub https_port: u16,
+    /// `KUBENURSE_CHECK_UDP`.
+    pub check_udp: bool,
+    /// `KUBENURSE_UDP_PORT`: answered always, probed while `check_udp`.
+    pub udp_port: u16,
+    /// `KUBENURSE_UDP_PACKETS`.
+    pub udp_packets: u32,
     /// The stream to the aggregator; `None` (no URL) makes the agent exactly a kubenurse.
     pub aggregator: Option<AggregatorConfig>,
     /// `KUBENURSE_DISCOVERY` (`Local` whenever there is no aggregator).
@@ -328,6 +334,9 @@ impl Config {
             expose_metadata: r.get(&EXPOSE_METADATA)?,
             kubernetes_service_host,
             kubernetes_service_port: r.get(&KUBERNETES_SERVICE_PORT)?,
+            check_udp: r.get(&CHECK_UDP)?,
+            udp_port: r.get(&UDP_PORT)?,
+            udp_packets: r.get(&UDP_PACKETS)?,
             kubernetes_service_dns: r.get(&KUBERNETES_SERVICE_DNS)?,
             service_account_dir: r.get(&SERVICE_ACCOUNT_DIR)?,
             pod_name,

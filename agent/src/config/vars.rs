@@ -96,6 +96,13 @@ fn parse_port(v: &str) -> Result<u16, String> {
     }
 }
 
+fn parse_udp_packets(v: &str) -> Result<u32, String> {
+    match v.parse::<u32>() {
+        Ok(n) if (1..=kubenurse_proto::MAX_UDP_PACKETS).contains(&n) => Ok(n),
+        _ => Err(format!("expected a whole number 1-{}", kubenurse_proto::MAX_UDP_PACKETS)),
+    }
+}
+
 fn parse_text(v: &str) -> Result<String, String> {
     Ok(v.to_string())
 }
@@ -341,6 +348,27 @@ pub const HTTP_PORT: Setting<u16> =
 /// `KUBENURSE_HTTPS_PORT`.
 pub const HTTPS_PORT: Setting<u16> =
     setting("KUBENURSE_HTTPS_PORT", Value("8443"), "HTTPS port, used by path checks with USE_TLS", parse_port);
+/// `KUBENURSE_CHECK_UDP`.
+pub const CHECK_UDP: Setting<bool> = setting(
+    "KUBENURSE_CHECK_UDP",
+    Value("true"),
+    "send UDP echo packets to every path neighbour each round (loss, path_<node>_udp)",
+    parse_bool,
+);
+/// `KUBENURSE_UDP_PORT`.
+pub const UDP_PORT: Setting<u16> = setting(
+    "KUBENURSE_UDP_PORT",
+    Value("8081"),
+    "UDP echo port, answered always; the port UDP probes go to",
+    parse_port,
+);
+/// `KUBENURSE_UDP_PACKETS`.
+pub const UDP_PACKETS: Setting<u32> = setting(
+    "KUBENURSE_UDP_PACKETS",
+    Value("10"),
+    "UDP echo packets per neighbour per round, spread over half the interval (1-100)",
+    parse_udp_packets,
+);
 /// `KUBENURSE_AGGREGATOR_URL`.
 pub const AGGREGATOR_URL: Setting<Vec<Uri>> = setting(
     "KUBENURSE_AGGREGATOR_URL",
@@ -428,6 +456,9 @@ pub const ALL: &[Var] = &[
     BIND_ADDRESS.var,
     HTTP_PORT.var,
     HTTPS_PORT.var,
+    CHECK_UDP.var,
+    UDP_PORT.var,
+    UDP_PACKETS.var,
     AGGREGATOR_URL.var,
     AGGREGATOR_CA.var,
     AGGREGATOR_TOKEN_FILE.var,

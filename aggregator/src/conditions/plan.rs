@@ -100,6 +100,9 @@ pub fn message(s: &Suspect) -> String {
         (Kind::Source, Cause::Latency) => format!("checks from {node} to its neighbours are slow"),
         (Kind::Destination, Cause::Latency) => format!("checks from its neighbours into {node} are slow"),
         (_, Cause::Latency) => format!("checks from and into {node} are slow"),
+        (Kind::Source, Cause::Loss) => format!("UDP packets from {node} to its neighbours are lost"),
+        (Kind::Destination, Cause::Loss) => format!("UDP packets from its neighbours into {node} are lost"),
+        (_, Cause::Loss) => format!("UDP packets from and into {node} are lost"),
     };
     let e = &s.evidence;
     let examples = e.examples.iter().take(3).cloned().collect::<Vec<_>>().join(", ");

@@ -149,6 +149,25 @@ Usage: include "kubenurse.check" (list . "check_me_service" "check_api_me_servic
 {{- ternary "true" "false" $on -}}
 {{- end -}}
 
+{{/* The UDP echo/loss probe (udp): KUBENURSE_CHECK_UDP, on unless udp.enabled is false. The agents
+answer UDP echo on udp.port either way; the Service's and the NetworkPolicy's UDP ports follow
+udp.enabled (only what is used is opened). */}}
+{{- define "kubenurse.udpEnabled" -}}
+{{- $u := default (dict) .Values.udp -}}
+{{- $on := or (not (hasKey $u "enabled")) (eq (include "kubenurse.bool" $u.enabled) "true") -}}
+{{- ternary "true" "false" $on -}}
+{{- end -}}
+
+{{/* KUBENURSE_UDP_PORT: the echo port of every agent, and where probes go (8081 unless set). */}}
+{{- define "kubenurse.udpPort" -}}
+{{- (default (dict) .Values.udp).port | default 8081 | toString -}}
+{{- end -}}
+
+{{/* KUBENURSE_UDP_PACKETS: packets per neighbour per round (10 unless set). */}}
+{{- define "kubenurse.udpPackets" -}}
+{{- (default (dict) .Values.udp).packets | default 10 | toString -}}
+{{- end -}}
+
 {{/*
 URLs
 */}}

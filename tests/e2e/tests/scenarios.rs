@@ -332,3 +332,170 @@ async fn s9_faults_compose_a_delay_survives_a_partition() -> anyhow::Result<()> 
     assert_eq!(lab.describe_active(), "none");
     lab.stop().await
 }
+
+/// A lab for the loss scenario: 20 UDP packets per neighbour per round (a 20 % loss then shows
+/// in a single round almost surely: 0.8^20 ≈ 1 %), and a 20 s window, so the column's loss is
+/// the fault's after 20 s and not diluted by the healthy minutes before.
+async fn loss_lab(subnet: u8, name: &str) -> anyhow::Result<Lab> {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut spec = ClusterSpec::scenario(12, subnet);
+    spec.env.push(("KUBENURSE_UDP_PACKETS".into(), "20".into()));
+    let settings = Settings { tick_micros: 250_000, window_micros: 20_000_000, ..Settings::default() };
+    let lab = Lab::start(spec, settings, &dir).await?;
+    let agg = lab.aggregator.url();
+    eventually("a full matrix with UDP data", Duration::from_secs(30), || {
+        let agg = agg.clone();
+        async move {
+            let m = get(&agg, "/api/v1/matrix").await?;
+            let with_udp = cells(&m).iter().filter(|c| c["stale"] == false && c["loss_ratio"].is_number()).count();
+            (with_udp == 12 * 10).then_some(())
+        }
+    })
+    .await?;
+    // Agents start one after the other: the first ones' probes to neighbours not up yet were
+    // lost. That start-up loss leaves the 20 s window.
+    eventually("the start-up loss out of the window", Duration::from_secs(40), || {
+        let agg = agg.clone();
+        async move {
+            let m = get(&agg, "/api/v1/matrix").await?;
+            (loss_of(&m, |_| true) == (0.0, 120)).then_some(())
+        }
+    })
+    .await?;
+    Ok(lab)
+}
+
+/// Lost and sent packets of the cells `pick` selects, over the matrix's window.
+fn loss_of(m: &Value, pick: impl Fn(&Value) -> bool) -> (f64, usize) {
+    let picked: Vec<f64> = cells(m).iter().filter(|c| pick(c)).filter_map(|c| c["loss_ratio"].as_f64()).collect();
+    (picked.iter().sum::<f64>() / picked.len().max(1) as f64, picked.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s10_udp_loss_on_one_node_is_a_loss_suspect_and_nothing_else() -> anyhow::Result<()> {
+    use kubenurse_lab::lab::FaultSpec;
+    let _serial = SERIAL.lock().await;
+    let mut lab = loss_lab(63, "s10").await?;
+    let agg = lab.aggregator.url();
+    let victim = lab.cluster.nodes[4].node.clone();
+    let m = get(&agg, "/api/v1/matrix").await.unwrap_or_default();
+    let lossy: Vec<String> = cells(&m)
+        .iter()
+        .filter(|c| c["loss_ratio"].as_f64() > Some(0.0))
+        .map(|c| format!("{}->{}: {}", c["src"], c["dst"], c["loss_ratio"]))
+        .collect();
+    assert_eq!(loss_of(&m, |_| true), (0.0, 120), "no loss before the fault: {lossy:?}");
+    lab.apply(&FaultSpec::Loss(victim.clone(), 20)).await?;
+    let (top, took) = within(&lab, 4, "the lossy node is the top suspect, cause loss", || {
+        let (agg, victim) = (agg.clone(), victim.clone());
+        async move {
+            let top = top_suspect(&agg).await?;
+            (top["node"] == victim.as_str() && top["cause"] == "loss").then_some(top)
+        }
+    })
+    .await?;
+    assert_eq!(top["kind"], "destination", "{top}");
+    println!("named after {took:?} ({:.1} intervals)", took.as_secs_f64() / lab.interval.as_secs_f64());
+    // A window of fault only: the column shows the loss, nothing else does, and the HTTP
+    // checks into the node stay ok (TCP hides the loss).
+    tokio::time::sleep(Duration::from_secs(21)).await;
+    let m = get(&agg, "/api/v1/matrix").await.unwrap_or_default();
+    let (column, n) = loss_of(&m, |c| c["dst"] == victim.as_str());
+    let (others, rest) = loss_of(&m, |c| c["dst"] != victim.as_str());
+    println!(
+        "column {victim}: {:.1} % over {n} cells; other cells {:.2} % over {rest}",
+        column * 100.0,
+        others * 100.0
+    );
+    assert!(n == 10 && (0.12..=0.28).contains(&column), "column loss {column} over {n} cells");
+    assert!(rest == 110 && others < 0.01, "other cells' loss {others} over {rest}");
+    let worst_other = cells(&m)
+        .iter()
+        .filter(|c| c["dst"] != victim.as_str())
+        .filter_map(|c| c["loss_ratio"].as_f64())
+        .fold(0.0, f64::max);
+    assert!(worst_other < 0.01, "an unaffected cell lost {worst_other}");
+    assert!(cells(&m).iter().all(|c| c["failing"] == false), "loss alone is not an error");
+    let s = get(&agg, "/api/v1/suspects").await.unwrap_or_default();
+    let list = s["suspects"].as_array().cloned().unwrap_or_default();
+    assert!(list.iter().all(|x| x["cause"] == "loss" && x["node"] == victim.as_str()), "{s}");
+    // The agents say it too: the victim's UDP result beside its path check in /alive.
+    let key = format!("path_{victim}_udp");
+    let mut lossy_rounds = 0;
+    let mut checkers = 0;
+    for a in lab.cluster.agents.iter().filter(|a| a.sim.node != victim) {
+        let (_, alive) = http_get(&format!("{}/alive", a.url())).await?;
+        let alive: Value = serde_json::from_str(&alive)?;
+        let Some(value) = alive["last_check_result"][&key].as_str() else { continue };
+        checkers += 1;
+        assert!(value == "ok" || value.starts_with("loss ") && value.ends_with("/20"), "{key}: {value}");
+        lossy_rounds += usize::from(value != "ok");
+        assert_eq!(alive["last_check_result"][format!("path_{victim}")], "ok", "the HTTP check stays ok");
+    }
+    println!("{checkers} checkers of {victim}: {lossy_rounds} showed loss in their last round");
+    assert!(checkers >= 10 && lossy_rounds >= checkers / 2, "{lossy_rounds} of {checkers}");
+    lab.apply(&FaultSpec::Heal).await?;
+    let (_, took) = within(&lab, 4, "the loss suspect cleared", || {
+        let agg = agg.clone();
+        async move {
+            let s = get(&agg, "/api/v1/suspects").await?;
+            s["suspects"].as_array()?.is_empty().then_some(())
+        }
+    })
+    .await?;
+    println!("cleared after {took:?} ({:.1} intervals)", took.as_secs_f64() / lab.interval.as_secs_f64());
+    lab.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s11_a_forged_udp_flood_changes_no_cell() -> anyhow::Result<()> {
+    use kubenurse_agent::udp::wire::{Datagram, Direction};
+    let _serial = SERIAL.lock().await;
+    let lab = loss_lab(64, "s11").await?;
+    let agg = lab.aggregator.url();
+    let target = lab.cluster.agents[2].sim.clone();
+    let before = get(&agg, "/api/v1/matrix").await.unwrap_or_default();
+    // From an address no agent uses: requests, forged replies and garbage at the target's echo
+    // port, bounded in count and time.
+    let flood = tokio::net::UdpSocket::bind((std::net::Ipv4Addr::new(127, 0, 64, 250), 0)).await?;
+    let echo = std::net::SocketAddr::new(target.ip, kubenurse_testkit::sim::udp_port(18080));
+    let started = Instant::now();
+    for i in 0..5_000u32 {
+        let d = match i % 3 {
+            0 => Datagram { direction: Direction::Request, nonce: u64::from(i), seq: i, sent_micros: 0 }
+                .encode()
+                .to_vec(),
+            1 => {
+                Datagram { direction: Direction::Reply, nonce: u64::from(i), seq: 0, sent_micros: 0 }.encode().to_vec()
+            }
+            _ => vec![0xffu8; 1400],
+        };
+        let _ = flood.send_to(&d, echo).await;
+        // 2,000 a second, 100 times a neighbour's rate: a flood, not a buffer overflow (which
+        // would drop real packets too, as it would on a real node).
+        if i % 20 == 19 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if started.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+    }
+    tokio::time::sleep(lab.interval * 3).await;
+    let after = get(&agg, "/api/v1/matrix").await.unwrap_or_default();
+    assert_eq!(loss_of(&before, |_| true).0, 0.0);
+    assert_eq!(loss_of(&after, |_| true), (0.0, 120), "no cell lost a packet");
+    let s = get(&agg, "/api/v1/suspects").await.unwrap_or_default();
+    assert_eq!(s["suspects"].as_array().map(Vec::len), Some(0), "{s}");
+    // The victim's echo counted what it refused; replies were rate-limited, never amplified.
+    let (_, metrics) = http_get(&format!("{}/metrics", lab.cluster.agents[2].url())).await?;
+    let count = |series: &str| {
+        metrics.lines().find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok()).unwrap_or_default()
+    };
+    let malformed = count("kubenurse_udp_echo_requests_total{result=\"malformed\"}");
+    let limited = count("kubenurse_udp_echo_requests_total{result=\"rate_limited\"}");
+    println!("echo: malformed {malformed}, rate limited {limited}");
+    assert!(malformed >= 3_000.0, "forged replies and garbage refused: {malformed}");
+    assert!(limited > 0.0, "the flood's requests were rate-limited: {limited}");
+    lab.stop().await
+}

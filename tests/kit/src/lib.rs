@@ -10,3 +10,4 @@ pub mod proxy;
 pub mod scale;
 pub mod serve;
 pub mod sim;
+pub mod udp_proxy;

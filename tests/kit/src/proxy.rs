@@ -2,7 +2,8 @@
 //! netem): it listens on the node's pod address and forwards to the agent, passing traffic
 //! through, delaying it, refusing connections (listener closed: RST), or black-holing them
 //! (accepted, never answered) — for every source, or only for sources in a set (a partition).
-//! Several rules compose ([`effect`]): a refusal or black hole wins, delays add up.
+//! Several rules compose ([`effect`]): a refusal or black hole wins, delays add up. A UDP side
+//! ([`crate::udp_proxy`]) applies the same rules to datagrams, and also losses.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -25,6 +26,9 @@ pub enum Fault {
     Refuse,
     /// Accept and hold the connection without ever forwarding.
     Blackhole,
+    /// Drop this percentage of UDP datagrams towards the node (TCP passes: its retransmits
+    /// hide a loss).
+    Loss(u8),
 }
 
 /// A fault and the sources it applies to (`None`: everyone).
@@ -47,7 +51,7 @@ pub fn effect(rules: &[Rule], peer: IpAddr) -> Fault {
             Fault::Refuse => return Fault::Refuse,
             Fault::Blackhole => blackhole = true,
             Fault::Delay(d) => delay += d,
-            Fault::Pass => {}
+            Fault::Pass | Fault::Loss(_) => {}
         }
     }
     match (blackhole, delay.is_zero()) {
@@ -67,6 +71,7 @@ pub struct FaultProxy {
     listen: SocketAddr,
     rules: watch::Sender<Vec<Rule>>,
     task: tokio::task::JoinHandle<()>,
+    udp: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl FaultProxy {
@@ -75,7 +80,17 @@ impl FaultProxy {
         let listener = TcpListener::bind(listen).await?;
         let (rules, rx) = watch::channel(Vec::new());
         let task = tokio::spawn(run(listener, listen, upstream, rx));
-        Ok(Self { listen, rules, task })
+        Ok(Self { listen, rules, task, udp: None })
+    }
+
+    /// Same, also relaying UDP datagrams from `listen`'s address on `udp_port` to `upstream`'s
+    /// address on the same port.
+    pub async fn start_with_udp(listen: SocketAddr, upstream: SocketAddr, udp_port: u16) -> std::io::Result<Self> {
+        let socket = tokio::net::UdpSocket::bind(SocketAddr::new(listen.ip(), udp_port)).await?;
+        let mut proxy = Self::start(listen, upstream).await?;
+        let udp_upstream = SocketAddr::new(upstream.ip(), udp_port);
+        proxy.udp = Some(tokio::spawn(crate::udp_proxy::run(socket, udp_upstream, proxy.rules.subscribe())));
+        Ok(proxy)
     }
 
     /// The address clients connect to.
@@ -97,6 +112,9 @@ impl FaultProxy {
 impl Drop for FaultProxy {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(udp) = &self.udp {
+            udp.abort();
+        }
     }
 }
 
@@ -153,7 +171,8 @@ async fn run(listener: TcpListener, listen: SocketAddr, upstream: SocketAddr, mu
                     return;
                 }
                 Fault::Delay(d) => tokio::time::sleep(d).await,
-                Fault::Pass => {}
+                // Never the effect of the rules: a loss is UDP's.
+                Fault::Pass | Fault::Loss(_) => {}
             }
             let Ok(mut server) = TcpStream::connect(upstream).await else { return };
             let mut client = client;

@@ -82,6 +82,12 @@ pub fn ring_targets<'a>(own: &SimNode, present: impl IntoIterator<Item = &'a Sim
 /// The label selector the simulated agents (and an aggregator discovering for them) use.
 pub const NEIGHBOUR_FILTER: &str = "app.kubernetes.io/name=kubenurse";
 
+/// The UDP echo port of an agent whose HTTP port is `http_port` (`KUBENURSE_UDP_PORT`): the
+/// next one, so clusters on other ports never share one.
+pub fn udp_port(http_port: u16) -> u16 {
+    http_port.wrapping_add(1)
+}
+
 /// The environment an agent of `sim` gets (the same variables a pod would have).
 pub fn agent_env(
     api: &FakeApiServer,
@@ -108,5 +114,6 @@ pub fn agent_env(
         ("KUBENURSE_NODE_NAME".into(), sim.node.clone()),
         ("KUBENURSE_BIND_ADDRESS".into(), sim.bind.to_string()),
         ("KUBENURSE_HTTP_PORT".into(), port.to_string()),
+        ("KUBENURSE_UDP_PORT".into(), udp_port(port).to_string()),
     ])
 }

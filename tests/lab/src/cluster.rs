@@ -181,7 +181,9 @@ impl LocalCluster {
             if spec.proxied {
                 sim.bind = IpAddr::V4(Ipv4Addr::new(127, 0, spec.subnet + 100, i));
                 let listen = std::net::SocketAddr::new(sim.ip, spec.port);
-                proxies.push(FaultProxy::start(listen, std::net::SocketAddr::new(sim.bind, spec.port)).await?);
+                let upstream = std::net::SocketAddr::new(sim.bind, spec.port);
+                let udp = kubenurse_testkit::sim::udp_port(spec.port);
+                proxies.push(FaultProxy::start_with_udp(listen, upstream, udp).await?);
             }
             api.apply_node(node(&sim.node, &sim.zone));
             api.apply_pod(kubenurse_pod(NAMESPACE, &sim.pod, &sim.node, &sim.ip.to_string()));

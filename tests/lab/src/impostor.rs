@@ -48,7 +48,7 @@ pub fn failure(target: &SimNode, round: u64) -> AgentMessage {
         ..CheckResult::default()
     };
     r.set_outcome(Outcome::Failed);
-    AgentMessage { msg: Some(agent_message::Msg::Batch(ResultBatch { results: vec![r], round_ends: vec![] })) }
+    AgentMessage { msg: Some(agent_message::Msg::Batch(ResultBatch { results: vec![r], ..ResultBatch::default() })) }
 }
 
 /// An open stream.

@@ -27,6 +27,8 @@ pub enum FaultSpec {
     Refuse(String),
     /// `drop:NODE`: connections to the node are black-holed.
     Drop(String),
+    /// `loss:NODE:20%`: that share of UDP datagrams to the node is dropped (TCP passes).
+    Loss(String, u8),
     /// `cordon:NODE` / `uncordon:NODE`.
     Cordon(String, bool),
     /// `delete:NODE`: its agent stops, its pod and node are deleted.
@@ -51,6 +53,7 @@ impl std::fmt::Display for FaultSpec {
             Self::Delay(n, d) => write!(f, "delay:{n}:{}", go(d)),
             Self::Refuse(n) => write!(f, "refuse:{n}"),
             Self::Drop(n) => write!(f, "drop:{n}"),
+            Self::Loss(n, p) => write!(f, "loss:{n}:{p}%"),
             Self::Cordon(n, true) => write!(f, "cordon:{n}"),
             Self::Cordon(n, false) => write!(f, "uncordon:{n}"),
             Self::Delete(n) => write!(f, "delete:{n}"),
@@ -74,7 +77,8 @@ pub fn lab_conditions(interval: Duration) -> ConditionsConfig {
 pub const ALERT_RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../alerts/kubenurse.rules.yaml");
 
 /// The accepted forms, for error messages and `--help`.
-pub const FAULT_SYNTAX: &str = "delay:NODE:DURATION | refuse:NODE | drop:NODE | cordon:NODE | uncordon:NODE | \
+pub const FAULT_SYNTAX: &str =
+    "delay:NODE:DURATION | refuse:NODE | drop:NODE | loss:NODE:PERCENT% | cordon:NODE | uncordon:NODE | \
 delete:NODE | partition:ZONE | apiserver:slow:DURATION | apiserver:fail | heal | heal:SPEC";
 
 impl FromStr for FaultSpec {
@@ -96,6 +100,10 @@ impl FromStr for FaultSpec {
             ["delay", n, d] => Ok(Self::Delay(name(n)?, dur(d)?)),
             ["refuse", n] => Ok(Self::Refuse(name(n)?)),
             ["drop", n] => Ok(Self::Drop(name(n)?)),
+            ["loss", n, p] => {
+                let percent = p.strip_suffix('%').and_then(|v| v.parse::<u8>().ok()).filter(|v| (1..=100).contains(v));
+                Ok(Self::Loss(name(n)?, percent.ok_or_else(|| format!("{p:?}: expected a percentage 1%-100%"))?))
+            }
             ["cordon", n] => Ok(Self::Cordon(name(n)?, true)),
             ["uncordon", n] => Ok(Self::Cordon(name(n)?, false)),
             ["delete", n] => Ok(Self::Delete(name(n)?)),
@@ -172,6 +180,9 @@ impl Lab {
                         }
                         FaultSpec::Refuse(n) if *n == sim.node => Some(Rule { fault: Fault::Refuse, only_from: None }),
                         FaultSpec::Drop(n) if *n == sim.node => Some(Rule { fault: Fault::Blackhole, only_from: None }),
+                        FaultSpec::Loss(n, p) if *n == sim.node => {
+                            Some(Rule { fault: Fault::Loss(*p), only_from: None })
+                        }
                         FaultSpec::Partition(z) => Some(c.partition_rule(sim, z)),
                         _ => None,
                     })
@@ -206,12 +217,13 @@ impl Lab {
     pub async fn apply(&mut self, fault: &FaultSpec) -> anyhow::Result<String> {
         let node_exists = |n: &str| self.cluster.nodes.iter().any(|s| s.node == n);
         let done = match fault {
-            FaultSpec::Delay(n, _) | FaultSpec::Refuse(n) | FaultSpec::Drop(n) => {
+            FaultSpec::Delay(n, _) | FaultSpec::Refuse(n) | FaultSpec::Drop(n) | FaultSpec::Loss(n, _) => {
                 anyhow::ensure!(node_exists(n), "no node {n}");
                 anyhow::ensure!(self.cluster.proxied(), "the cluster is not proxied");
                 match fault {
                     FaultSpec::Delay(_, d) => format!("{n}: inbound delayed by {d:?}"),
                     FaultSpec::Refuse(_) => format!("{n}: refusing connections"),
+                    FaultSpec::Loss(_, p) => format!("{n}: dropping {p}% of inbound UDP datagrams"),
                     _ => format!("{n}: black-holing connections"),
                 }
             }
@@ -322,6 +334,10 @@ mod tests {
         assert_eq!("delay:node-03:+80ms".parse(), Ok(FaultSpec::Delay("node-03".into(), Duration::from_millis(80))));
         assert_eq!("refuse:node-01".parse(), Ok(FaultSpec::Refuse("node-01".into())));
         assert_eq!("partition:zone-b".parse(), Ok(FaultSpec::Partition("zone-b".into())));
+        assert_eq!("loss:node-05:20%".parse(), Ok(FaultSpec::Loss("node-05".into(), 20)));
+        for bad in ["loss:node-05:20", "loss:node-05:0%", "loss:node-05:101%", "loss:node-05"] {
+            assert!(bad.parse::<FaultSpec>().is_err(), "{bad:?}");
+        }
         assert_eq!("apiserver:slow:2s".parse(), Ok(FaultSpec::ApiSlow(Duration::from_secs(2))));
         assert_eq!("apiserver:fail".parse(), Ok(FaultSpec::ApiFail));
         assert_eq!("heal".parse(), Ok(FaultSpec::Heal));
@@ -330,9 +346,14 @@ mod tests {
             Ok(FaultSpec::HealOne(Box::new(FaultSpec::Delay("node-07".into(), Duration::from_millis(80)))))
         );
         assert!("heal:heal".parse::<FaultSpec>().is_err());
-        for spec in
-            ["delay:node-07:80ms", "refuse:node-01", "partition:zone-c", "apiserver:slow:2000ms", "heal:drop:node-02"]
-        {
+        for spec in [
+            "delay:node-07:80ms",
+            "refuse:node-01",
+            "partition:zone-c",
+            "apiserver:slow:2000ms",
+            "heal:drop:node-02",
+            "loss:node-05:20%",
+        ] {
             assert_eq!(spec.parse::<FaultSpec>().map(|f| f.to_string()), Ok(spec.to_string()), "prints as it parses");
         }
         for bad in ["delay:node-03", "delay:node-03:fast", "refuse:", "explode:node-01", ""] {

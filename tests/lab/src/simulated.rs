@@ -67,7 +67,7 @@ fn round_batch(targets: &[Neighbour], round: u64, seed: u64) -> ResultBatch {
         })
         .collect();
     let end = RoundEnd { round, all_ok: true, neighbourhood_state: "ok".into(), end_unix_micros: now };
-    ResultBatch { results, round_ends: vec![end] }
+    ResultBatch { results, round_ends: vec![end], ..ResultBatch::default() }
 }
 
 impl SimulatedAgents {
