@@ -1,13 +1,15 @@
-//! Extra checks that are not HTTP (`KUBENURSE_EXTRA_CHECKS` entries `name:tcp://host:port` and
-//! `name:dns://name`): a TCP connect (success = connected; phases dns and connect) and a name
-//! lookup with the node's resolver (success = at least one address; phase dns), timed and
-//! recorded like the HTTP checks, with [`NON_HTTP_OK`] as their `code` when they succeed.
+//! Extra checks that are not HTTP (`KUBENURSE_EXTRA_CHECKS` entries `name:tcp://host:port`,
+//! `name:dns://name` and `name:dns://server:port/name`): a TCP connect (success = connected;
+//! phases dns and connect) and a name lookup, with the node's resolver or by asking one server
+//! (success = at least one address; phase dns), timed and recorded like the HTTP checks, with
+//! [`NON_HTTP_OK`] as their `code` when they succeed.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use http::Uri;
 
+use crate::dns_wire::{self, DnsError, TYPE_A, TYPE_AAAA};
 use crate::probe::{timed_out, ProbeClient, ProbeResult};
 use crate::trace::{FailureKind, LocalCause, Phase, RequestTrace};
 
@@ -51,23 +53,47 @@ pub fn validate(uri: &Uri) -> Result<(), String> {
             }
             Ok(())
         }
-        Some(NonHttp::Dns) => {
-            if uri.port_u16().is_some() || !plain_path {
-                return Err("dns://server:port/name (asking one server) is not supported: use dns://name, looked up with the node's resolver".into());
-            }
-            let name = host(uri);
-            let ok = !name.is_empty()
-                && name.len() <= 253
-                && name.split('.').all(|l| {
-                    !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                });
-            if ok {
-                Ok(())
-            } else {
-                Err(format!("{name:?} is not a DNS name"))
-            }
-        }
+        Some(NonHttp::Dns) => DnsTarget::of(uri).map(|_| ()),
         None => Err("not a tcp:// or dns:// URL".into()),
+    }
+}
+
+/// What a `dns://` URL asks: a name, and the one server to ask (else the node's resolver).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsTarget {
+    /// The name looked up.
+    pub name: String,
+    /// `dns://server:port/name` (port 53 when left out): ask this server only.
+    pub server: Option<SocketAddr>,
+}
+
+impl DnsTarget {
+    /// Parses `dns://name` or `dns://server[:port]/name` (the server an IP address).
+    pub fn of(uri: &Uri) -> Result<Self, String> {
+        let plain_path = uri.path().is_empty() || uri.path() == "/";
+        if uri.query().is_some() {
+            return Err("a DNS check has no query".into());
+        }
+        let (name, server) = if plain_path {
+            if uri.port_u16().is_some() {
+                return Err("dns://server:port/name needs the name after the server".into());
+            }
+            (host(uri), None)
+        } else {
+            let ip: IpAddr = host(uri)
+                .parse()
+                .map_err(|_| format!("the server of dns://server:port/name is an IP address, not {:?}", host(uri)))?;
+            let name = uri.path().trim_start_matches('/').to_string();
+            (name, Some(SocketAddr::new(ip, uri.port_u16().unwrap_or(53))))
+        };
+        let labels_ok = name
+            .trim_end_matches('.')
+            .split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        if name.is_empty() || name.len() > 253 || !labels_ok {
+            return Err(format!("{name:?} is not a DNS name"));
+        }
+        Ok(Self { name, server })
     }
 }
 
@@ -87,33 +113,90 @@ pub async fn tcp(client: &ProbeClient, uri: &Uri, timeout: Duration) -> ProbeRes
     ProbeResult { status: None, failure, trace, duration }
 }
 
-/// Looks `dns://name` up with the node's resolver within `timeout`.
+/// Looks a `dns://` URL's name up within `timeout`: with the node's resolver, or by asking its
+/// server for A and AAAA records.
 pub async fn dns(uri: &Uri, timeout: Duration) -> ProbeResult {
     let mut trace = RequestTrace::start();
-    let name = host(uri);
-    let what = format!("lookup {name}");
+    let target = DnsTarget::of(uri);
+    let what = match &target {
+        Ok(DnsTarget { name, server: Some(server) }) => format!("lookup {name} at {server}"),
+        Ok(DnsTarget { name, server: None }) => format!("lookup {name}"),
+        Err(_) => format!("lookup {uri}"),
+    };
     trace.mark(Phase::DnsStart);
     trace.begin(Phase::DnsDone);
-    let outcome = tokio::time::timeout(timeout, tokio::net::lookup_host((name.as_str(), 0))).await;
-    let failure = match outcome {
-        Ok(Ok(mut found)) => match found.next() {
-            Some(_) => {
-                trace.mark(Phase::DnsDone);
-                None
+    let found: Result<usize, (FailureKind, String)> = match target {
+        // Validated at start: only reachable with a URL built some other way.
+        Err(e) => Err((FailureKind::Phase(Phase::DnsDone), format!("{what}: {e}"))),
+        Ok(DnsTarget { name, server: None }) => {
+            match tokio::time::timeout(timeout, tokio::net::lookup_host((name.as_str(), 0))).await {
+                Ok(Ok(found)) => Ok(found.count()),
+                Ok(Err(e)) => Err((io_failure(&e), format!("{what}: {e}"))),
+                Err(_) => Err(timed_out(&trace, &what, timeout)),
             }
-            None => Some((FailureKind::Phase(Phase::DnsDone), format!("{what}: no addresses"))),
-        },
-        Ok(Err(e)) => {
-            let kind = match LocalCause::of(&e) {
-                Some(cause) => FailureKind::Local(Phase::DnsDone, cause),
-                None => FailureKind::Phase(Phase::DnsDone),
-            };
-            Some((kind, format!("{what}: {e}")))
         }
-        Err(_) => Some(timed_out(&trace, &what, timeout)),
+        Ok(DnsTarget { name, server: Some(server) }) => {
+            match tokio::time::timeout(timeout, ask_server(server, &name)).await {
+                Ok(Ok(n)) => Ok(n),
+                Ok(Err(AskError::Io(e))) => Err((io_failure(&e), format!("{what}: {e}"))),
+                Ok(Err(AskError::Dns(e))) => Err((FailureKind::Phase(Phase::DnsDone), format!("{what}: {e}"))),
+                Err(_) => Err(timed_out(&trace, &what, timeout)),
+            }
+        }
+    };
+    let failure = match found {
+        Ok(0) => Some((FailureKind::Phase(Phase::DnsDone), format!("{what}: no addresses"))),
+        Ok(_) => {
+            trace.mark(Phase::DnsDone);
+            None
+        }
+        Err(failure) => Some(failure),
     };
     let duration = trace.elapsed();
     ProbeResult { status: None, failure, trace, duration }
+}
+
+fn io_failure(e: &std::io::Error) -> FailureKind {
+    match LocalCause::of(e) {
+        Some(cause) => FailureKind::Local(Phase::DnsDone, cause),
+        None => FailureKind::Phase(Phase::DnsDone),
+    }
+}
+
+enum AskError {
+    Io(std::io::Error),
+    Dns(DnsError),
+}
+
+/// Asks `server` for `name`'s A and AAAA records at once; the addresses of the first answer
+/// that has some, or of both. Datagrams from elsewhere or with other ids are ignored.
+async fn ask_server(server: SocketAddr, name: &str) -> Result<usize, AskError> {
+    let local: IpAddr = if server.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+    let socket = tokio::net::UdpSocket::bind((local, 0)).await.map_err(AskError::Io)?;
+    socket.connect(server).await.map_err(AskError::Io)?;
+    let id = kubenurse_common::backoff::random_u64() as u16;
+    let questions = [(id, TYPE_A), (id.wrapping_add(1), TYPE_AAAA)];
+    for (id, qtype) in questions {
+        socket.send(&dns_wire::query(id, name, qtype)).await.map_err(AskError::Io)?;
+    }
+    let mut pending: Vec<(u16, u16)> = questions.to_vec();
+    let mut last_error = None;
+    let mut buf = vec![0u8; dns_wire::MAX_REPLY];
+    while !pending.is_empty() {
+        let n = socket.recv(&mut buf).await.map_err(AskError::Io)?;
+        let reply = &buf[..n];
+        let Some(at) = pending.iter().position(|&(id, _)| dns_wire::reply_id(reply) == Some(id)) else { continue };
+        let (id, qtype) = pending.swap_remove(at);
+        match dns_wire::addresses(reply, id, qtype) {
+            Ok(0) => {}
+            Ok(found) => return Ok(found),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    match last_error {
+        Some(e) => Err(AskError::Dns(e)),
+        None => Ok(0),
+    }
 }
 
 #[cfg(test)]
@@ -129,10 +212,17 @@ mod tests {
         assert_eq!(validate(&uri("tcp://10.0.0.1:5432")), Ok(()));
         assert_eq!(validate(&uri("tcp://db.example:5432/")), Ok(()));
         assert_eq!(validate(&uri("dns://kubernetes.default.svc.cluster.local")), Ok(()));
+        let server = DnsTarget::of(&uri("dns://10.96.0.10:5353/kubernetes.default")).unwrap();
+        assert_eq!(server.server, Some("10.96.0.10:5353".parse().unwrap()));
+        assert_eq!(server.name, "kubernetes.default");
+        let port_53 = DnsTarget::of(&uri("dns://[fd00::a]/kubernetes.default.")).unwrap();
+        assert_eq!(port_53.server, Some("[fd00::a]:53".parse().unwrap()));
         for bad in [
             "tcp://db.example",
             "tcp://db.example:5432/x",
-            "dns://10.96.0.10:53/kubernetes.default",
+            "dns://10.96.0.10:53",
+            "dns://coredns.example:53/kubernetes.default",
+            "dns://10.96.0.10:53/bad_name",
             "dns://bad_name",
             "dns://a..b",
         ] {
@@ -163,5 +253,48 @@ mod tests {
         assert!(ok.failure.is_none(), "{:?}", ok.failure);
         assert!(ok.trace.get(Phase::DnsDone).is_some());
         assert_eq!(ok.summary(), "ok");
+    }
+
+    /// A DNS server on loopback answering `a.test` with one address, NXDOMAIN for anything
+    /// else, and a stray datagram with a wrong id before every real answer.
+    async fn fake_server() -> SocketAddr {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            for _ in 0..16 {
+                let Ok((n, from)) = socket.recv_from(&mut buf).await else { return };
+                let q = buf[..n].to_vec();
+                let is_a_test = q.windows(7).any(|w| w == b"\x01a\x04test");
+                let qtype = u16::from_be_bytes([q[n - 4], q[n - 3]]);
+                let r = match (is_a_test, qtype) {
+                    (true, TYPE_A) => crate::dns_wire::tests::reply(&q, 0, &[&[10, 0, 0, 1]]),
+                    (true, _) => crate::dns_wire::tests::reply(&q, 0, &[]),
+                    (false, _) => crate::dns_wire::tests::reply(&q, 3, &[]),
+                };
+                let mut stray = r.clone();
+                stray[0] ^= 0xff;
+                let _ = socket.send_to(&stray, from).await;
+                let _ = socket.send_to(&r, from).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_dns_check_asks_its_server_and_names_nxdomain() {
+        let server = fake_server().await;
+        let ok = dns(&uri(&format!("dns://{server}/a.test")), Duration::from_secs(2)).await;
+        assert!(ok.failure.is_none(), "{:?}", ok.failure);
+        assert!(ok.trace.get(Phase::DnsDone).is_some());
+        let missing = dns(&uri(&format!("dns://{server}/b.test")), Duration::from_secs(2)).await;
+        let (kind, text) = missing.failure.expect("NXDOMAIN fails the check");
+        assert_eq!(kind, FailureKind::Phase(Phase::DnsDone));
+        assert!(text.contains("NXDOMAIN") && text.contains(&server.to_string()), "{text}");
+        // Nobody answering: the timeout, named as such.
+        let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let quiet = silent.local_addr().unwrap();
+        let timed = dns(&uri(&format!("dns://{quiet}/a.test")), Duration::from_millis(200)).await;
+        assert!(timed.failure.is_some_and(|(_, t)| t.contains("timeout") || t.contains("timed out")));
     }
 }

@@ -5,6 +5,7 @@
 pub mod checks;
 pub mod config;
 pub mod discovery;
+pub mod dns_wire;
 pub mod extra;
 pub mod incoming;
 pub mod metrics;

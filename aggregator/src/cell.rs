@@ -28,6 +28,15 @@ impl Streak {
             self.bad = bad;
         }
     }
+
+    /// Good rounds in a row, up to now (0 after a bad one).
+    pub fn good_run(&self) -> u32 {
+        if self.run_is_bad {
+            0
+        } else {
+            self.run
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -63,6 +72,8 @@ pub struct UdpRound<'a> {
 #[derive(Debug, Clone, Default)]
 pub struct UdpVerdict {
     counted: Option<(u64, i64)>,
+    /// The hysteresis the verdict was fed with.
+    k: u32,
     /// Lossy per the hysteresis.
     pub loss: Streak,
 }
@@ -168,9 +179,13 @@ impl Cell {
         fresh_round(&mut self.counted, round, now, min_gap)
     }
 
-    /// Whether the cell is lossy per the hysteresis.
+    /// Whether the cell is lossy per the hysteresis, and its HTTP checks have passed for more
+    /// rounds in a row than the hysteresis asks: a round's UDP packets go out after its HTTP
+    /// checks, so when a link breaks (or heals) in the middle of a round its UDP verdict runs a
+    /// round ahead of (or behind) the HTTP one, and the cell would look lossy for a round while
+    /// it is really failing. Loss is what HTTP does not see.
     pub fn lossy(&self) -> bool {
-        self.udp.as_ref().is_some_and(|u| u.loss.bad)
+        self.udp.as_ref().is_some_and(|u| u.loss.bad && self.health.good_run() > u.k.max(1))
     }
 
     /// Records a round of UDP packets at `at` (unix µs) into its slot and, when it is a new
@@ -197,6 +212,7 @@ impl Cell {
             }
         }
         let v = self.udp.get_or_insert_with(Box::default);
+        v.k = k;
         if fresh_round(&mut v.counted, sender_round, at, min_gap) && udp.sent > 0 {
             let bad = f64::from(udp.lost) / f64::from(udp.sent) > threshold;
             v.loss.observe(bad, k);
@@ -331,6 +347,9 @@ mod tests {
             let udp = UdpRound { sent: 10, lost, rtt_micros: &rtts[..received] };
             c.record_udp(n as i64 * 5_000_000, slot, 10, udp, n, gap, 0.02, k);
         };
+        for _ in 0..=k {
+            c.health.observe(false, k); // HTTP checks passing all along
+        }
         round(&mut c, 1, 0);
         round(&mut c, 2, 2);
         assert!(!c.lossy(), "one lossy verdict");
@@ -350,6 +369,42 @@ mod tests {
         assert!((stats.loss_ratio() - 0.1).abs() < 1e-9);
         let p50 = stats.p50_micros.expect("rtt");
         assert!((270.0..=330.0).contains(&p50), "{p50}");
+    }
+
+    #[test]
+    fn a_link_breaking_mid_round_is_failing_not_lossy() {
+        let (slot, k, gap) = (30_000_000, 2, 1_000_000);
+        let mut c = Cell::default();
+        let lost_all = UdpRound { sent: 10, lost: 10, rtt_micros: &[] };
+        for n in 1..=3 {
+            c.health.observe(false, k);
+            c.record_udp(
+                n * 5_000_000,
+                slot,
+                10,
+                UdpRound { sent: 10, lost: 0, rtt_micros: &[300; 10] },
+                n as u64,
+                gap,
+                0.02,
+                k,
+            );
+        }
+        // The link breaks after round 4's HTTP checks passed, during its UDP packets: UDP is a
+        // round ahead. Round 5: HTTP fails (once: not failing yet), UDP lossy twice in a row.
+        c.health.observe(false, k);
+        c.record_udp(20_000_000, slot, 10, UdpRound { sent: 10, lost: 6, rtt_micros: &[300; 4] }, 4, gap, 0.02, k);
+        c.health.observe(true, k);
+        c.record_udp(25_000_000, slot, 10, lost_all, 5, gap, 0.02, k);
+        assert!(c.udp.as_ref().is_some_and(|u| u.loss.bad) && !c.health.bad);
+        assert!(!c.lossy(), "a failing HTTP check in the last rounds: errors, not loss");
+        // Healed; HTTP passes again while the UDP verdict still holds: lossy only once HTTP has
+        // passed more rounds in a row than the hysteresis (and UDP still loses).
+        for n in 6..=8 {
+            c.health.observe(false, k);
+            assert!(!c.lossy() || n > 7, "round {n}");
+            c.record_udp(n * 5_000_000, slot, 10, lost_all, n as u64, gap, 0.02, k);
+        }
+        assert!(c.lossy(), "HTTP passes, UDP loses: loss");
     }
 
     #[test]

@@ -144,3 +144,70 @@ def promtool() -> str:
     path = shutil.which("promtool")
     assert path, "promtool is missing: install Debian's 'prometheus' package (scripts/test-chart.sh does)"
     return path
+
+
+# --- NetworkPolicy ---------------------------------------------------------------------------
+
+
+def selector_matches(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
+    """A metav1.LabelSelector: matchLabels and matchExpressions; {} matches everything."""
+    selector = selector or {}
+    if not selects(selector.get("matchLabels", {}), labels):
+        return False
+    for e in selector.get("matchExpressions", []):
+        key, op, values = e["key"], e["operator"], e.get("values", [])
+        ok = {"In": key in labels and labels[key] in values,
+              "NotIn": labels.get(key) not in values,
+              "Exists": key in labels,
+              "DoesNotExist": key not in labels}[op]
+        if not ok:
+            return False
+    return True
+
+
+def container_port(pod: dict[str, Any], name: str, protocol: str) -> int | None:
+    """The number a named port resolves to on the pod template: its container port of that name
+    and protocol (None: no such port)."""
+    found = [p["containerPort"] for c in pod["spec"]["containers"] for p in c.get("ports", [])
+             if p.get("name") == name and p.get("protocol", "TCP") == protocol]
+    assert len(found) <= 1, found
+    return found[0] if found else None
+
+
+def admits(policy: dict[str, Any], pod: dict[str, Any] | None = None, *, peer_labels: dict[str, str],
+           peer_namespace: str, protocol: str = "TCP", port: int, port_name: str | None = None) -> bool:
+    """Whether NetworkPolicy `policy` lets a pod (labels, namespace) send `protocol` traffic to port
+    number `port` (named `port_name`) of the pods it selects; a named port of a rule is resolved
+    against pod template `pod`'s container ports (name and protocol) when given."""
+    spec = policy["spec"]
+    if pod is not None:
+        assert selector_matches(spec["podSelector"], pod["metadata"]["labels"]), "the policy does not guard the pod"
+    if "Ingress" not in spec.get("policyTypes", ["Ingress"]):
+        return True
+    for rule in spec.get("ingress", []):
+        ports_ok = False
+        for p in rule.get("ports") or [{}]:
+            if p.get("protocol", "TCP") != protocol:
+                continue
+            if "port" not in p:
+                ports_ok = True
+            elif isinstance(p["port"], int):
+                ports_ok = ports_ok or p["port"] == port
+            elif p["port"] == port_name:
+                ports_ok = True
+            elif pod is not None:
+                ports_ok = ports_ok or container_port(pod, p["port"], protocol) == port
+        if not ports_ok:
+            continue
+        peers = rule.get("from")
+        if not peers:
+            return True
+        for peer in peers:
+            assert "ipBlock" not in peer, peer  # pods are not matched by address here
+            if "namespaceSelector" in peer:
+                ns_ok = selector_matches(peer["namespaceSelector"], {"kubernetes.io/metadata.name": peer_namespace})
+            else:
+                ns_ok = peer_namespace == policy["metadata"]["namespace"]
+            if ns_ok and selector_matches(peer.get("podSelector"), peer_labels):
+                return True
+    return False

@@ -12,7 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from conftest import NAMESPACE, RELEASE, selects
+from conftest import NAMESPACE, RELEASE, admits, selector_matches, selects
 from test_chart import KUBE_VERSIONS
 
 CHECK_POD = f"{RELEASE}-kubenurse-aggregator-check"
@@ -243,48 +243,6 @@ def test_labels_select_nothing_else(render):
         assert labels.get(key) != value
 
 
-def selector_matches(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
-    """A metav1.LabelSelector: matchLabels and matchExpressions; {} matches everything."""
-    selector = selector or {}
-    if not selects(selector.get("matchLabels", {}), labels):
-        return False
-    for e in selector.get("matchExpressions", []):
-        key, op, values = e["key"], e["operator"], e.get("values", [])
-        ok = {"In": key in labels and labels[key] in values,
-              "NotIn": labels.get(key) not in values,
-              "Exists": key in labels,
-              "DoesNotExist": key not in labels}[op]
-        if not ok:
-            return False
-    return True
-
-
-def admits(policy: dict[str, Any], *, peer_labels: dict[str, str], peer_namespace: str,
-           port_name: str, port_number: int) -> bool:
-    """Whether NetworkPolicy `policy` lets a pod (labels, namespace) connect to TCP port
-    (name, number) of the pods it selects."""
-    spec = policy["spec"]
-    if "Ingress" not in spec.get("policyTypes", ["Ingress"]):
-        return True
-    for rule in spec.get("ingress", []):
-        ports = rule.get("ports") or [{}]
-        if not any(p.get("protocol", "TCP") == "TCP" and p.get("port") in (None, port_name, port_number)
-                   for p in ports):
-            continue
-        peers = rule.get("from")
-        if not peers:
-            return True
-        for peer in peers:
-            assert "ipBlock" not in peer, peer  # pods are not matched by address here
-            if "namespaceSelector" in peer:
-                ns_ok = selector_matches(peer["namespaceSelector"], {"kubernetes.io/metadata.name": peer_namespace})
-            else:
-                ns_ok = peer_namespace == policy["metadata"]["namespace"]
-            if ns_ok and selector_matches(peer.get("podSelector"), peer_labels):
-                return True
-    return False
-
-
 def test_network_policy_admits_the_check_pod(render):
     r = render({"networkPolicy": {"enabled": True}})
     pod = check_pod(r)
@@ -299,12 +257,12 @@ def test_network_policy_admits_the_check_pod(render):
     assert guarding, "no NetworkPolicy selects the aggregator: nothing was tested"
     for policy in guarding:
         assert admits(policy, peer_labels=labels, peer_namespace=NAMESPACE,
-                      port_name=target, port_number=ports[target]), policy["metadata"]["name"]
+                      port_name=target, port=ports[target]), policy["metadata"]["name"]
         # The evaluator tells ports apart: gRPC stays the agents' only.
         assert not admits(policy, peer_labels=labels, peer_namespace=NAMESPACE,
-                          port_name="grpc", port_number=ports["grpc"])
+                          port_name="grpc", port=ports["grpc"])
         assert admits(policy, peer_labels=r.agent()["spec"]["template"]["metadata"]["labels"],
-                      peer_namespace=NAMESPACE, port_name="grpc", port_number=ports["grpc"])
+                      peer_namespace=NAMESPACE, port_name="grpc", port=ports["grpc"])
     # Nothing limits the Pod's own traffic (egress to DNS and the Service).
     for policy in r.all("NetworkPolicy"):
         if selector_matches(policy["spec"]["podSelector"], labels):
@@ -318,16 +276,16 @@ def test_admits_catches_a_closed_port():
                        "ingress": [{"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "kubenurse"}}}],
                                     "ports": [{"port": "http", "protocol": "TCP"}]}]}}
     check = {"app.kubernetes.io/name": "kubenurse-check"}
-    assert not admits(policy, peer_labels=check, peer_namespace=NAMESPACE, port_name="http", port_number=8080)
+    assert not admits(policy, peer_labels=check, peer_namespace=NAMESPACE, port_name="http", port=8080)
     assert admits(policy, peer_labels={"app.kubernetes.io/name": "kubenurse"}, peer_namespace=NAMESPACE,
-                  port_name="http", port_number=8080)
+                  port_name="http", port=8080)
     assert not admits(policy, peer_labels={"app.kubernetes.io/name": "kubenurse"}, peer_namespace="other",
-                      port_name="http", port_number=8080)
+                      port_name="http", port=8080)
     policy["spec"]["ingress"][0]["from"][0]["podSelector"] = {
         "matchExpressions": [{"key": "app.kubernetes.io/name", "operator": "In", "values": ["kubenurse-check"]}]}
-    assert admits(policy, peer_labels=check, peer_namespace=NAMESPACE, port_name="http", port_number=8080)
+    assert admits(policy, peer_labels=check, peer_namespace=NAMESPACE, port_name="http", port=8080)
     policy["spec"]["ingress"] = []
-    assert not admits(policy, peer_labels=check, peer_namespace=NAMESPACE, port_name="http", port_number=8080)
+    assert not admits(policy, peer_labels=check, peer_namespace=NAMESPACE, port_name="http", port=8080)
 
 
 # --- values.schema.json ----------------------------------------------------------------------

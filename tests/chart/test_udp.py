@@ -10,9 +10,8 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 
-from conftest import NAMESPACE, RELEASE, env_map
+from conftest import NAMESPACE, RELEASE, admits, container_port, env_map, selector_matches
 from test_chart import KUBE_VERSIONS, SCENARIOS, scenario_values
-from test_helm_test import selector_matches
 
 UDP_ENV = ("KUBENURSE_CHECK_UDP", "KUBENURSE_UDP_PORT", "KUBENURSE_UDP_PACKETS")
 NETWORK_POLICY = {"networkPolicy": {"enabled": True}}
@@ -30,51 +29,6 @@ def agent_policy(r) -> dict[str, Any]:
 
 def udp_ports(ports: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [p for p in ports if p.get("protocol", "TCP") == "UDP"]
-
-
-def container_port(pod: dict[str, Any], name: str, protocol: str) -> int | None:
-    """The number a named port resolves to on the pod template: its container port of that name
-    and protocol (None: no such port)."""
-    found = [p["containerPort"] for c in pod["spec"]["containers"] for p in c.get("ports", [])
-             if p.get("name") == name and p.get("protocol", "TCP") == protocol]
-    assert len(found) <= 1, found
-    return found[0] if found else None
-
-
-def admits(policy: dict[str, Any], pod: dict[str, Any], *, peer_labels: dict[str, str], peer_namespace: str,
-           protocol: str, port: int) -> bool:
-    """Whether NetworkPolicy `policy` lets a pod (labels, namespace) send `protocol` traffic to port
-    number `port` of pod template `pod`; a named port of a rule is resolved against the pod's
-    container ports (name and protocol)."""
-    spec = policy["spec"]
-    assert selector_matches(spec["podSelector"], pod["metadata"]["labels"]), "the policy does not guard the pod"
-    if "Ingress" not in spec.get("policyTypes", ["Ingress"]):
-        return True
-    for rule in spec.get("ingress", []):
-        ports_ok = False
-        for p in rule.get("ports") or [{}]:
-            if p.get("protocol", "TCP") != protocol:
-                continue
-            if "port" not in p:
-                ports_ok = True
-            elif isinstance(p["port"], int):
-                ports_ok = ports_ok or p["port"] == port
-            else:
-                ports_ok = ports_ok or container_port(pod, p["port"], protocol) == port
-        if not ports_ok:
-            continue
-        peers = rule.get("from")
-        if not peers:
-            return True
-        for peer in peers:
-            assert "ipBlock" not in peer, peer  # pods are not matched by address here
-            if "namespaceSelector" in peer:
-                ns_ok = selector_matches(peer["namespaceSelector"], {"kubernetes.io/metadata.name": peer_namespace})
-            else:
-                ns_ok = peer_namespace == policy["metadata"]["namespace"]
-            if ns_ok and selector_matches(peer.get("podSelector"), peer_labels):
-                return True
-    return False
 
 
 # --- defaults --------------------------------------------------------------------------------

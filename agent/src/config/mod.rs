@@ -41,7 +41,8 @@ pub struct ConfigError {
 pub struct ExtraCheck {
     /// The check type label, validated by [`CheckKind::extra`].
     pub name: String,
-    /// The URL fetched as is, or `tcp://host:port` connected to, or `dns://name` looked up.
+    /// The URL fetched as is, or `tcp://host:port` connected to, or `dns://name` (or
+    /// `dns://server:port/name`) looked up.
     pub url: Uri,
 }
 
@@ -470,13 +471,12 @@ mod tests {
         assert_eq!(c.extra_checks[1].url.port_u16(), Some(9));
         vars.insert(
             "KUBENURSE_EXTRA_CHECKS",
-            "db:tcp://10.0.0.5:5432|coredns:dns://kubernetes.default.svc.cluster.local".into(),
+            "db:tcp://10.0.0.5:5432|coredns:dns://kubernetes.default.svc.cluster.local|ns:dns://10.96.0.10:53/kubernetes.default".into(),
         );
         let c = load(&vars).unwrap();
         assert_eq!(c.extra_checks[0].url.scheme_str(), Some("tcp"));
         assert_eq!(c.extra_checks[1].url.host(), Some("kubernetes.default.svc.cluster.local"));
-        for bad in
-            ["db:tcp://10.0.0.5", "ns:dns://10.96.0.10:53/kubernetes.default", "ns:dns://not_a_name", "x:udp://a:1"]
+        for bad in ["db:tcp://10.0.0.5", "ns:dns://coredns:53/kubernetes.default", "ns:dns://not_a_name", "x:udp://a:1"]
         {
             vars.insert("KUBENURSE_EXTRA_CHECKS", bad.into());
             let e = load(&vars).unwrap_err();

@@ -308,7 +308,7 @@ pub const SHUTDOWN_DURATION: Setting<Duration> = setting(
 pub const EXTRA_CHECKS: Setting<Vec<ExtraCheck>> = setting(
     "KUBENURSE_EXTRA_CHECKS",
     Unset,
-    "extra checks, name:url|name:tcp://host:port|name:dns://name",
+    "extra checks, name:url|name:tcp://host:port|name:dns://name|name:dns://server:port/name",
     parse_extra_checks,
 );
 /// `KUBENURSE_EXPOSE_METADATA`.

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use kubenurse_aggregator::state::Settings;
 use kubenurse_lab::aggregator::{AggregatorOptions, LocalAggregator};
 use kubenurse_lab::cluster::{ClusterSpec, LocalCluster};
+use kubenurse_proto::CheckKind;
 use kubenurse_testkit::apiserver::{kubenurse_pod, FakeApiServer};
 use kubenurse_testkit::http::{eventually, http_get};
 use kubenurse_testkit::sim::{ring_targets, SimNode, NAMESPACE};
@@ -33,10 +34,16 @@ async fn alive(url: &str) -> Option<Value> {
     serde_json::from_str(&body).ok()
 }
 
+/// A path check's `/alive` key: `path_` and a node name (not the neighbour's UDP result
+/// beside it, `path_<node>_udp`).
+fn is_path_check(key: &str) -> bool {
+    key.strip_prefix(CheckKind::PATH_PREFIX).is_some_and(kubenurse_proto::kind::is_node_name)
+}
+
 fn path_keys(alive: &Value) -> BTreeSet<String> {
     alive["last_check_result"]
         .as_object()
-        .map(|o| o.keys().filter(|k| k.starts_with("path_")).cloned().collect())
+        .map(|o| o.keys().filter(|k| is_path_check(k)).cloned().collect())
         .unwrap_or_default()
 }
 
@@ -258,7 +265,7 @@ async fn a_big_lab_has_every_node_streaming_and_real_agents_checking_simulated_o
                     async move {
                         let body = alive(&url).await?;
                         let result = body["last_check_result"].as_object()?;
-                        let paths: Vec<_> = result.iter().filter(|(k, _)| k.starts_with("path_")).collect();
+                        let paths: Vec<_> = result.iter().filter(|(k, _)| is_path_check(k)).collect();
                         (paths.len() == LIMIT && paths.iter().all(|(_, v)| *v == "ok")).then_some(body)
                     }
                 },
