@@ -252,12 +252,16 @@ def test_aggregator_url_points_at_the_headless_service(render, name, namespace):
 
 def test_aggregator_settings(render):
     assert env_map(render().aggregator_container())["KUBENURSE_AGGREGATOR_CELL_METRICS"] == "none"
-    r = render({"aggregator": {"window": "10m", "hysteresis": 3, "goneAfter": "2m", "slowFloor": "5ms",
+    assert env_map(render().aggregator_container())["KUBENURSE_AGGREGATOR_LOSS_THRESHOLD"] == "2%"
+    r = render({"aggregator": {"window": "10m", "hysteresis": 3, "goneAfter": "2m", "slowFloor": "5ms", "lossThreshold": "0.5%",
                                "cellMetrics": "all", "service": {"grpcPort": 9000, "httpPort": 9001}}})
     env = env_map(r.aggregator_container())
     assert env["KUBENURSE_AGGREGATOR_CELL_METRICS"] == "all"
     assert env["KUBENURSE_AGGREGATOR_WINDOW"] == "10m"
     assert env["KUBENURSE_AGGREGATOR_HYSTERESIS"] == "3"
+    assert env["KUBENURSE_AGGREGATOR_LOSS_THRESHOLD"] == "0.5%"
+    unquoted = env_map(render({"aggregator": {"lossThreshold": 0.02}}).aggregator_container())
+    assert unquoted["KUBENURSE_AGGREGATOR_LOSS_THRESHOLD"] == "0.02"
     assert env["KUBENURSE_AGGREGATOR_GONE_AFTER"] == "2m"
     assert env["KUBENURSE_AGGREGATOR_SLOW_FLOOR"] == "5ms"
     assert env["KUBENURSE_AGGREGATOR_GRPC_ADDRESS"] == "0.0.0.0:9000"
@@ -1162,6 +1166,9 @@ def test_wrong_type_fails_with_a_clear_message(chart, tmp_path):
     ({"ingress": {"enabled": "yes please"}}, "enabled"),
     ({"aggregator": {"replicas": "two"}}, "replicas"),
     ({"aggregator": {"hysteresis": 0}}, "hysteresis"),
+    ({"aggregator": {"lossThreshold": "100%"}}, "lossThreshold"),
+    ({"aggregator": {"lossThreshold": 1}}, "lossThreshold"),
+    ({"aggregator": {"lossThreshold": "2 %"}}, "lossThreshold"),
     ({"aggregator": {"cellMetrics": "some"}}, "cellMetrics"),
     ({"aggregator": {"window": "forever"}}, "window"),
     ({"aggregator": {"replica": 3}}, "replica"),
