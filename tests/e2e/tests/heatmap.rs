@@ -121,5 +121,35 @@ async fn heatmap_draws_the_lab_and_its_top_suspect() -> anyhow::Result<()> {
     assert!(console.is_empty(), "{console:#?}");
     assert!(std::fs::metadata(&shot)?.len() > 10_000, "screenshot written to {}", shot.display());
     println!("screenshot: {}", shot.display());
+
+    // The loss view: the refusal healed, half of the UDP packets to another node lost (HTTP
+    // passes): every cell has a loss value to colour, and the lossy node is the top suspect,
+    // cause loss.
+    lab.cluster.fault(&victim, Rule { fault: Fault::Pass, only_from: None })?;
+    let lossy = lab.cluster.nodes[7].node.clone();
+    lab.cluster.fault(&lossy, Rule { fault: Fault::Loss(50), only_from: None })?;
+    eventually("the lossy node is the top suspect, cause loss", Duration::from_secs(30), || {
+        let (agg, lossy) = (agg.clone(), lossy.clone());
+        async move {
+            let (_, body) = http_get(&format!("{agg}/api/v1/suspects")).await.ok()?;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let list = v["suspects"].as_array()?;
+            (list.len() == 1 && list[0]["node"] == lossy.as_str() && list[0]["cause"] == "loss").then_some(())
+        }
+    })
+    .await?;
+    let (dom, console) = tokio::task::spawn_blocking({
+        let (url, profile) = (format!("{agg}/?stat=loss_ratio"), dir.join("profile-loss"));
+        move || chromium(&url, &["--dump-dom"], &profile)
+    })
+    .await??;
+    assert!(console.is_empty(), "the loss view wrote to the console: {console:#?}");
+    let cells: usize = attr(&dom, "data-cells").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let valued: usize = attr(&dom, "data-valued").and_then(|v| v.parse().ok()).unwrap_or(0);
+    assert!(cells >= 9 * 4 - 4 && valued == cells, "every cell has a loss value: {valued} of {cells}");
+    let first_suspect = dom.find("class=\"suspect").map(|i| &dom[i..]).unwrap_or_default();
+    assert_eq!(attr(first_suspect, "data-node").as_deref(), Some(lossy.as_str()), "the lossy node shown first");
+    assert_eq!(attr(first_suspect, "data-cause").as_deref(), Some("loss"));
+    assert!(dom.contains("data-stat=\"loss_ratio\" class=\"on\""), "the loss button is on");
     lab.stop().await
 }
