@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 
+use crate::loss::LossTest;
 use crate::sketch::{DenseSketch, SparseSketch};
 
 /// Consecutive-rounds hysteresis: turns bad after `k` bad rounds in a row, good after `k` good.
@@ -74,8 +75,8 @@ pub struct UdpVerdict {
     counted: Option<(u64, i64)>,
     /// The hysteresis the verdict was fed with.
     k: u32,
-    /// Lossy per the hysteresis.
-    pub loss: Streak,
+    /// The sequential loss test.
+    pub loss: LossTest,
 }
 
 /// Whether a result of sender round `round` arriving at `now` is a new round after the one
@@ -185,12 +186,12 @@ impl Cell {
     /// round ahead of (or behind) the HTTP one, and the cell would look lossy for a round while
     /// it is really failing. Loss is what HTTP does not see.
     pub fn lossy(&self) -> bool {
-        self.udp.as_ref().is_some_and(|u| u.loss.bad && self.health.good_run() > u.k.max(1))
+        self.udp.as_ref().is_some_and(|u| u.loss.lossy && self.health.good_run() > u.k.max(1))
     }
 
     /// Records a round of UDP packets at `at` (unix µs) into its slot and, when it is a new
-    /// round (as [`Cell::new_round`] decides), feeds the loss verdict: lossy once `k` rounds in
-    /// a row each lost more than `threshold` of their packets, clear after `k` that did not.
+    /// round (as [`Cell::new_round`] decides), feeds the loss test ([`LossTest`]: lossy on
+    /// enough evidence of a loss of `threshold`, with `k` setting how much is enough).
     #[allow(clippy::too_many_arguments)]
     pub fn record_udp(
         &mut self,
@@ -213,9 +214,8 @@ impl Cell {
         }
         let v = self.udp.get_or_insert_with(Box::default);
         v.k = k;
-        if fresh_round(&mut v.counted, sender_round, at, min_gap) && udp.sent > 0 {
-            let bad = f64::from(udp.lost) / f64::from(udp.sent) > threshold;
-            v.loss.observe(bad, k);
+        if fresh_round(&mut v.counted, sender_round, at, min_gap) {
+            v.loss.observe(udp.sent, udp.lost, threshold, k);
         }
     }
 
@@ -337,8 +337,8 @@ mod tests {
     }
 
     #[test]
-    fn loss_needs_k_lossy_rounds_in_a_row_and_k_clean_ones_to_clear() {
-        let (slot, k, gap) = (30_000_000, 2, 1_000_000);
+    fn the_loss_test_takes_each_sender_round_once_and_the_window_every_result() {
+        let (slot, k, gap) = (300_000_000, 2, 1_000_000);
         let mut c = Cell::default();
         assert!(c.stats(0, slot, 10).udp.is_none(), "no UDP data: null, not 0");
         let rtts = [300u64; 10];
@@ -352,21 +352,20 @@ mod tests {
         }
         round(&mut c, 1, 0);
         round(&mut c, 2, 2);
-        assert!(!c.lossy(), "one lossy verdict");
+        assert!(!c.lossy(), "2 of 10 lost: evidence, not yet enough");
         round(&mut c, 2, 2);
         assert!(!c.lossy(), "the same round again counts once");
-        round(&mut c, 3, 0);
-        assert!(!c.lossy(), "a clean round breaks the run");
-        round(&mut c, 4, 1);
-        round(&mut c, 5, 3);
-        assert!(c.lossy(), "two lossy rounds in a row");
-        round(&mut c, 6, 0);
-        assert!(c.lossy(), "recovery needs k clean rounds too");
-        round(&mut c, 7, 0);
-        assert!(!c.lossy());
-        let stats = c.stats(7 * 5_000_000, slot, 10).udp.expect("udp");
-        assert_eq!((stats.sent, stats.lost), (80, 8), "every result in the window, the repeat too");
-        assert!((stats.loss_ratio() - 0.1).abs() < 1e-9);
+        round(&mut c, 3, 2);
+        assert!(c.lossy(), "4 of 20 lost");
+        let mut n = 3;
+        while c.lossy() && n < 40 {
+            n += 1;
+            round(&mut c, n, 0);
+        }
+        assert!((7..=11).contains(&n), "cleared after {} clean rounds", n - 3);
+        let stats = c.stats(n as i64 * 5_000_000, slot, 10).udp.expect("udp");
+        assert_eq!((stats.sent, stats.lost), (10 * (n + 1), 6), "every result in the window, the repeat too");
+        assert!((stats.loss_ratio() - 6.0 / (10.0 * (n + 1) as f64)).abs() < 1e-9);
         let p50 = stats.p50_micros.expect("rtt");
         assert!((270.0..=330.0).contains(&p50), "{p50}");
     }
@@ -390,12 +389,12 @@ mod tests {
             );
         }
         // The link breaks after round 4's HTTP checks passed, during its UDP packets: UDP is a
-        // round ahead. Round 5: HTTP fails (once: not failing yet), UDP lossy twice in a row.
+        // round ahead. Round 5: HTTP fails (once: not failing yet), UDP already lossy.
         c.health.observe(false, k);
         c.record_udp(20_000_000, slot, 10, UdpRound { sent: 10, lost: 6, rtt_micros: &[300; 4] }, 4, gap, 0.02, k);
         c.health.observe(true, k);
         c.record_udp(25_000_000, slot, 10, lost_all, 5, gap, 0.02, k);
-        assert!(c.udp.as_ref().is_some_and(|u| u.loss.bad) && !c.health.bad);
+        assert!(c.udp.as_ref().is_some_and(|u| u.loss.lossy) && !c.health.bad);
         assert!(!c.lossy(), "a failing HTTP check in the last rounds: errors, not loss");
         // Healed; HTTP passes again while the UDP verdict still holds: lossy only once HTTP has
         // passed more rounds in a row than the hysteresis (and UDP still loses).

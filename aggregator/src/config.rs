@@ -122,8 +122,8 @@ pub struct Args {
     /// forgotten after ten times as long.
     #[arg(long, env = "KUBENURSE_AGGREGATOR_GONE_AFTER", default_value_t = GoDuration::from_micros(Settings::default().gone_after_micros))]
     pub gone_after: GoDuration,
-    /// A cell is lossy after as many rounds in a row as the hysteresis asks that each lost more
-    /// than this share of their UDP packets (`2%` or 0.02).
+    /// The UDP loss a cell is named lossy at (`2%` or 0.02): a sequential test sums the evidence
+    /// of every packet, "loses this much" against "loses a quarter of it", to 2 × hysteresis nats.
     #[arg(long, env = "KUBENURSE_AGGREGATOR_LOSS_THRESHOLD", default_value = "2%", value_parser = parse_loss_threshold)]
     pub loss_threshold: f64,
     /// Latency below which no cell is ever slow, however the cluster median looks (Go duration).

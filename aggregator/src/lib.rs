@@ -10,6 +10,7 @@ pub mod config;
 pub mod discovery;
 pub mod guard;
 pub mod ingest;
+pub mod loss;
 pub mod metrics;
 pub mod owner;
 pub mod sketch;

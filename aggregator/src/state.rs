@@ -29,7 +29,7 @@ pub struct Settings {
     pub slow_factor: f64,
     /// Absolute floor of slowness, µs: sub-millisecond jitter never makes a suspect.
     pub slow_floor_micros: u64,
-    /// A cell is lossy above this UDP loss share over its last rounds.
+    /// The UDP loss share a cell's loss test names ([`crate::loss::LossTest`]).
     pub loss_threshold: f64,
     /// How often verdicts, expiry and suspects are recomputed, µs.
     pub tick_micros: i64,

@@ -1,9 +1,9 @@
 //! Fault localisation over the matrix's current verdicts (pure, no I/O).
 //!
 //! The rule, applied separately to failing cells (cause `errors`), slow cells (cause `latency`)
-//! and lossy cells (cause `loss`: UDP loss over the last rounds above `--loss-threshold`; a
-//! failing cell is counted as failing, not lossy), each cell's verdict already filtered by the
-//! consecutive-rounds hysteresis:
+//! and lossy cells (cause `loss`: the loss test of `crate::loss` names `--loss-threshold`; a
+//! failing cell is counted as failing, not lossy), each cell's verdict already filtered by its
+//! hysteresis:
 //!
 //! 1. **cluster**: at least half of the fresh cells are bad and the bad cells come from at least
 //!    half of the nodes, and no zone explains ≥ 90 % of them (rule 2 is tried first): one

@@ -499,3 +499,33 @@ async fn s11_a_forged_udp_flood_changes_no_cell() -> anyhow::Result<()> {
     assert!(limited > 0.0, "the flood's requests were rate-limited: {limited}");
     lab.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s12_a_two_percent_loss_is_named_too() -> anyhow::Result<()> {
+    use kubenurse_lab::lab::FaultSpec;
+    let _serial = SERIAL.lock().await;
+    let mut lab = loss_lab(65, "s12").await?;
+    let agg = lab.aggregator.url();
+    let victim = lab.cluster.nodes[4].node.clone();
+    lab.apply(&FaultSpec::Loss(victim.clone(), 2)).await?;
+    // 20 packets a round: ~0.26 nats a round at 2 %, 4 needed, and half the column at once.
+    let (top, took) = within(&lab, 90, "a 2 % lossy node is the top suspect, cause loss", || {
+        let (agg, victim) = (agg.clone(), victim.clone());
+        async move {
+            let top = top_suspect(&agg).await?;
+            (top["node"] == victim.as_str() && top["cause"] == "loss").then_some(top)
+        }
+    })
+    .await?;
+    println!("2 % named after {took:?} ({:.1} intervals): {top}", took.as_secs_f64() / lab.interval.as_secs_f64());
+    let m = get(&agg, "/api/v1/matrix").await.unwrap_or_default();
+    let (column, n) = loss_of(&m, |c| c["dst"] == victim.as_str());
+    let (others, rest) = loss_of(&m, |c| c["dst"] != victim.as_str());
+    println!("column {victim}: {:.2} % over {n} cells; others {:.2} % over {rest}", column * 100.0, others * 100.0);
+    assert!(n == 10 && (0.005..=0.04).contains(&column), "column loss {column} over {n} cells");
+    assert!(rest == 110 && others < 0.002, "other cells' loss {others}");
+    let s = get(&agg, "/api/v1/suspects").await.unwrap_or_default();
+    let list = s["suspects"].as_array().cloned().unwrap_or_default();
+    assert!(list.iter().all(|x| x["cause"] == "loss" && x["node"] == victim.as_str()), "{s}");
+    lab.stop().await
+}
