@@ -20,6 +20,7 @@ use kubenurse_aggregator::config::{AuthConfig, Config};
 use kubenurse_aggregator::discovery::DiscoveryConfig;
 use kubenurse_aggregator::state::Settings;
 use kubenurse_neighbours::selector::LabelSelector;
+use kubenurse_proto::CheckKind;
 use kubenurse_testkit::apiserver::FakeApiServer;
 use kubenurse_testkit::http::http_get;
 use kubenurse_testkit::measure::{median, proc_stat, ticks_per_second, ProcStat};
@@ -116,7 +117,7 @@ async fn run_case(
                 let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
                 let paths = v["last_check_result"]
                     .as_object()
-                    .map_or(0, |o| o.keys().filter(|k| k.starts_with("path_")).count());
+                    .map_or(0, |o| o.keys().filter(|k| CheckKind::is_path_label(k)).count());
                 if paths == LIMIT {
                     first_round.push(started.elapsed().as_secs_f64());
                     break;

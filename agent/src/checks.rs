@@ -75,7 +75,8 @@ pub struct RoundResult {
     pub neighbourhood: Vec<Neighbour>,
     /// The finished checks, for streaming and tests.
     pub outcomes: Vec<CheckOutcome>,
-    /// Each path neighbour's UDP probes (none while `KUBENURSE_CHECK_UDP` is false).
+    /// Each path neighbour's UDP probes, once they ended (none while `KUBENURSE_CHECK_UDP` is
+    /// false).
     pub udp: Vec<LinkReport>,
 }
 
@@ -253,10 +254,6 @@ impl Checker {
             None => (SKIPPED.to_string(), Vec::new()),
         };
         let (specs, skipped) = self.plan.round(&neighbourhood);
-        let udp = self.udp.clone().map(|prober| {
-            let neighbours = neighbourhood.clone();
-            tokio::spawn(async move { prober.run_round(&neighbours).await })
-        });
         let tasks: Vec<_> = specs
             .into_iter()
             .map(|spec| {
@@ -276,19 +273,22 @@ impl Checker {
                 Err(e) => warn!(error = %e, "check task failed"),
             }
         }
-        let udp = match udp {
-            Some(task) => task.await.unwrap_or_else(|e| {
-                warn!(error = %e, "udp probe task failed");
-                Vec::new()
-            }),
-            None => Vec::new(),
-        };
         let mut values: BTreeMap<String, String> =
             skipped.iter().map(|kind| (kind.label().into_owned(), SKIPPED.to_string())).collect();
         for o in &outcomes {
             values.insert(o.spec.kind.label().into_owned(), o.value.clone());
         }
-        RoundResult { started_at, took: start.elapsed(), values, neighbourhood_state, neighbourhood, outcomes, udp }
+        let took = start.elapsed();
+        RoundResult { started_at, took, values, neighbourhood_state, neighbourhood, outcomes, udp: Vec::new() }
+    }
+
+    /// Starts this round's UDP probes of `neighbours` (none without a prober). They take about
+    /// 0.75 of an interval, so they run beside the HTTP checks and end after them: the round is
+    /// published without them and [`AgentState::publish_udp`](crate::state::AgentState::publish_udp)
+    /// adds them.
+    pub fn start_udp(&self, neighbours: Vec<Neighbour>) -> Option<tokio::task::JoinHandle<Vec<LinkReport>>> {
+        let prober = self.udp.clone()?;
+        Some(tokio::spawn(async move { prober.run_round(&neighbours).await }))
     }
 
     async fn run_check(&self, spec: CheckSpec) -> CheckOutcome {

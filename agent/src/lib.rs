@@ -274,6 +274,7 @@ async fn round_loop(
     }
     let mut ticker = tokio::time::interval(interval);
     let mut round_no: u64 = 0;
+    let mut udp_round: Option<tokio::task::JoinHandle<()>> = None;
     // A slow round delays the next one; rounds never overlap.
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -281,9 +282,16 @@ async fn round_loop(
             _ = stopped(&mut stop) => return,
             _ = ticker.tick() => {}
         }
+        // A round's UDP probes end before the next round sends its own (one socket, one book).
+        if let Some(previous) = udp_round.take() {
+            if let Err(e) = previous.await {
+                warn!(error = %e, "udp round task failed");
+            }
+        }
         let view = discovery.as_ref().map(Discovery::view);
         let known = view.as_ref().is_none_or(|v| v.known);
         round_no += 1;
+        let udp = checker.start_udp(view.as_ref().map(|v| v.neighbours.clone()).unwrap_or_default());
         if let Some(up) = &uplink {
             up.update_hello(discovery.as_ref(), view.as_ref());
         }
@@ -294,10 +302,8 @@ async fn round_loop(
             }
         });
         let round = checker.run_round(view, on_done).await;
+        let started_at = round.started_at;
         if let Some(up) = &uplink {
-            for r in &round.udp {
-                up.push_udp(uplink::udp_to_wire(r, round_no, round.started_at));
-            }
             up.push_round_end(RoundEnd {
                 round: round_no,
                 all_ok: round.all_ok(),
@@ -324,5 +330,20 @@ async fn round_loop(
             "round complete"
         );
         state.publish(round);
+        if let Some(task) = udp {
+            let (state, uplink) = (state.clone(), uplink.clone());
+            udp_round = Some(tokio::spawn(async move {
+                let reports = task.await.unwrap_or_else(|e| {
+                    warn!(error = %e, "udp probe task failed");
+                    Vec::new()
+                });
+                if let Some(up) = &uplink {
+                    for r in &reports {
+                        up.push_udp(uplink::udp_to_wire(r, round_no, started_at));
+                    }
+                }
+                state.publish_udp(started_at, reports);
+            }));
+        }
     }
 }

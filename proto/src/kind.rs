@@ -71,6 +71,12 @@ impl CheckKind {
     pub const BUILT_IN: [CheckKind; 4] =
         [CheckKind::ApiServerDirect, CheckKind::ApiServerDns, CheckKind::MeIngress, CheckKind::MeService];
 
+    /// Whether `label` (an `/alive` key, a `type` label value) is a path check's: `path_` and a
+    /// node name. `path_<node>_udp`, the neighbour's UDP result beside it in `/alive`, is not.
+    pub fn is_path_label(label: &str) -> bool {
+        label.strip_prefix(Self::PATH_PREFIX).is_some_and(is_node_name)
+    }
+
     /// A path check of `node`, validated.
     pub fn path(node: &str) -> Result<Self, KindError> {
         if is_node_name(node) {
@@ -193,6 +199,15 @@ mod tests {
         for k in kinds {
             assert_eq!(CheckKind::from_wire(&k.to_wire()), Ok(k.clone()));
             assert_eq!(CheckKind::from_legacy(&k.label(), k.target_node().unwrap_or_default()), Ok(k.clone()));
+        }
+    }
+
+    #[test]
+    fn path_labels_are_path_and_a_node_name() {
+        assert!(CheckKind::is_path_label("path_node-01"));
+        assert!(CheckKind::is_path_label(&CheckKind::path("a.b").unwrap().label()));
+        for not in ["path_node-01_udp", "path_", "api_server_direct", "node-01", "xpath_node-01"] {
+            assert!(!CheckKind::is_path_label(not), "{not}");
         }
     }
 

@@ -34,16 +34,10 @@ async fn alive(url: &str) -> Option<Value> {
     serde_json::from_str(&body).ok()
 }
 
-/// A path check's `/alive` key: `path_` and a node name (not the neighbour's UDP result
-/// beside it, `path_<node>_udp`).
-fn is_path_check(key: &str) -> bool {
-    key.strip_prefix(CheckKind::PATH_PREFIX).is_some_and(kubenurse_proto::kind::is_node_name)
-}
-
 fn path_keys(alive: &Value) -> BTreeSet<String> {
     alive["last_check_result"]
         .as_object()
-        .map(|o| o.keys().filter(|k| is_path_check(k)).cloned().collect())
+        .map(|o| o.keys().filter(|k| CheckKind::is_path_label(k)).cloned().collect())
         .unwrap_or_default()
 }
 
@@ -265,7 +259,7 @@ async fn a_big_lab_has_every_node_streaming_and_real_agents_checking_simulated_o
                     async move {
                         let body = alive(&url).await?;
                         let result = body["last_check_result"].as_object()?;
-                        let paths: Vec<_> = result.iter().filter(|(k, _)| is_path_check(k)).collect();
+                        let paths: Vec<_> = result.iter().filter(|(k, _)| CheckKind::is_path_label(k)).collect();
                         (paths.len() == LIMIT && paths.iter().all(|(_, v)| *v == "ok")).then_some(body)
                     }
                 },
