@@ -388,7 +388,7 @@ fn main() -> anyhow::Result<()> {
             per_result(cpu),
             per_result(sink_cpu)
         );
-        println!("  aggregator resident memory after the trials: {:.1} MiB   [target <= 512 MiB]", proc_stat(pid).map_or(0.0, |p| p.rss_mib()));
+        println!("  aggregator resident memory after the trials: {:.1} MiB   [target <= 256 MiB after queries]", proc_stat(pid).map_or(0.0, |p| p.rss_mib()));
         let what = match (with_metrics, gzip) {
             (true, true) => "/api/v1/matrix (gzip, as browsers ask) and /metrics",
             (true, false) => "/api/v1/matrix (plain) and /metrics",
@@ -429,7 +429,7 @@ fn main() -> anyhow::Result<()> {
             "/metrics (--cell-metrics {cell_metrics}): {:.2} MiB, median {metrics_ms:.1} ms   [target <= 1000 ms]",
             metrics_size as f64 / 1048576.0
         );
-        println!("  aggregator resident memory after queries: {:.1} MiB", proc_stat(pid).map_or(0.0, |p| p.rss_mib()));
+        println!("  aggregator resident memory after queries: {:.1} MiB   [target <= 256 MiB]", proc_stat(pid).map_or(0.0, |p| p.rss_mib()));
         drop(senders);
         anyhow::Ok(())
     });
