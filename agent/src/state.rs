@@ -1,5 +1,6 @@
 //! What the round loop and the shutdown sequence publish and the HTTP endpoints read.
 
+use std::collections::HashSet;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
@@ -38,13 +39,9 @@ impl AgentState {
     pub fn publish(&self, mut round: RoundResult) {
         let mut last = self.last_round.write().unwrap_or_else(|p| p.into_inner());
         if round.udp.is_empty() {
-            if let Some(previous) = last.as_ref() {
-                round.udp = previous
-                    .udp
-                    .iter()
-                    .filter(|r| round.neighbourhood.iter().any(|n| n.node_name == r.node))
-                    .cloned()
-                    .collect();
+            if let Some(previous) = last.as_ref().filter(|p| !p.udp.is_empty()) {
+                let still: HashSet<&str> = round.neighbourhood.iter().map(|n| n.node_name.as_str()).collect();
+                round.udp = previous.udp.iter().filter(|r| still.contains(r.node.as_str())).cloned().collect();
             }
         }
         *last = Some(Arc::new(round));

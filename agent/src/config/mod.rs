@@ -411,6 +411,7 @@ mod tests {
         assert_eq!(c.kubernetes_service_dns, "kubernetes.default.svc.cluster.local");
         assert_eq!((c.http_port, c.https_port, c.kubernetes_service_port), (8080, 8443, 443));
         assert!(c.check_neighbourhood && !c.insecure && !c.reuse_connections && !c.use_tls());
+        assert_eq!((c.check_udp, c.udp_port, c.udp_packets), (true, 8081, 10));
     }
 
     #[test]
@@ -437,6 +438,12 @@ mod tests {
             ("KUBENURSE_AGGREGATOR_CA", "/nonexistent/ca.pem"),
             ("KUBENURSE_AGGREGATOR_URL", "aggregator:50051"),
             ("KUBERNETES_SERVICE_PORT", "https"),
+            ("KUBENURSE_CHECK_UDP", "maybe"),
+            ("KUBENURSE_UDP_PORT", "0x1f91"),
+            ("KUBENURSE_UDP_PORT", "65536"),
+            ("KUBENURSE_UDP_PACKETS", "0"),
+            ("KUBENURSE_UDP_PACKETS", "101"),
+            ("KUBENURSE_UDP_PACKETS", "ten"),
         ];
         for (var, value) in cases {
             let mut vars = base();
