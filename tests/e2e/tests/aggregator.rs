@@ -26,11 +26,23 @@ fn ring_pairs(nodes: &[SimNode]) -> BTreeSet<(String, String)> {
 }
 
 fn fresh_pairs(matrix: &Value) -> BTreeSet<(String, String)> {
+    pairs_where(matrix, |c| c["stale"] == false && c["count"].as_u64().unwrap_or(0) > 0)
+}
+
+/// Fresh pairs with at least one successful check in the window: agents start one after another,
+/// so a pair's first check may find its destination not yet listening (connection refused).
+fn answered_pairs(matrix: &Value) -> BTreeSet<(String, String)> {
+    pairs_where(matrix, |c| {
+        c["stale"] == false && c["count"].as_u64().unwrap_or(0) > c["errors"].as_u64().unwrap_or(u64::MAX)
+    })
+}
+
+fn pairs_where(matrix: &Value, keep: impl Fn(&Value) -> bool) -> BTreeSet<(String, String)> {
     matrix["cells"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|c| c["stale"] == false && c["count"].as_u64().unwrap_or(0) > 0)
+        .filter(|c| keep(c))
         .map(|c| (c["src"].as_str().unwrap_or_default().to_string(), c["dst"].as_str().unwrap_or_default().to_string()))
         .collect()
 }
@@ -64,15 +76,15 @@ async fn matrix_suspects_and_restarts() -> anyhow::Result<()> {
     let want = ring_pairs(&cluster.nodes);
     assert_eq!(want.len(), 8 * LIMIT);
 
-    // The matrix fills with exactly the pairs the neighbour filter selects.
+    // The matrix fills with exactly the pairs the neighbour filter selects, each answered.
     let agg_url = aggregator.url();
-    eventually("matrix = ring pairs", Duration::from_secs(20), || {
+    eventually("matrix = ring pairs, answered", Duration::from_secs(20), || {
         let url = agg_url.clone();
         let want = want.clone();
         async move {
-            let (_, body) = http_get(&format!("{url}/api/v1/matrix")).await.ok()?;
+            let (_, body) = http_get(&format!("{url}/api/v1/matrix?stat=p50&window=1m")).await.ok()?;
             let m: Value = serde_json::from_str(&body).ok()?;
-            (fresh_pairs(&m) == want).then_some(())
+            (fresh_pairs(&m) == want && answered_pairs(&m) == want).then_some(())
         }
     })
     .await?;
