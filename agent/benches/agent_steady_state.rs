@@ -54,6 +54,10 @@ fn start_agent(api: &FakeApiServer, sim: &SimNode, log: &std::path::Path) -> any
     if let Ok(reuse) = std::env::var("BENCH_REUSE_CONNECTIONS") {
         env.insert("KUBENURSE_REUSE_CONNECTIONS".into(), reuse);
     }
+    // BENCH_CHECK_UDP=false: without the UDP probes (and their echoes), to tell the costs apart.
+    if let Ok(udp) = std::env::var("BENCH_CHECK_UDP") {
+        env.insert("KUBENURSE_CHECK_UDP".into(), udp);
+    }
     Ok(Command::new(BIN)
         .env_clear()
         .envs(env)

@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use kubenurse_common::duration::parse_go_duration;
+use kubenurse_common::rate::{Rate, TokenBucket};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
@@ -24,6 +25,70 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Expensive answers (matrix, nodes, node detail, `/metrics`) built at once; more wait no
 /// queue: they get 503 with `Retry-After`, so a crowd of dashboards cannot pile work up.
 pub const MAX_EXPENSIVE_QUERIES: usize = 4;
+/// Expensive answers to dashboards and API clients (matrix, nodes, node detail) per second;
+/// beyond, 429 with `Retry-After`. Even a shared 1.6 MiB matrix costs a copy per answer: on 2
+/// cores, clients looping on it took a third of ingest. 20 a second serves a hundred heatmaps
+/// refreshing every 5 s.
+pub const DASHBOARD_ANSWERS: Rate = Rate { per_second: 20.0, burst: 20.0 };
+/// `/metrics` answers per second, apart from the dashboards' so that no crowd of dashboards
+/// fails a Prometheus scrape.
+pub const SCRAPE_ANSWERS: Rate = Rate { per_second: 20.0, burst: 20.0 };
+
+/// Why an expensive answer was refused (the `reason` of
+/// `kubenurse_aggregator_queries_shed_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shed {
+    /// Every permit taken ([`MAX_EXPENSIVE_QUERIES`]): 503.
+    Permits,
+    /// Its class's rate spent ([`DASHBOARD_ANSWERS`], [`SCRAPE_ANSWERS`]): 429.
+    Rate,
+}
+
+impl Shed {
+    /// Every reason, so each counter exists from the start.
+    pub const ALL: [Shed; 2] = [Self::Permits, Self::Rate];
+
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Permits => "permits",
+            Self::Rate => "rate",
+        }
+    }
+}
+
+/// Which rate an expensive answer spends.
+#[derive(Debug, Clone, Copy)]
+enum Class {
+    Dashboard,
+    Scrape,
+}
+
+/// The token buckets of the expensive answers, one per [`Class`].
+#[derive(Debug)]
+pub struct QueryBudget {
+    dashboards: Mutex<TokenBucket>,
+    scrapes: Mutex<TokenBucket>,
+}
+
+impl QueryBudget {
+    /// Both buckets full at `now`.
+    pub fn new(now: Instant) -> Self {
+        Self {
+            dashboards: Mutex::new(TokenBucket::full(DASHBOARD_ANSWERS, now)),
+            scrapes: Mutex::new(TokenBucket::full(SCRAPE_ANSWERS, now)),
+        }
+    }
+
+    fn try_take(&self, class: Class, now: Instant) -> bool {
+        let (bucket, rate) = match class {
+            Class::Dashboard => (&self.dashboards, DASHBOARD_ANSWERS),
+            Class::Scrape => (&self.scrapes, SCRAPE_ANSWERS),
+        };
+        // A poisoned lock only means a panic elsewhere mid-update: the bucket is still a bucket.
+        bucket.lock().unwrap_or_else(std::sync::PoisonError::into_inner).try_take(rate, now)
+    }
+}
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -36,6 +101,8 @@ pub struct ApiState {
     pub ready: Arc<AtomicBool>,
     /// Permits for expensive answers.
     pub expensive: Arc<Semaphore>,
+    /// Rates of expensive answers.
+    pub budget: Arc<QueryBudget>,
     /// How streams are authenticated (shown in the status).
     pub auth: AuthMode,
     /// Serialises `/metrics` refreshes of the per-cell gauges.
@@ -50,25 +117,33 @@ impl ApiState {
             metrics,
             ready,
             expensive: Arc::new(Semaphore::new(MAX_EXPENSIVE_QUERIES)),
+            budget: Arc::new(QueryBudget::new(Instant::now())),
             auth,
             metrics_refresh: Arc::default(),
         }
     }
 }
 
-fn busy() -> Response {
-    let body = Json(json!({"error": "too many expensive queries at once, retry shortly"}));
-    (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], body).into_response()
+fn shed(api: &ApiState, why: Shed) -> Response {
+    api.metrics.queries_shed.with_label_values(&[why.as_str()]).inc();
+    let (status, error) = match why {
+        Shed::Permits => (StatusCode::SERVICE_UNAVAILABLE, "too many expensive queries at once, retry shortly"),
+        Shed::Rate => (StatusCode::TOO_MANY_REQUESTS, "too many expensive queries this second, retry shortly"),
+    };
+    (status, [(header::RETRY_AFTER, "1")], Json(json!({ "error": error }))).into_response()
 }
 
-/// Takes a permit for an expensive answer, or says why not.
+/// Spends a token of the answer's class and takes a permit, or says why not.
 macro_rules! expensive {
-    ($api:expr) => {
+    ($api:expr, $class:expr) => {{
+        if !$api.budget.try_take($class, Instant::now()) {
+            return shed(&$api, Shed::Rate);
+        }
         match $api.expensive.clone().try_acquire_owned() {
             Ok(permit) => permit,
-            Err(_) => return busy(),
+            Err(_) => return shed(&$api, Shed::Permits),
         }
-    };
+    }};
 }
 
 async fn with_timeout(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
@@ -125,7 +200,7 @@ fn accepts_gzip(accept_encoding: Option<&str>) -> bool {
 }
 
 async fn matrix(State(api): State<ApiState>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
-    let _permit = expensive!(api);
+    let _permit = expensive!(api, Class::Dashboard);
     let stat = match q.get("stat").map(String::as_str) {
         None => Stat::P99,
         Some(s) => match Stat::parse(s) {
@@ -183,12 +258,12 @@ async fn matrix(State(api): State<ApiState>, headers: HeaderMap, Query(q): Query
 }
 
 async fn nodes(State(api): State<ApiState>) -> Response {
-    let _permit = expensive!(api);
+    let _permit = expensive!(api, Class::Dashboard);
     api.state.snapshot().await.map_or_else(unavailable, |s| Json(s.nodes()).into_response())
 }
 
 async fn node(State(api): State<ApiState>, Path(name): Path<String>) -> Response {
-    let _permit = expensive!(api);
+    let _permit = expensive!(api, Class::Dashboard);
     match api.state.snapshot().await.map(|s| s.node(&name)) {
         Some(Some(v)) => Json(v).into_response(),
         Some(None) => (StatusCode::NOT_FOUND, Json(json!({"error": format!("unknown node {name:?}")}))).into_response(),
@@ -230,7 +305,7 @@ async fn ready(State(api): State<ApiState>) -> StatusCode {
 }
 
 async fn metrics(State(api): State<ApiState>) -> Response {
-    let _permit = expensive!(api);
+    let _permit = expensive!(api, Class::Scrape);
     let Some(snap) = api.state.snapshot().await else { return unavailable() };
     // One refresh-and-encode at a time: the per-cell gauges are reset and refilled.
     let _one = api.metrics_refresh.lock().await;

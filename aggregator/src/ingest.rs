@@ -104,6 +104,27 @@ fn targets_update(books: &Books, node: &str, pod: &str, sent: &mut Option<Target
 
 type Outbound = Pin<Box<dyn Stream<Item = Result<AggregatorMessage, Status>> + Send>>;
 
+/// One reply as its queue holds it: tokio's channel allocates 32 slots at a time, and a
+/// `Status` (about 180 bytes) or an `AggregatorMessage` (about 200, a `Targets` with its own
+/// pod inline) per slot made every stream's queue 6 KiB, 60 MiB at 10,000 streams. Boxed, a
+/// slot is 16 bytes; a box per ack (at most one a second per stream) is the price.
+type QueuedReply = Result<Box<AggregatorMessage>, Box<Status>>;
+
+/// The queue of what goes back to one agent.
+struct Replies(mpsc::Sender<QueuedReply>);
+
+impl Replies {
+    /// Queues `reply`, waiting while the queue is full; `Err` once the stream is gone.
+    async fn send(&self, reply: Result<AggregatorMessage, Status>) -> Result<(), ()> {
+        self.0.send(reply.map(Box::new).map_err(Box::new)).await.map_err(|_| ())
+    }
+
+    /// Queues `reply` unless the queue is full (acks are advisory).
+    fn try_send(&self, reply: Result<AggregatorMessage, Status>) {
+        let _ = self.0.try_send(reply.map(Box::new).map_err(Box::new));
+    }
+}
+
 fn reject(metrics: &AggregatorMetrics, reason: Rejection, n: u64) {
     metrics.ingest_errors.with_label_values(&[&reason.to_string()]).inc_by(n);
 }
@@ -144,7 +165,8 @@ impl Nurse for Ingest {
             }
         };
         let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel::<Result<AggregatorMessage, Status>>(16);
+        let (tx, rx) = mpsc::channel(16);
+        let tx = Replies(tx);
         let (state, metrics, gate, live) =
             (self.state.clone(), self.metrics.clone(), self.gate.clone(), self.live.clone());
         let mut shutdown = self.shutdown.clone();
@@ -165,7 +187,9 @@ impl Nurse for Ingest {
                     return;
                 }
             };
-            if let Err(failure) = gate.bind(&admission, &hello).await {
+            // Boxed: binding may call the API server, and an inline future would make every
+            // stream's task as large as that call for the stream's whole life.
+            if let Err(failure) = Box::pin(gate.bind(&admission, &hello)).await {
                 warn!(?peer, node = %bounded(&hello.node), pod = %bounded(&hello.pod), reason = %failure, "hello refused: not the node its credentials belong to");
                 let _ = tx.send(Err(refuse(&metrics, failure))).await;
                 return;
@@ -239,7 +263,7 @@ impl Nurse for Ingest {
                             None => std::future::pending().await,
                         }
                     } => {
-                        let _ = tx.try_send(ack(accepted, rejected, &last_rejection));
+                        tx.try_send(ack(accepted, rejected, &last_rejection));
                         (acked_at, ack_due) = (Some(Instant::now()), None);
                         continue;
                     }
@@ -290,7 +314,7 @@ impl Nurse for Ingest {
                         let now = Instant::now();
                         if !refused.is_empty() || acked_at.is_none_or(|at| now - at >= ACK_EVERY) {
                             // Acks are advisory: a slow reader misses some, never blocks ingest.
-                            let _ = tx.try_send(ack(accepted, rejected, &last_rejection));
+                            tx.try_send(ack(accepted, rejected, &last_rejection));
                             (acked_at, ack_due) = (Some(now), None);
                         } else if ack_due.is_none() {
                             ack_due = acked_at.map(|at| at + ACK_EVERY);
@@ -322,7 +346,9 @@ impl Nurse for Ingest {
             state.disconnect(node.clone()).await;
             info!(%node, accepted, rejected, "agent disconnected");
         });
-        let out = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+        let out = futures::stream::unfold(rx, |mut rx: mpsc::Receiver<QueuedReply>| async move {
+            rx.recv().await.map(|m| (m.map(|m| *m).map_err(|e| *e), rx))
+        });
         Ok(Response::new(Box::pin(out)))
     }
 }

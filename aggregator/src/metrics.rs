@@ -44,6 +44,8 @@ pub struct AggregatorMetrics {
     pub cells: IntGauge,
     /// Target lists pushed to agents (pushed discovery).
     pub targets_sent: IntCounter,
+    /// Expensive HTTP answers refused, by reason ([`crate::api::Shed`]).
+    pub queries_shed: IntCounterVec,
     /// Nodes checked by fewer live agents than they should be (`/api/v1/coverage`).
     pub under_covered: IntGauge,
     /// Node condition writes (or dry-run plans), by result.
@@ -87,6 +89,16 @@ impl AggregatorMetrics {
             "kubenurse_aggregator_targets_sent_total",
             "Target lists pushed to agents (pushed discovery).",
         )?;
+        let queries_shed = IntCounterVec::new(
+            Opts::new(
+                "kubenurse_aggregator_queries_shed_total",
+                "Expensive HTTP answers refused, by reason: permits (too many at once, 503), rate (429).",
+            ),
+            &["reason"],
+        )?;
+        for why in crate::api::Shed::ALL {
+            queries_shed.with_label_values(&[why.as_str()]);
+        }
         let under_covered = IntGauge::new(
             "kubenurse_aggregator_under_covered_nodes",
             "Nodes checked by fewer live agents than the neighbour limit asks for.",
@@ -128,6 +140,7 @@ impl AggregatorMetrics {
             Box::new(auth_failures.clone()),
             Box::new(cells.clone()),
             Box::new(targets_sent.clone()),
+            Box::new(queries_shed.clone()),
             Box::new(under_covered.clone()),
             Box::new(condition_writes.clone()),
             Box::new(conditions_marked.clone()),
@@ -149,6 +162,7 @@ impl AggregatorMetrics {
             auth_failures,
             cells,
             targets_sent,
+            queries_shed,
             under_covered,
             condition_writes,
             conditions_marked,

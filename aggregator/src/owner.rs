@@ -1,6 +1,7 @@
 //! The one task that owns the state: ingest streams send it commands over a bounded channel;
 //! it never awaits while holding the state, so no lock exists at all. HTTP handlers read the
-//! [`Snapshot`] it publishes at the end of a tick when one was asked for, never the state.
+//! [`Snapshot`] it publishes at the end of a tick when one was asked for (and the last one's
+//! CPU share allows), never the state.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -78,8 +79,14 @@ impl StateHandle {
                         state.tick(now);
                         // A few counts, every tick: status polls never cost a snapshot.
                         publish_status.send_replace(Arc::new(views::status(&state)));
-                        // Only when someone asked since the last one: an idle API costs nothing.
-                        if asked.swap(false, Ordering::Relaxed) {
+                        // Only when someone asked since the last one (an idle API costs
+                        // nothing), and once the last one's lifetime is nearly over (a
+                        // snapshot's cost is held to its CPU share).
+                        let due = {
+                            let last = publish.borrow();
+                            now - last.at >= last.lifetime_micros(tick_micros) - tick_micros / 2
+                        };
+                        if due && asked.swap(false, Ordering::Relaxed) {
                             let old = publish.send_replace(Arc::new(Snapshot::take(&state, now)));
                             // Freeing 100,000 cells takes tens of ms: not on the owner.
                             tokio::task::spawn_blocking(move || drop(old));
@@ -91,14 +98,15 @@ impl StateHandle {
         Self { tx, snapshots, status, wanted, tick_micros }
     }
 
-    /// The latest snapshot, at most about one tick old: a newer one is asked for every time,
-    /// and awaited (one tick at most) when the latest is older than a tick. `None` if the
-    /// owner is gone.
+    /// The latest snapshot, no older than its lifetime (a tick, or longer for a snapshot that
+    /// cost more than its CPU share, see [`Snapshot::lifetime_micros`]): a newer one is asked
+    /// for every time, and awaited (about a tick) when the latest has outlived it. `None` if
+    /// the owner is gone.
     pub async fn snapshot(&self) -> Option<Arc<Snapshot>> {
         self.wanted.store(true, Ordering::Relaxed);
         let mut rx = self.snapshots.clone();
         let latest = rx.borrow_and_update().clone();
-        if now_micros() - latest.at <= self.tick_micros {
+        if now_micros() - latest.at <= latest.lifetime_micros(self.tick_micros) {
             return Some(latest);
         }
         let wait = Duration::from_micros(2 * self.tick_micros as u64) + Duration::from_secs(1);

@@ -4,7 +4,9 @@
 //! the matrix document is rendered at most once per snapshot and statistic, and gzipped at
 //! most once for the clients that ask for it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use axum::body::Bytes;
 use serde_json::{json, Value};
@@ -41,6 +43,16 @@ impl SnapshotCell {
     }
 }
 
+/// A snapshot's cells serialised as they are viewed with a statistic, one at a time (no
+/// 100,000-element Vec of views beside the document).
+struct CellsOf<'a>(&'a [SnapshotCell], Stat);
+
+impl serde::Serialize for CellsOf<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|c| c.view(self.1)))
+    }
+}
+
 #[derive(Debug, Clone)]
 struct SnapshotNode {
     name: Box<str>,
@@ -72,6 +84,16 @@ impl SnapshotNode {
     }
 }
 
+/// The share of one core that taking snapshots and rendering their documents may use: the next
+/// snapshot is taken no sooner than the last one's cost divided by this (and never sooner than
+/// a tick). A lab's few cells cost microseconds, so it gets one every tick; at 100,000 cells a
+/// snapshot with its gzipped matrix costs a few hundred ms, so a crowd of dashboards gets a
+/// fresh one every few seconds and ingest keeps the cores.
+pub const SNAPSHOT_CPU_SHARE: f64 = 0.1;
+/// The longest a snapshot lives, in ticks, however much it cost (a render slowed by a busy
+/// machine must not freeze the answers).
+pub const MAX_SNAPSHOT_LIFETIME_TICKS: i64 = 10;
+
 /// The state as of one instant, with every answer the API gives over the default window.
 /// The owner only copies what the answers are made of; the JSON documents are made by the
 /// first request that needs each, off the owner, and shared.
@@ -88,6 +110,12 @@ pub struct Snapshot {
     alive: OnceLock<(bool, Value)>,
     rendered: [OnceLock<Bytes>; Stat::ALL.len()],
     gzipped: [OnceLock<Bytes>; Stat::ALL.len()],
+    /// Time spent taking it and rendering its documents so far, µs.
+    cost_micros: AtomicU64,
+}
+
+fn elapsed_micros(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 fn stat_index(stat: Stat) -> usize {
@@ -97,6 +125,7 @@ fn stat_index(stat: Stat) -> usize {
 impl Snapshot {
     /// Takes a snapshot of `state` at `now` (run by the owner).
     pub fn take(state: &ClusterState, now: i64) -> Self {
+        let started = Instant::now();
         let window_micros = state.settings.window_micros;
         let slot = state.settings.slot_micros();
         let slots = state.settings.slots;
@@ -153,7 +182,17 @@ impl Snapshot {
             alive: OnceLock::new(),
             rendered: Default::default(),
             gzipped: Default::default(),
+            cost_micros: AtomicU64::new(elapsed_micros(started)),
         }
+    }
+
+    /// How long after this snapshot the next may be taken, µs: `tick_micros`, or longer when
+    /// this one has cost more than [`SNAPSHOT_CPU_SHARE`] of that (at most
+    /// [`MAX_SNAPSHOT_LIFETIME_TICKS`]).
+    pub fn lifetime_micros(&self, tick_micros: i64) -> i64 {
+        let cost = self.cost_micros.load(Ordering::Relaxed) as f64;
+        let budgeted = (cost / SNAPSHOT_CPU_SHARE).min(i64::MAX as f64) as i64;
+        budgeted.clamp(tick_micros, tick_micros.saturating_mul(MAX_SNAPSHOT_LIFETIME_TICKS))
     }
 
     /// `/api/v1/coverage`.
@@ -200,6 +239,7 @@ impl Snapshot {
     pub fn matrix_json(&self, stat: Stat) -> Bytes {
         self.rendered[stat_index(stat)]
             .get_or_init(|| {
+                let started = Instant::now();
                 let doc = Matrix {
                     window_seconds: self.window_micros as f64 / 1e6,
                     stat: stat.name(),
@@ -208,11 +248,10 @@ impl Snapshot {
                         .iter()
                         .map(|n| MatrixNode { name: &n.name, zone: n.zone(), connected: n.connected, gone: n.gone })
                         .collect(),
-                    cells: self.cells(stat).collect(),
+                    cells: CellsOf(&self.cells, stat),
                 };
-                let mut buf = Vec::with_capacity(64 + self.cells.len() * 300);
-                // Plain numbers, strings and bools into a Vec: cannot fail.
-                let _ = serde_json::to_writer(&mut buf, &doc);
+                let buf = views::render_matrix(&doc, self.cells.len());
+                self.cost_micros.fetch_add(elapsed_micros(started), Ordering::Relaxed);
                 Bytes::from(buf)
             })
             .clone()
@@ -225,11 +264,14 @@ impl Snapshot {
             .get_or_init(|| {
                 use std::io::Write as _;
                 let json = self.matrix_json(stat);
+                let started = Instant::now();
                 let mut gz =
                     flate2::write::GzEncoder::new(Vec::with_capacity(json.len() / 8), flate2::Compression::fast());
                 // Writing into a Vec cannot fail.
                 let _ = gz.write_all(&json);
-                Bytes::from(gz.finish().unwrap_or_default())
+                let gzipped = Bytes::from(gz.finish().unwrap_or_default());
+                self.cost_micros.fetch_add(elapsed_micros(started), Ordering::Relaxed);
+                gzipped
             })
             .clone()
     }
@@ -348,5 +390,23 @@ mod tests {
         let mut plain = Vec::new();
         std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut plain).unwrap();
         assert_eq!(plain, first.to_vec());
+    }
+
+    #[test]
+    fn a_costly_snapshot_lives_longer_up_to_a_cap() {
+        let tick = 1_000_000;
+        let snap = Snapshot::take(&state(), 2_000_000);
+        // Three cells cost microseconds: one tick.
+        assert_eq!(snap.lifetime_micros(tick), tick);
+        // 300 ms of taking and rendering at a 10 % share: three seconds.
+        snap.cost_micros.store(300_000, Ordering::Relaxed);
+        assert_eq!(snap.lifetime_micros(tick), 3_000_000);
+        // Renders add to the cost.
+        let before = snap.cost_micros.load(Ordering::Relaxed);
+        snap.matrix_gzip(Stat::P99);
+        assert!(snap.cost_micros.load(Ordering::Relaxed) > before);
+        // A render slowed down by a stalled machine never freezes the answers for long.
+        snap.cost_micros.store(u64::MAX, Ordering::Relaxed);
+        assert_eq!(snap.lifetime_micros(tick), MAX_SNAPSHOT_LIFETIME_TICKS * tick);
     }
 }

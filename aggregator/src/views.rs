@@ -204,15 +204,18 @@ pub fn cell_view<'a>(
     view
 }
 
-/// Window in slots for `window_micros` (at least one, at most the kept ones).
-pub fn window_slots(state: &ClusterState, window_micros: i64) -> usize {
+/// The slots that overlap the last `window_micros` before `now` (at least one, at most the
+/// kept ones): a window shorter than a slot still reaches into the previous slot, so the
+/// first moments of a new slot never answer with an empty window.
+pub fn window_slots(state: &ClusterState, now: i64, window_micros: i64) -> usize {
     let slot = state.settings.slot_micros();
-    (((window_micros + slot - 1) / slot).max(1) as usize).min(state.settings.slots)
+    let (current, oldest) = (now.div_euclid(slot), now.saturating_sub(window_micros.max(0)).div_euclid(slot));
+    (current.saturating_sub(oldest).saturating_add(1).max(1) as usize).min(state.settings.slots)
 }
 
 /// Every matrix cell over the window, ordered by source then destination.
 pub fn matrix_cells(state: &ClusterState, now: i64, window_micros: i64, stat: Stat) -> Vec<CellView<'_>> {
-    let slots = window_slots(state, window_micros);
+    let slots = window_slots(state, now, window_micros);
     let slot = state.settings.slot_micros();
     // Sorted by source, then destination: rows sorted once, each row's few cells apart
     // (far fewer name comparisons than sorting every cell of the cluster).
@@ -244,9 +247,10 @@ pub struct MatrixNode<'a> {
     pub gone: bool,
 }
 
-/// `/api/v1/matrix`: every node and every cell over the window, borrowed from the state.
+/// `/api/v1/matrix`: every node and every cell over the window, borrowed from the state (or
+/// from a snapshot, whose cells are serialised as they are viewed: `C`).
 #[derive(Debug, Clone, Serialize)]
-pub struct Matrix<'a> {
+pub struct Matrix<'a, C = Vec<CellView<'a>>> {
     /// The window the statistics cover.
     pub window_seconds: f64,
     /// The statistic in each cell's `value`.
@@ -254,7 +258,7 @@ pub struct Matrix<'a> {
     /// Every known node.
     pub nodes: Vec<MatrixNode<'a>>,
     /// Every cell.
-    pub cells: Vec<CellView<'a>>,
+    pub cells: C,
 }
 
 /// `/api/v1/matrix`.
@@ -277,14 +281,25 @@ pub fn matrix(state: &ClusterState, now: i64, window_micros: i64, stat: Stat) ->
     }
 }
 
+/// Bytes reserved per cell before rendering the matrix: a cell with every field set is about
+/// 350. Reserving more costs only address space (pages never written are never resident);
+/// reserving less made the buffer grow, copying and doubling a 34 MiB document.
+pub const MATRIX_BYTES_PER_CELL: usize = 400;
+
+/// `doc` as JSON bytes, in a buffer of [`MATRIX_BYTES_PER_CELL`] per cell, trimmed to its length.
+pub fn render_matrix<C: Serialize>(doc: &Matrix<'_, C>, cells: usize) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(256 + cells * MATRIX_BYTES_PER_CELL);
+    // Serializing plain numbers, strings and bools into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut buf, doc);
+    buf.shrink_to_fit();
+    buf
+}
+
 /// The `/api/v1/matrix` document as JSON bytes, written straight from the borrowed views (at
 /// 100,000 cells no intermediate tree or string is built).
 pub fn matrix_bytes(state: &ClusterState, now: i64, window_micros: i64, stat: Stat) -> Vec<u8> {
     let doc = matrix(state, now, window_micros, stat);
-    let mut buf = Vec::with_capacity(64 + doc.cells.len() * 300);
-    // Serializing plain numbers, strings and bools into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut buf, &doc);
-    buf
+    render_matrix(&doc, doc.cells.len())
 }
 
 /// One node as its summary, the merged `/alive` and the coverage see it: borrowed from the
@@ -517,6 +532,19 @@ mod tests {
             let typed = reference(&s, 2_000_000, 300_000_000, stat);
             assert_eq!(fast, typed);
         }
+    }
+
+    #[test]
+    fn a_short_window_reaches_into_the_previous_slot() {
+        let s = ClusterState::new(Settings::default());
+        let slot = s.settings.slot_micros();
+        assert_eq!(slot, 30_000_000, "the default: 300 s in 10 slots");
+        // 100 ms into a slot, the last 30 s are mostly the previous slot: both count.
+        assert_eq!(window_slots(&s, 7 * slot + 100_000, 30_000_000), 2);
+        assert_eq!(window_slots(&s, 7 * slot + 100_000, 1_000_000), 2);
+        assert_eq!(window_slots(&s, 7 * slot + 5_000_000, 1_000_000), 1, "a second inside one slot");
+        assert_eq!(window_slots(&s, 7 * slot + 100_000, 300_000_000), 10, "never more than the kept");
+        assert_eq!(window_slots(&s, 7 * slot, 0), 1);
     }
 
     #[test]

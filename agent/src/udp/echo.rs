@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kubenurse_common::rate::{Rate, TokenBucket};
 use kubenurse_common::signal::stopped;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
@@ -52,24 +53,11 @@ impl EchoResult {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn refilled(self, now: Instant, rate: f64, burst: f64) -> f64 {
-        (self.tokens + now.saturating_duration_since(self.at).as_secs_f64() * rate).min(burst)
-    }
-}
-
 /// A token bucket per source address, bounded in sources.
 #[derive(Debug)]
 pub struct SourceLimiter {
-    buckets: HashMap<IpAddr, Bucket>,
-    rate: f64,
-    burst: f64,
+    buckets: HashMap<IpAddr, TokenBucket>,
+    rate: Rate,
     max_sources: usize,
 }
 
@@ -82,27 +70,19 @@ impl Default for SourceLimiter {
 impl SourceLimiter {
     /// `rate` per second and `burst` at once per source, at most `max_sources` tracked.
     pub fn new(rate: f64, burst: f64, max_sources: usize) -> Self {
-        Self { buckets: HashMap::new(), rate, burst, max_sources }
+        Self { buckets: HashMap::new(), rate: Rate { per_second: rate, burst }, max_sources }
     }
 
     /// Whether `ip` may have one more reply at `now`.
     pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
-        let (rate, burst) = (self.rate, self.burst);
+        let rate = self.rate;
         if !self.buckets.contains_key(&ip) && self.buckets.len() >= self.max_sources {
-            self.buckets.retain(|_, b| b.refilled(now, rate, burst) < burst);
+            self.buckets.retain(|_, b| b.level(rate, now) < rate.burst);
             if self.buckets.len() >= self.max_sources {
                 return false;
             }
         }
-        let b = self.buckets.entry(ip).or_insert(Bucket { tokens: burst, at: now });
-        b.tokens = b.refilled(now, rate, burst);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.buckets.entry(ip).or_insert_with(|| TokenBucket::full(rate, now)).try_take(rate, now)
     }
 
     /// Sources tracked now.

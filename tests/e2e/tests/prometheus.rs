@@ -13,7 +13,7 @@ use std::time::Duration;
 use kubenurse_aggregator::state::Settings;
 use kubenurse_lab::cluster::ClusterSpec;
 use kubenurse_lab::lab::{FaultSpec, Lab};
-use kubenurse_testkit::http::{eventually, http_get};
+use kubenurse_testkit::http::{eventually, http_get, query_escape};
 use kubenurse_testkit::proxy::{Fault, Rule};
 use serde_json::Value;
 
@@ -30,14 +30,7 @@ impl Drop for Prometheus {
 const PROM: &str = "127.0.0.1:19099";
 
 async fn query(q: &str) -> anyhow::Result<Vec<Value>> {
-    let encoded: String = q
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    let (code, body) = http_get(&format!("http://{PROM}/api/v1/query?query={encoded}")).await?;
+    let (code, body) = http_get(&format!("http://{PROM}/api/v1/query?query={}", query_escape(q))).await?;
     let v: Value = serde_json::from_str(&body)?;
     anyhow::ensure!(code == 200 && v["status"] == "success", "query {q} failed: {body}");
     Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())

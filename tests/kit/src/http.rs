@@ -10,6 +10,17 @@ pub async fn http_get(url: &str) -> anyhow::Result<(u16, String)> {
     http_get_with(url, &[]).await
 }
 
+/// `s` percent-encoded for a URL's query (everything but RFC 3986's unreserved characters),
+/// as a PromQL expression must be to reach Prometheus's HTTP API.
+pub fn query_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// A plain-HTTP GET with extra headers (reqwest, no proxy, no redirects followed).
 pub async fn http_get_with(url: &str, headers: &[(&str, &str)]) -> anyhow::Result<(u16, String)> {
     let mut req = client()?.get(url);
@@ -46,5 +57,14 @@ where
             anyhow::bail!("timed out after {limit:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn query_escape_keeps_only_unreserved_characters() {
+        assert_eq!(super::query_escape("rate(x{le=\"+Inf\"}[5m])"), "rate%28x%7Ble%3D%22%2BInf%22%7D%5B5m%5D%29");
+        assert_eq!(super::query_escape("a-b_c.d~9"), "a-b_c.d~9");
     }
 }
