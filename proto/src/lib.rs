@@ -7,6 +7,7 @@ pub mod v1 {
     tonic::include_proto!("nurse.v1");
 }
 
+pub mod codec;
 pub mod kind;
 
 pub use kind::{CheckKind, KindError};
