@@ -13,14 +13,14 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
-use kube::runtime::WatchStreamExt as _;
 use kube::{Api, Client};
 use kubenurse_common::backoff::{random_unit, Backoff};
 use kubenurse_neighbours::watch::{drive, health_of, Health, FIRST_RETRY_DELAY};
 use kubenurse_proto::v1::Targets;
 use tracing::{info, warn};
 
-use crate::neighbourhood::{eligible_neighbours, node_is_unschedulable, strip_node, strip_pod};
+use crate::neighbourhood::{eligible_neighbours, node_is_unschedulable};
+use kubenurse_neighbours::slim::{Slim, ZONE_LABEL};
 use crate::pushed::{DiscoveryMode, PushedList, Source};
 use crate::ring::{select_neighbours, Neighbour};
 use crate::selector::LabelSelector;
@@ -64,8 +64,8 @@ const OWN_NODE_MAX_DELAY: Duration = Duration::from_secs(10);
 
 /// The watches of local discovery; dropping them stops the watches.
 struct LocalWatches {
-    pods: Store<Pod>,
-    nodes: Option<Store<Node>>,
+    pods: Store<Slim<Pod>>,
+    nodes: Option<Store<Slim<Node>>>,
     pods_health: Health,
     nodes_health: Health,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -81,7 +81,7 @@ impl Drop for LocalWatches {
 
 /// A watch of the own Node only (field selector): its zone and schedulability.
 struct OwnNodeWatch {
-    store: Store<Node>,
+    store: Store<Slim<Node>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -149,7 +149,7 @@ impl Discovery {
     }
 
     /// The own pod as the local Pod cache holds it (only while local discovery runs).
-    fn own_pod_cached(&self) -> Option<Arc<Pod>> {
+    fn own_pod_cached(&self) -> Option<Arc<Slim<Pod>>> {
         let own_pod = self.0.settings.pod_name.as_str();
         self.local()?.pods.state().into_iter().find(|p| p.metadata.name.as_deref() == Some(own_pod))
     }
@@ -162,14 +162,14 @@ impl Discovery {
         if !s.neighbour_filter.is_empty() {
             pod_config = pod_config.labels(&s.neighbour_filter.to_string());
         }
-        let pod_api: Api<Pod> = match &s.namespace {
+        let pod_api: Api<Slim<Pod>> = match &s.namespace {
             Some(ns) => Api::namespaced(self.0.client.clone(), ns),
             None => Api::all(self.0.client.clone()),
         };
         let (pods, pod_writer) = reflector::store();
         let (pods_health, nodes_health) = (Health::default(), Health::default());
         let mut tasks = vec![tokio::spawn(drive(
-            move || watcher::watcher(pod_api.clone(), pod_config.clone()).modify(strip_pod),
+            move || watcher::watcher(pod_api.clone(), pod_config.clone()),
             pod_writer,
             pods_health.clone(),
             "pods",
@@ -178,11 +178,11 @@ impl Discovery {
         let nodes = if s.allow_unschedulable {
             None
         } else {
-            let node_api: Api<Node> = Api::all(self.0.client.clone());
+            let node_api: Api<Slim<Node>> = Api::all(self.0.client.clone());
             let (nodes, node_writer) = reflector::store();
             tasks.push(tokio::spawn(drive(
                 move || {
-                    watcher::watcher(node_api.clone(), watcher::Config::default().any_semantic()).modify(strip_node)
+                    watcher::watcher(node_api.clone(), watcher::Config::default().any_semantic())
                 },
                 node_writer,
                 nodes_health.clone(),
@@ -200,11 +200,11 @@ impl Discovery {
         if s.mode == DiscoveryMode::Local || s.allow_unschedulable {
             return;
         }
-        let api: Api<Node> = Api::all(self.0.client.clone());
+        let api: Api<Slim<Node>> = Api::all(self.0.client.clone());
         let config = watcher::Config::default().fields(&format!("metadata.name={node}")).any_semantic();
         let (store, writer) = reflector::store();
         let task = tokio::spawn(drive(
-            move || watcher::watcher(api.clone(), config.clone()).modify(strip_node),
+            move || watcher::watcher(api.clone(), config.clone()),
             writer,
             Health::default(),
             "own node",
@@ -215,7 +215,7 @@ impl Discovery {
 
     /// The store holding the own Node: the full Node watch when local discovery runs, else the
     /// own-Node watch.
-    fn own_node_object(&self) -> Option<Arc<Node>> {
+    fn own_node_object(&self) -> Option<Arc<Slim<Node>>> {
         let own = self.own_node()?;
         let key = ObjectRef::new(&own);
         if let Some(nodes) = self.local().and_then(|l| l.nodes.clone()) {
@@ -282,7 +282,7 @@ impl Discovery {
     pub fn own_zone(&self) -> String {
         let from_node = self
             .own_node_object()
-            .and_then(|n| n.metadata.labels.as_ref()?.get("topology.kubernetes.io/zone").cloned());
+            .and_then(|n| n.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned());
         from_node.unwrap_or_else(|| lock(&self.0.source).last().map(|l| l.own.2.clone()).unwrap_or_default())
     }
 
@@ -352,7 +352,7 @@ impl Discovery {
         let s = &self.0.settings;
         let cached = local.pods.state();
         let candidates =
-            eligible_neighbours(cached.iter().map(AsRef::as_ref), node_map.as_ref(), &s.pod_name, &s.neighbour_filter);
+            eligible_neighbours(cached.iter().map(|p| &***p), node_map.as_ref(), &s.pod_name, &s.neighbour_filter);
         let neighbours = select_neighbours(&own_node, candidates, s.neighbour_limit);
         let state = match (pods.last_error, nodes.last_error) {
             (None, None) => "ok".to_string(),

@@ -11,18 +11,16 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt as _;
 use kube::{Api, Client};
-use kubenurse_neighbours::neighbourhood::{eligible_by_node, node_is_unschedulable, strip_node, strip_pod};
+use kubenurse_neighbours::neighbourhood::{eligible_by_node, node_is_unschedulable};
 use kubenurse_neighbours::ring::{Neighbour, Ring};
 use kubenurse_neighbours::selector::LabelSelector;
+use kubenurse_neighbours::slim::{Slim, ZONE_LABEL};
 use kubenurse_neighbours::watch::{drive, health_of, Health};
 use kubenurse_proto::v1::{Target, Targets};
 use tokio::sync::{watch, Notify};
 use tracing::info;
 
-/// The label zones are read from.
-const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// How long changes are gathered before the book is rebuilt (kubelets update Nodes all the time).
 const REBUILD_AFTER: Duration = Duration::from_millis(250);
 
@@ -47,7 +45,7 @@ fn node_key(n: &Node) -> (bool, Option<String>) {
 }
 
 /// Calls `notify` for the Node events that can change targets.
-fn on_node_event(keys: &Mutex<HashMap<String, (bool, Option<String>)>>, event: Option<&Event<Node>>, notify: &Notify) {
+fn on_node_event(keys: &Mutex<HashMap<String, (bool, Option<String>)>>, event: Option<&Event<Slim<Node>>>, notify: &Notify) {
     let mut keys = keys.lock().unwrap_or_else(|p| p.into_inner());
     match event {
         // A new LIST: every Node is seen again, and InitDone rebuilds.
@@ -96,7 +94,7 @@ fn target_of(n: &Neighbour, zones: &HashMap<String, String>) -> Target {
 impl TargetBook {
     /// The book for `pods` and `nodes` (`None`: the Node list is not known, so no node rule
     /// and no zones); `state` is what agents show as `neighbourhood_state`.
-    pub fn build(pods: &[Arc<Pod>], nodes: Option<&[Arc<Node>]>, config: &DiscoveryConfig, state: String) -> Self {
+    pub fn build(pods: &[Arc<Slim<Pod>>], nodes: Option<&[Arc<Slim<Node>>]>, config: &DiscoveryConfig, state: String) -> Self {
         let zones: HashMap<String, String> = nodes
             .into_iter()
             .flatten()
@@ -105,7 +103,7 @@ impl TargetBook {
         let schedulable: Option<HashMap<String, bool>> = nodes.filter(|_| !config.allow_unschedulable).map(|nodes| {
             nodes.iter().filter_map(|n| Some((n.metadata.name.clone()?, !node_is_unschedulable(n)))).collect()
         });
-        let pods_ref: Vec<&Pod> = pods.iter().map(AsRef::as_ref).collect();
+        let pods_ref: Vec<&Pod> = pods.iter().map(|p| &***p).collect();
         let ring =
             Ring::new(eligible_by_node(pods_ref.iter().copied(), schedulable.as_ref(), &config.neighbour_filter));
         let mut book = Self { state, ring_nodes: ring.len(), ..Self::default() };
@@ -189,22 +187,22 @@ pub fn spawn(client: Client, config: DiscoveryConfig) -> Running {
     if !config.neighbour_filter.is_empty() {
         pod_config = pod_config.labels(&config.neighbour_filter.to_string());
     }
-    let pod_api: Api<Pod> = match &config.namespace {
+    let pod_api: Api<Slim<Pod>> = match &config.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let node_api: Api<Node> = Api::all(client);
+    let node_api: Api<Slim<Node>> = Api::all(client);
     let (pods, pod_writer) = reflector::store();
     let (nodes, node_writer) = reflector::store();
     let (pods_health, nodes_health) = (Health::default(), Health::default());
     let notify = changed.clone();
     let pods_task = tokio::spawn(drive(
-        move || watcher::watcher(pod_api.clone(), pod_config.clone()).modify(strip_pod),
+        move || watcher::watcher(pod_api.clone(), pod_config.clone()),
         pod_writer,
         pods_health.clone(),
         "pods",
         // Agent pods change rarely (rollouts): every change may matter.
-        move |event: Option<&Event<Pod>>| {
+        move |event: Option<&Event<Slim<Pod>>>| {
             if !matches!(event, Some(Event::Init | Event::InitApply(_))) {
                 notify.notify_one();
             }
@@ -213,11 +211,11 @@ pub fn spawn(client: Client, config: DiscoveryConfig) -> Running {
     let notify = changed.clone();
     let node_keys = Mutex::new(HashMap::new());
     let nodes_task = tokio::spawn(drive(
-        move || watcher::watcher(node_api.clone(), watcher::Config::default().any_semantic()).modify(strip_node),
+        move || watcher::watcher(node_api.clone(), watcher::Config::default().any_semantic()),
         node_writer,
         nodes_health.clone(),
         "nodes",
-        move |event: Option<&Event<Node>>| on_node_event(&node_keys, event, &notify),
+        move |event: Option<&Event<Slim<Node>>>| on_node_event(&node_keys, event, &notify),
     ));
     let (tx, books) = watch::channel(None);
     let rebuild_task = tokio::spawn(rebuild(Caches { pods, nodes, pods_health, nodes_health }, config, changed, tx));
@@ -225,8 +223,8 @@ pub fn spawn(client: Client, config: DiscoveryConfig) -> Running {
 }
 
 struct Caches {
-    pods: Store<Pod>,
-    nodes: Store<Node>,
+    pods: Store<Slim<Pod>>,
+    nodes: Store<Slim<Node>>,
     pods_health: Health,
     nodes_health: Health,
 }
@@ -271,8 +269,8 @@ mod tests {
     use k8s_openapi::api::core::v1::{NodeSpec, PodSpec, PodStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-    fn pod(i: usize) -> Arc<Pod> {
-        Arc::new(Pod {
+    fn pod(i: usize) -> Arc<Slim<Pod>> {
+        Arc::new(Slim::from_full(Pod {
             metadata: ObjectMeta {
                 name: Some(format!("kubenurse-{i}")),
                 labels: Some([("app".to_string(), "kubenurse".to_string())].into()),
@@ -285,11 +283,15 @@ mod tests {
                 host_ip: Some(format!("192.0.2.{i}")),
                 ..PodStatus::default()
             }),
-        })
+        }))
     }
 
-    fn node(i: usize, cordoned: bool) -> Arc<Node> {
-        Arc::new(Node {
+    fn node(i: usize, cordoned: bool) -> Arc<Slim<Node>> {
+        Arc::new(Slim::from_full(full_node(i, cordoned)))
+    }
+
+    fn full_node(i: usize, cordoned: bool) -> Node {
+        Node {
             metadata: ObjectMeta {
                 name: Some(format!("node-{i}")),
                 labels: Some([(ZONE_LABEL.to_string(), format!("zone-{}", i % 3))].into()),
@@ -297,7 +299,7 @@ mod tests {
             },
             spec: Some(NodeSpec { unschedulable: Some(cordoned), ..NodeSpec::default() }),
             ..Node::default()
-        })
+        }
     }
 
     fn config(limit: usize) -> DiscoveryConfig {
@@ -341,7 +343,7 @@ mod tests {
     async fn only_node_changes_that_move_targets_rebuild() {
         let keys = Mutex::new(HashMap::new());
         let notify = Notify::new();
-        let fired = |event: Event<Node>| {
+        let fired = |event: Event<Slim<Node>>| {
             on_node_event(&keys, Some(&event), &notify);
             // notify_one stores one permit: take it if it was given.
             futures::FutureExt::now_or_never(notify.notified()).is_some()
@@ -350,9 +352,9 @@ mod tests {
         assert!(!fired(Event::InitApply(node(1, false).as_ref().clone())));
         assert!(fired(Event::InitDone));
         // A status heartbeat: same schedulability, same zone.
-        let mut heartbeat = node(1, false).as_ref().clone();
+        let mut heartbeat = full_node(1, false);
         heartbeat.metadata.resource_version = Some("2".into());
-        assert!(!fired(Event::Apply(heartbeat)));
+        assert!(!fired(Event::Apply(Slim::from_full(heartbeat))));
         assert!(fired(Event::Apply(node(1, true).as_ref().clone())), "cordoned");
         assert!(fired(Event::Apply(node(2, false).as_ref().clone())), "a new node");
         assert!(fired(Event::Delete(node(2, false).as_ref().clone())));

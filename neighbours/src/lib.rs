@@ -6,5 +6,6 @@
 pub mod neighbourhood;
 pub mod ring;
 pub mod selector;
+pub mod slim;
 pub mod vars;
 pub mod watch;

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use k8s_openapi::api::core::v1::{Node, Pod, PodSpec, PodStatus};
+use k8s_openapi::api::core::v1::{Node, Pod};
 
 use crate::ring::{node_hash, Neighbour};
 use crate::selector::LabelSelector;
@@ -80,40 +80,10 @@ pub fn eligible_neighbours<'a>(
         .collect()
 }
 
-/// Keeps only what discovery uses of a Pod, so a 5,000-pod cache stays small.
-pub fn strip_pod(pod: &mut Pod) {
-    pod.metadata.managed_fields = None;
-    pod.metadata.annotations = None;
-    pod.metadata.owner_references = None;
-    let node_name = pod.spec.as_mut().and_then(|s| s.node_name.take());
-    pod.spec = Some(PodSpec { node_name, ..PodSpec::default() });
-    if let Some(status) = pod.status.take() {
-        pod.status = Some(PodStatus {
-            phase: status.phase,
-            pod_ip: status.pod_ip,
-            host_ip: status.host_ip,
-            ..PodStatus::default()
-        });
-    }
-}
-
-/// Keeps only what discovery uses of a Node (spec and labels; no status, images, conditions).
-pub fn strip_node(node: &mut Node) {
-    node.metadata.managed_fields = None;
-    node.metadata.annotations = None;
-    node.status = None;
-    if let Some(spec) = node.spec.as_mut() {
-        spec.pod_cidr = None;
-        spec.pod_cidrs = None;
-        spec.provider_id = None;
-        spec.config_source = None;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{NodeSpec, Taint};
+    use k8s_openapi::api::core::v1::{NodeSpec, PodSpec, PodStatus, Taint};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
     fn pod(name: &str, node: &str, phase: &str, labels: &[(&str, &str)]) -> Pod {
