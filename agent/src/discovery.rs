@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::{Api, Client};
 use kubenurse_common::backoff::{random_unit, Backoff};
 use kubenurse_neighbours::watch::{drive, health_of, Health, FIRST_RETRY_DELAY};
@@ -20,10 +19,11 @@ use kubenurse_proto::v1::Targets;
 use tracing::{info, warn};
 
 use crate::neighbourhood::{eligible_neighbours, node_is_unschedulable};
-use kubenurse_neighbours::slim::{Slim, ZONE_LABEL};
 use crate::pushed::{DiscoveryMode, PushedList, Source};
 use crate::ring::{select_neighbours, Neighbour};
 use crate::selector::LabelSelector;
+use kubenurse_neighbours::listwatch::{list_watch, Selectors};
+use kubenurse_neighbours::slim::{Slim, ZONE_LABEL};
 
 /// What a round checks: the selected neighbours and whether discovery is healthy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,11 +157,12 @@ impl Discovery {
     /// Starts the Pod (and Node) watches of local discovery.
     fn start_local(&self) {
         let s = &self.0.settings;
-        // any_semantic: the API server may answer LISTs from its watch cache (cheap at scale).
-        let mut pod_config = watcher::Config::default().any_semantic();
-        if !s.neighbour_filter.is_empty() {
-            pod_config = pod_config.labels(&s.neighbour_filter.to_string());
-        }
+        // LISTs are answered from the API server's watch cache (cheap at scale), decoded as
+        // they arrive.
+        let pod_selectors = Selectors {
+            labels: (!s.neighbour_filter.is_empty()).then(|| s.neighbour_filter.to_string()),
+            fields: None,
+        };
         let pod_api: Api<Slim<Pod>> = match &s.namespace {
             Some(ns) => Api::namespaced(self.0.client.clone(), ns),
             None => Api::all(self.0.client.clone()),
@@ -169,7 +170,7 @@ impl Discovery {
         let (pods, pod_writer) = reflector::store();
         let (pods_health, nodes_health) = (Health::default(), Health::default());
         let mut tasks = vec![tokio::spawn(drive(
-            move || watcher::watcher(pod_api.clone(), pod_config.clone()),
+            move || list_watch(pod_api.clone(), pod_selectors.clone()),
             pod_writer,
             pods_health.clone(),
             "pods",
@@ -181,9 +182,7 @@ impl Discovery {
             let node_api: Api<Slim<Node>> = Api::all(self.0.client.clone());
             let (nodes, node_writer) = reflector::store();
             tasks.push(tokio::spawn(drive(
-                move || {
-                    watcher::watcher(node_api.clone(), watcher::Config::default().any_semantic())
-                },
+                move || list_watch(node_api.clone(), Selectors::default()),
                 node_writer,
                 nodes_health.clone(),
                 "nodes",
@@ -201,10 +200,10 @@ impl Discovery {
             return;
         }
         let api: Api<Slim<Node>> = Api::all(self.0.client.clone());
-        let config = watcher::Config::default().fields(&format!("metadata.name={node}")).any_semantic();
+        let selectors = Selectors { labels: None, fields: Some(format!("metadata.name={node}")) };
         let (store, writer) = reflector::store();
         let task = tokio::spawn(drive(
-            move || watcher::watcher(api.clone(), config.clone()),
+            move || list_watch(api.clone(), selectors.clone()),
             writer,
             Health::default(),
             "own node",
@@ -280,9 +279,7 @@ impl Discovery {
     /// The own node's `topology.kubernetes.io/zone` label (from a Node watch, else from the
     /// aggregator; empty when neither knows it).
     pub fn own_zone(&self) -> String {
-        let from_node = self
-            .own_node_object()
-            .and_then(|n| n.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned());
+        let from_node = self.own_node_object().and_then(|n| n.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned());
         from_node.unwrap_or_else(|| lock(&self.0.source).last().map(|l| l.own.2.clone()).unwrap_or_default())
     }
 

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::watcher::{self, Event};
+use kube::runtime::watcher::Event;
 use kube::{Api, Client};
+use kubenurse_neighbours::listwatch::{list_watch, Selectors};
 use kubenurse_neighbours::neighbourhood::{eligible_by_node, node_is_unschedulable};
 use kubenurse_neighbours::ring::{Neighbour, Ring};
 use kubenurse_neighbours::selector::LabelSelector;
@@ -45,7 +46,11 @@ fn node_key(n: &Node) -> (bool, Option<String>) {
 }
 
 /// Calls `notify` for the Node events that can change targets.
-fn on_node_event(keys: &Mutex<HashMap<String, (bool, Option<String>)>>, event: Option<&Event<Slim<Node>>>, notify: &Notify) {
+fn on_node_event(
+    keys: &Mutex<HashMap<String, (bool, Option<String>)>>,
+    event: Option<&Event<Slim<Node>>>,
+    notify: &Notify,
+) {
     let mut keys = keys.lock().unwrap_or_else(|p| p.into_inner());
     match event {
         // A new LIST: every Node is seen again, and InitDone rebuilds.
@@ -94,7 +99,12 @@ fn target_of(n: &Neighbour, zones: &HashMap<String, String>) -> Target {
 impl TargetBook {
     /// The book for `pods` and `nodes` (`None`: the Node list is not known, so no node rule
     /// and no zones); `state` is what agents show as `neighbourhood_state`.
-    pub fn build(pods: &[Arc<Slim<Pod>>], nodes: Option<&[Arc<Slim<Node>>]>, config: &DiscoveryConfig, state: String) -> Self {
+    pub fn build(
+        pods: &[Arc<Slim<Pod>>],
+        nodes: Option<&[Arc<Slim<Node>>]>,
+        config: &DiscoveryConfig,
+        state: String,
+    ) -> Self {
         let zones: HashMap<String, String> = nodes
             .into_iter()
             .flatten()
@@ -183,10 +193,10 @@ impl Drop for Running {
 /// Starts the watches and the task that rebuilds the book after changes.
 pub fn spawn(client: Client, config: DiscoveryConfig) -> Running {
     let changed = Arc::new(Notify::new());
-    let mut pod_config = watcher::Config::default().any_semantic();
-    if !config.neighbour_filter.is_empty() {
-        pod_config = pod_config.labels(&config.neighbour_filter.to_string());
-    }
+    let pod_selectors = Selectors {
+        labels: (!config.neighbour_filter.is_empty()).then(|| config.neighbour_filter.to_string()),
+        fields: None,
+    };
     let pod_api: Api<Slim<Pod>> = match &config.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -197,7 +207,7 @@ pub fn spawn(client: Client, config: DiscoveryConfig) -> Running {
     let (pods_health, nodes_health) = (Health::default(), Health::default());
     let notify = changed.clone();
     let pods_task = tokio::spawn(drive(
-        move || watcher::watcher(pod_api.clone(), pod_config.clone()),
+        move || list_watch(pod_api.clone(), pod_selectors.clone()),
         pod_writer,
         pods_health.clone(),
         "pods",
@@ -211,7 +221,7 @@ pub fn spawn(client: Client, config: DiscoveryConfig) -> Running {
     let notify = changed.clone();
     let node_keys = Mutex::new(HashMap::new());
     let nodes_task = tokio::spawn(drive(
-        move || watcher::watcher(node_api.clone(), watcher::Config::default().any_semantic()),
+        move || list_watch(node_api.clone(), Selectors::default()),
         node_writer,
         nodes_health.clone(),
         "nodes",

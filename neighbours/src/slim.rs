@@ -255,7 +255,10 @@ mod tests {
     fn a_node_keeps_its_name_zone_and_schedulability_only() {
         let node: Slim<Node> = serde_json::from_value(cloud_node()).unwrap();
         assert_eq!(node.metadata.name.as_deref(), Some("ip-10-0-1-7.eu-west-1.compute.internal"));
-        assert_eq!((node.metadata.uid.as_deref(), node.metadata.resource_version.as_deref()), (Some("u-1"), Some("42")));
+        assert_eq!(
+            (node.metadata.uid.as_deref(), node.metadata.resource_version.as_deref()),
+            (Some("u-1"), Some("42"))
+        );
         let labels: Vec<_> = node.metadata.labels.iter().flatten().collect();
         assert_eq!(labels, [(&ZONE_LABEL.to_string(), &"eu-west-1b".to_string())]);
         assert!(node.metadata.annotations.is_none() && node.metadata.managed_fields.is_none());
@@ -275,7 +278,8 @@ mod tests {
         let node: Slim<Node> = serde_json::from_value(json!({"metadata": {"name": "n", "labels": null}})).unwrap();
         assert_eq!(node.metadata.labels, None);
         assert!(!node_is_unschedulable(&node));
-        let node: Slim<Node> = serde_json::from_value(json!({"metadata": {"name": "n", "labels": {"a": "b"}}})).unwrap();
+        let node: Slim<Node> =
+            serde_json::from_value(json!({"metadata": {"name": "n", "labels": {"a": "b"}}})).unwrap();
         assert_eq!(node.metadata.labels, Some(BTreeMap::new()));
     }
 

@@ -1,0 +1,96 @@
+//! The streaming list-watch against the kit's fake API server (the real wire format): a LIST
+//! of realistic cloud Nodes decoded slim item by item, then watch events for a cordon and a
+//! deletion, and an API server failure ending the stream with an error.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::ListParams;
+use kube::runtime::watcher::Event;
+use kube::{Api, Client};
+use kubenurse_neighbours::listwatch::{list_streaming, list_watch, Selectors};
+use kubenurse_neighbours::neighbourhood::node_is_unschedulable;
+use kubenurse_neighbours::slim::{Slim, ZONE_LABEL};
+use kubenurse_testkit::apiserver::{FakeApiServer, Faults};
+use kubenurse_testkit::scale::{node_name, pod_ip, populate};
+use kubenurse_testkit::sim::NAMESPACE;
+
+const NODES: usize = 300;
+
+fn workdir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[tokio::test]
+async fn a_streamed_list_has_every_object_slim_and_the_version() -> anyhow::Result<()> {
+    let api = FakeApiServer::start(&workdir("listwatch-list")).await?;
+    populate(&api, NODES, pod_ip);
+    let client = Client::try_from(api.kube_config())?;
+    let full = Api::<Node>::all(client.clone()).list(&ListParams::default()).await?;
+    let (nodes, version) = list_streaming(&Api::<Slim<Node>>::all(client.clone()), &Selectors::default()).await?;
+    assert_eq!(nodes.len(), NODES);
+    assert_eq!(Some(version), full.metadata.resource_version);
+    for (slim, full) in nodes.iter().zip(&full.items) {
+        assert_eq!(slim.metadata.name, full.metadata.name);
+        let zone = full.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL));
+        assert_eq!(slim.metadata.labels.as_ref().map(|l| l.len()), Some(1));
+        assert_eq!(slim.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL)), zone);
+        assert!(slim.status.is_none() && slim.metadata.managed_fields.is_none());
+    }
+    // Selectors reach the API server: one pod by label and field.
+    let pods: Api<Slim<Pod>> = Api::namespaced(client, NAMESPACE);
+    let one = Selectors { labels: None, fields: Some("metadata.name=kubenurse-00007".into()) };
+    let (pods, _) = list_streaming(&pods, &one).await?;
+    let names: Vec<_> = pods.iter().filter_map(|p| p.metadata.name.as_deref()).collect();
+    assert_eq!(names, ["kubenurse-00007"]);
+    assert_eq!(pods[0].status.as_ref().and_then(|s| s.pod_ip.clone()), Some(pod_ip(7)));
+    Ok(())
+}
+
+async fn next<K>(
+    events: &mut (impl futures::Stream<Item = Result<Event<K>, kube::runtime::watcher::Error>> + Unpin),
+) -> anyhow::Result<Option<Result<Event<K>, kube::runtime::watcher::Error>>> {
+    Ok(tokio::time::timeout(Duration::from_secs(10), events.next()).await?)
+}
+
+#[tokio::test]
+async fn the_watch_follows_changes_and_ends_on_failure() -> anyhow::Result<()> {
+    let api = FakeApiServer::start(&workdir("listwatch-watch")).await?;
+    populate(&api, 20, pod_ip);
+    let client = Client::try_from(api.kube_config())?;
+    let mut events = Box::pin(list_watch(Api::<Slim<Node>>::all(client), Selectors::default()));
+    assert!(matches!(next(&mut events).await?, Some(Ok(Event::Init))));
+    let mut listed = 0;
+    loop {
+        match next(&mut events).await? {
+            Some(Ok(Event::InitApply(_))) => listed += 1,
+            Some(Ok(Event::InitDone)) => break,
+            other => anyhow::bail!("unexpected during the list: {other:?}"),
+        }
+    }
+    assert_eq!(listed, 20);
+
+    anyhow::ensure!(api.cordon(&node_name(3), true));
+    match next(&mut events).await? {
+        Some(Ok(Event::Apply(n))) => {
+            assert_eq!(n.metadata.name.as_deref(), Some(node_name(3).as_str()));
+            assert!(node_is_unschedulable(&n));
+        }
+        other => anyhow::bail!("expected the cordon, got {other:?}"),
+    }
+    anyhow::ensure!(api.delete_node(&node_name(4)));
+    match next(&mut events).await? {
+        Some(Ok(Event::Delete(n))) => assert_eq!(n.metadata.name.as_deref(), Some(node_name(4).as_str())),
+        other => anyhow::bail!("expected the deletion, got {other:?}"),
+    }
+
+    // The API server fails: the stream says so once, then ends (the driver lists afresh).
+    api.set_faults(Faults { failing: true, ..Faults::default() });
+    assert!(matches!(next(&mut events).await?, Some(Err(_))), "a failure is an error");
+    assert!(next(&mut events).await?.is_none(), "and the stream ends after it");
+    Ok(())
+}
