@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::{Api, Client};
 use kubenurse_common::backoff::{random_unit, Backoff};
@@ -18,12 +18,12 @@ use kubenurse_neighbours::watch::{drive, health_of, Health, FIRST_RETRY_DELAY};
 use kubenurse_proto::v1::Targets;
 use tracing::{info, warn};
 
-use crate::neighbourhood::{eligible_neighbours, node_is_unschedulable};
+use crate::neighbourhood::{eligible_neighbours, PodFacts as _};
 use crate::pushed::{DiscoveryMode, PushedList, Source};
 use crate::ring::{select_neighbours, Neighbour};
 use crate::selector::LabelSelector;
 use kubenurse_neighbours::listwatch::{list_watch, Selectors};
-use kubenurse_neighbours::slim::{Slim, ZONE_LABEL};
+use kubenurse_neighbours::slim::{SlimNode, SlimPod};
 
 /// What a round checks: the selected neighbours and whether discovery is healthy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,8 +64,8 @@ const OWN_NODE_MAX_DELAY: Duration = Duration::from_secs(10);
 
 /// The watches of local discovery; dropping them stops the watches.
 struct LocalWatches {
-    pods: Store<Slim<Pod>>,
-    nodes: Option<Store<Slim<Node>>>,
+    pods: Store<SlimPod>,
+    nodes: Option<Store<SlimNode>>,
     pods_health: Health,
     nodes_health: Health,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -81,7 +81,7 @@ impl Drop for LocalWatches {
 
 /// A watch of the own Node only (field selector): its zone and schedulability.
 struct OwnNodeWatch {
-    store: Store<Slim<Node>>,
+    store: Store<SlimNode>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -149,9 +149,9 @@ impl Discovery {
     }
 
     /// The own pod as the local Pod cache holds it (only while local discovery runs).
-    fn own_pod_cached(&self) -> Option<Arc<Slim<Pod>>> {
+    fn own_pod_cached(&self) -> Option<Arc<SlimPod>> {
         let own_pod = self.0.settings.pod_name.as_str();
-        self.local()?.pods.state().into_iter().find(|p| p.metadata.name.as_deref() == Some(own_pod))
+        self.local()?.pods.state().into_iter().find(|p| p.name() == own_pod)
     }
 
     /// Starts the Pod (and Node) watches of local discovery.
@@ -163,7 +163,7 @@ impl Discovery {
             labels: (!s.neighbour_filter.is_empty()).then(|| s.neighbour_filter.to_string()),
             fields: None,
         };
-        let pod_api: Api<Slim<Pod>> = match &s.namespace {
+        let pod_api: Api<SlimPod> = match &s.namespace {
             Some(ns) => Api::namespaced(self.0.client.clone(), ns),
             None => Api::all(self.0.client.clone()),
         };
@@ -179,7 +179,7 @@ impl Discovery {
         let nodes = if s.allow_unschedulable {
             None
         } else {
-            let node_api: Api<Slim<Node>> = Api::all(self.0.client.clone());
+            let node_api: Api<SlimNode> = Api::all(self.0.client.clone());
             let (nodes, node_writer) = reflector::store();
             tasks.push(tokio::spawn(drive(
                 move || list_watch(node_api.clone(), Selectors::default()),
@@ -199,7 +199,7 @@ impl Discovery {
         if s.mode == DiscoveryMode::Local || s.allow_unschedulable {
             return;
         }
-        let api: Api<Slim<Node>> = Api::all(self.0.client.clone());
+        let api: Api<SlimNode> = Api::all(self.0.client.clone());
         let selectors = Selectors { labels: None, fields: Some(format!("metadata.name={node}")) };
         let (store, writer) = reflector::store();
         let task = tokio::spawn(drive(
@@ -214,7 +214,7 @@ impl Discovery {
 
     /// The store holding the own Node: the full Node watch when local discovery runs, else the
     /// own-Node watch.
-    fn own_node_object(&self) -> Option<Arc<Slim<Node>>> {
+    fn own_node_object(&self) -> Option<Arc<SlimNode>> {
         let own = self.own_node()?;
         let key = ObjectRef::new(&own);
         if let Some(nodes) = self.local().and_then(|l| l.nodes.clone()) {
@@ -251,7 +251,7 @@ impl Discovery {
         if let Some(local) = self.local() {
             let cached = match &self.0.settings.namespace {
                 Some(ns) => local.pods.get(&ObjectRef::new(pod).within(ns)).is_some(),
-                None => local.pods.state().iter().any(|p| p.metadata.name.as_deref() == Some(pod)),
+                None => local.pods.state().iter().any(|p| p.name() == pod),
             };
             if cached {
                 return true;
@@ -267,10 +267,10 @@ impl Discovery {
 
     /// The own pod's IP and host IP, from the cache or the aggregator.
     pub fn own_addresses(&self) -> (String, String) {
-        let cached = self.own_pod_cached().and_then(|p| {
-            let s = p.status.as_ref()?;
-            Some((s.pod_ip.clone().unwrap_or_default(), s.host_ip.clone().unwrap_or_default()))
-        });
+        let cached = self
+            .own_pod_cached()
+            .filter(|p| p.pod_ip().is_some())
+            .map(|p| (p.pod_ip().unwrap_or_default().to_string(), p.host_ip().unwrap_or_default().to_string()));
         cached.unwrap_or_else(|| {
             lock(&self.0.source).last().map(|l| (l.own.0.clone(), l.own.1.clone())).unwrap_or_default()
         })
@@ -279,13 +279,13 @@ impl Discovery {
     /// The own node's `topology.kubernetes.io/zone` label (from a Node watch, else from the
     /// aggregator; empty when neither knows it).
     pub fn own_zone(&self) -> String {
-        let from_node = self.own_node_object().and_then(|n| n.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned());
+        let from_node = self.own_node_object().and_then(|n| n.zone().map(str::to_string));
         from_node.unwrap_or_else(|| lock(&self.0.source).last().map(|l| l.own.2.clone()).unwrap_or_default())
     }
 
     /// False when the own node is cordoned or tainted unschedulable (then `/ready` is 503).
     pub fn own_node_schedulable(&self) -> bool {
-        self.own_node_object().is_none_or(|n| !node_is_unschedulable(&n))
+        self.own_node_object().is_none_or(|n| !n.unschedulable())
     }
 
     /// The neighbours to check now: local caches when local discovery runs and has synced,
@@ -335,13 +335,7 @@ impl Discovery {
         let node_map: Option<HashMap<String, bool>> = match &local.nodes {
             None => None,
             Some(_) if !nodes.synced => return waiting("the node list", nodes.last_error),
-            Some(store) => Some(
-                store
-                    .state()
-                    .iter()
-                    .filter_map(|n| Some((n.metadata.name.clone()?, !node_is_unschedulable(n))))
-                    .collect(),
-            ),
+            Some(store) => Some(store.state().iter().map(|n| (n.name().to_string(), !n.unschedulable())).collect()),
         };
         let Some(own_node) = own_node else {
             return waiting("the own node name", own_error);
@@ -349,7 +343,7 @@ impl Discovery {
         let s = &self.0.settings;
         let cached = local.pods.state();
         let candidates =
-            eligible_neighbours(cached.iter().map(|p| &***p), node_map.as_ref(), &s.pod_name, &s.neighbour_filter);
+            eligible_neighbours(cached.iter().map(|p| &**p), node_map.as_ref(), &s.pod_name, &s.neighbour_filter);
         let neighbours = select_neighbours(&own_node, candidates, s.neighbour_limit);
         let state = match (pods.last_error, nodes.last_error) {
             (None, None) => "ok".to_string(),
@@ -390,7 +384,7 @@ async fn resolve_own_node(inner: Weak<Inner>) {
         let Some(strong) = inner.upgrade() else { return };
         let discovery = Discovery(strong);
         let own_pod = discovery.0.settings.pod_name.clone();
-        let from_cache = discovery.own_pod_cached().and_then(|p| p.spec.as_ref()?.node_name.clone());
+        let from_cache = discovery.own_pod_cached().and_then(|p| p.node_name().map(str::to_string));
         let found = match (from_cache, &discovery.0.settings.namespace) {
             (Some(node), _) => Ok(node),
             (None, Some(ns)) => Api::<Pod>::namespaced(discovery.0.client.clone(), ns)

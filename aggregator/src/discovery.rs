@@ -8,15 +8,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::Event;
 use kube::{Api, Client};
 use kubenurse_neighbours::listwatch::{list_watch, Selectors};
-use kubenurse_neighbours::neighbourhood::{eligible_by_node, node_is_unschedulable};
+use kubenurse_neighbours::neighbourhood::{eligible_by_node, PodFacts as _};
 use kubenurse_neighbours::ring::{Neighbour, Ring};
 use kubenurse_neighbours::selector::LabelSelector;
-use kubenurse_neighbours::slim::{Slim, ZONE_LABEL};
+use kubenurse_neighbours::slim::{SlimNode, SlimPod};
 use kubenurse_neighbours::watch::{drive, health_of, Health};
 use kubenurse_proto::v1::{Target, Targets};
 use tokio::sync::{watch, Notify};
@@ -41,14 +40,14 @@ pub struct DiscoveryConfig {
 
 /// What of a Node decides targets: its schedulability and zone. Kubelets rewrite every Node's
 /// status every few minutes; those updates change neither and cause no rebuild.
-fn node_key(n: &Node) -> (bool, Option<String>) {
-    (node_is_unschedulable(n), n.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL).cloned()))
+fn node_key(n: &SlimNode) -> (bool, Option<String>) {
+    (n.unschedulable(), n.zone().map(str::to_string))
 }
 
 /// Calls `notify` for the Node events that can change targets.
 fn on_node_event(
     keys: &Mutex<HashMap<String, (bool, Option<String>)>>,
-    event: Option<&Event<Slim<Node>>>,
+    event: Option<&Event<SlimNode>>,
     notify: &Notify,
 ) {
     let mut keys = keys.lock().unwrap_or_else(|p| p.into_inner());
@@ -56,16 +55,16 @@ fn on_node_event(
         // A new LIST: every Node is seen again, and InitDone rebuilds.
         Some(Event::Init) => keys.clear(),
         Some(Event::InitApply(n)) => {
-            keys.insert(n.metadata.name.clone().unwrap_or_default(), node_key(n));
+            keys.insert(n.name().to_string(), node_key(n));
         }
         Some(Event::Apply(n)) => {
             let key = node_key(n);
-            if keys.insert(n.metadata.name.clone().unwrap_or_default(), key.clone()) != Some(key) {
+            if keys.insert(n.name().to_string(), key.clone()) != Some(key) {
                 notify.notify_one();
             }
         }
         Some(Event::Delete(n)) => {
-            keys.remove(n.metadata.name.as_deref().unwrap_or_default());
+            keys.remove(n.name());
             notify.notify_one();
         }
         Some(Event::InitDone) | None => notify.notify_one(),
@@ -100,41 +99,36 @@ impl TargetBook {
     /// The book for `pods` and `nodes` (`None`: the Node list is not known, so no node rule
     /// and no zones); `state` is what agents show as `neighbourhood_state`.
     pub fn build(
-        pods: &[Arc<Slim<Pod>>],
-        nodes: Option<&[Arc<Slim<Node>>]>,
+        pods: &[Arc<SlimPod>],
+        nodes: Option<&[Arc<SlimNode>]>,
         config: &DiscoveryConfig,
         state: String,
     ) -> Self {
-        let zones: HashMap<String, String> = nodes
-            .into_iter()
-            .flatten()
-            .filter_map(|n| Some((n.metadata.name.clone()?, n.metadata.labels.as_ref()?.get(ZONE_LABEL)?.clone())))
-            .collect();
-        let schedulable: Option<HashMap<String, bool>> = nodes.filter(|_| !config.allow_unschedulable).map(|nodes| {
-            nodes.iter().filter_map(|n| Some((n.metadata.name.clone()?, !node_is_unschedulable(n)))).collect()
-        });
-        let pods_ref: Vec<&Pod> = pods.iter().map(|p| &***p).collect();
+        let zones: HashMap<String, String> =
+            nodes.into_iter().flatten().filter_map(|n| Some((n.name().to_string(), n.zone()?.to_string()))).collect();
+        let schedulable: Option<HashMap<String, bool>> = nodes
+            .filter(|_| !config.allow_unschedulable)
+            .map(|nodes| nodes.iter().map(|n| (n.name().to_string(), !n.unschedulable())).collect());
         let ring =
-            Ring::new(eligible_by_node(pods_ref.iter().copied(), schedulable.as_ref(), &config.neighbour_filter));
+            Ring::new(eligible_by_node(pods.iter().map(|p| &**p), schedulable.as_ref(), &config.neighbour_filter));
         let mut book = Self { state, ring_nodes: ring.len(), ..Self::default() };
         let empty = BTreeMap::new();
-        for pod in pods_ref {
-            let meta = &pod.metadata;
+        for pod in pods {
+            let meta = pod.meta();
             let Some(name) = meta.name.clone() else { continue };
             if !config.neighbour_filter.matches(meta.labels.as_ref().unwrap_or(&empty)) {
                 continue;
             }
-            let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty()) else {
+            let Some(node) = pod.node_name().filter(|n| !n.is_empty()).map(str::to_string) else {
                 continue;
             };
-            let status = pod.status.as_ref();
             book.own.insert(
                 name.clone(),
                 Target {
                     node: node.clone(),
                     pod: name.clone(),
-                    pod_ip: status.and_then(|s| s.pod_ip.clone()).unwrap_or_default(),
-                    host_ip: status.and_then(|s| s.host_ip.clone()).unwrap_or_default(),
+                    pod_ip: pod.pod_ip().unwrap_or_default().to_string(),
+                    host_ip: pod.host_ip().unwrap_or_default().to_string(),
                     zone: zones.get(&node).cloned().unwrap_or_default(),
                 },
             );
@@ -197,11 +191,11 @@ pub fn spawn(client: Client, config: DiscoveryConfig) -> Running {
         labels: (!config.neighbour_filter.is_empty()).then(|| config.neighbour_filter.to_string()),
         fields: None,
     };
-    let pod_api: Api<Slim<Pod>> = match &config.namespace {
+    let pod_api: Api<SlimPod> = match &config.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let node_api: Api<Slim<Node>> = Api::all(client);
+    let node_api: Api<SlimNode> = Api::all(client);
     let (pods, pod_writer) = reflector::store();
     let (nodes, node_writer) = reflector::store();
     let (pods_health, nodes_health) = (Health::default(), Health::default());
@@ -212,7 +206,7 @@ pub fn spawn(client: Client, config: DiscoveryConfig) -> Running {
         pods_health.clone(),
         "pods",
         // Agent pods change rarely (rollouts): every change may matter.
-        move |event: Option<&Event<Slim<Pod>>>| {
+        move |event: Option<&Event<SlimPod>>| {
             if !matches!(event, Some(Event::Init | Event::InitApply(_))) {
                 notify.notify_one();
             }
@@ -225,7 +219,7 @@ pub fn spawn(client: Client, config: DiscoveryConfig) -> Running {
         node_writer,
         nodes_health.clone(),
         "nodes",
-        move |event: Option<&Event<Slim<Node>>>| on_node_event(&node_keys, event, &notify),
+        move |event: Option<&Event<SlimNode>>| on_node_event(&node_keys, event, &notify),
     ));
     let (tx, books) = watch::channel(None);
     let rebuild_task = tokio::spawn(rebuild(Caches { pods, nodes, pods_health, nodes_health }, config, changed, tx));
@@ -233,8 +227,8 @@ pub fn spawn(client: Client, config: DiscoveryConfig) -> Running {
 }
 
 struct Caches {
-    pods: Store<Slim<Pod>>,
-    nodes: Store<Slim<Node>>,
+    pods: Store<SlimPod>,
+    nodes: Store<SlimNode>,
     pods_health: Health,
     nodes_health: Health,
 }
@@ -276,11 +270,12 @@ async fn rebuild(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{NodeSpec, PodSpec, PodStatus};
+    use k8s_openapi::api::core::v1::{Node, NodeSpec, Pod, PodSpec, PodStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use kubenurse_neighbours::slim::ZONE_LABEL;
 
-    fn pod(i: usize) -> Arc<Slim<Pod>> {
-        Arc::new(Slim::from_full(Pod {
+    fn pod(i: usize) -> Arc<SlimPod> {
+        Arc::new(SlimPod::from(&Pod {
             metadata: ObjectMeta {
                 name: Some(format!("kubenurse-{i}")),
                 labels: Some([("app".to_string(), "kubenurse".to_string())].into()),
@@ -296,8 +291,8 @@ mod tests {
         }))
     }
 
-    fn node(i: usize, cordoned: bool) -> Arc<Slim<Node>> {
-        Arc::new(Slim::from_full(full_node(i, cordoned)))
+    fn node(i: usize, cordoned: bool) -> Arc<SlimNode> {
+        Arc::new(SlimNode::from(&full_node(i, cordoned)))
     }
 
     fn full_node(i: usize, cordoned: bool) -> Node {
@@ -353,7 +348,7 @@ mod tests {
     async fn only_node_changes_that_move_targets_rebuild() {
         let keys = Mutex::new(HashMap::new());
         let notify = Notify::new();
-        let fired = |event: Event<Slim<Node>>| {
+        let fired = |event: Event<SlimNode>| {
             on_node_event(&keys, Some(&event), &notify);
             // notify_one stores one permit: take it if it was given.
             futures::FutureExt::now_or_never(notify.notified()).is_some()
@@ -364,7 +359,7 @@ mod tests {
         // A status heartbeat: same schedulability, same zone.
         let mut heartbeat = full_node(1, false);
         heartbeat.metadata.resource_version = Some("2".into());
-        assert!(!fired(Event::Apply(Slim::from_full(heartbeat))));
+        assert!(!fired(Event::Apply(SlimNode::from(&heartbeat))));
         assert!(fired(Event::Apply(node(1, true).as_ref().clone())), "cordoned");
         assert!(fired(Event::Apply(node(2, false).as_ref().clone())), "a new node");
         assert!(fired(Event::Delete(node(2, false).as_ref().clone())));

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::ring::{node_hash, Neighbour};
 use crate::selector::LabelSelector;
@@ -13,23 +14,62 @@ pub const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
 
 /// Whether a node should not receive checks: cordoned or tainted unschedulable.
 pub fn node_is_unschedulable(node: &Node) -> bool {
-    let Some(spec) = &node.spec else { return false };
-    spec.unschedulable == Some(true)
-        || spec.taints.iter().flatten().any(|t| t.key == UNSCHEDULABLE_TAINT && t.effect == "NoSchedule")
+    node.spec.as_ref().is_some_and(|spec| {
+        unschedulable_by(spec.unschedulable, spec.taints.iter().flatten().map(|t| (t.key.as_str(), t.effect.as_str())))
+    })
+}
+
+/// The rule of [`node_is_unschedulable`] on a spec's two fields (`taints` as key and effect),
+/// for the slim decoder, which never builds a `NodeSpec`.
+pub fn unschedulable_by<'a>(unschedulable: Option<bool>, mut taints: impl Iterator<Item = (&'a str, &'a str)>) -> bool {
+    unschedulable == Some(true) || taints.any(|(key, effect)| key == UNSCHEDULABLE_TAINT && effect == "NoSchedule")
+}
+
+/// What eligibility reads of a pod, from a full k8s-openapi `Pod` (tests, fixtures) or from
+/// the [`crate::slim::SlimPod`] discovery caches.
+pub trait PodFacts {
+    /// Name, labels, deletion time.
+    fn meta(&self) -> &ObjectMeta;
+    /// `spec.nodeName`.
+    fn node_name(&self) -> Option<&str>;
+    /// `status.phase`.
+    fn phase(&self) -> Option<&str>;
+    /// `status.podIP`.
+    fn pod_ip(&self) -> Option<&str>;
+    /// `status.hostIP`.
+    fn host_ip(&self) -> Option<&str>;
+}
+
+impl PodFacts for Pod {
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn node_name(&self) -> Option<&str> {
+        self.spec.as_ref()?.node_name.as_deref()
+    }
+    fn phase(&self) -> Option<&str> {
+        self.status.as_ref()?.phase.as_deref()
+    }
+    fn pod_ip(&self) -> Option<&str> {
+        self.status.as_ref()?.pod_ip.as_deref()
+    }
+    fn host_ip(&self) -> Option<&str> {
+        self.status.as_ref()?.host_ip.as_deref()
+    }
 }
 
 /// Every eligible pod, grouped by node and sorted by pod name: Running, not terminating,
 /// matching `filter`, with a pod IP and a node; with `nodes`, only on nodes that exist and are
 /// schedulable. The aggregator keeps this once for all agents ([`crate::ring::Ring`]).
-pub fn eligible_by_node<'a>(
-    pods: impl IntoIterator<Item = &'a Pod>,
+pub fn eligible_by_node<'a, P: PodFacts + 'a>(
+    pods: impl IntoIterator<Item = &'a P>,
     nodes: Option<&HashMap<String, bool>>,
     filter: &LabelSelector,
 ) -> BTreeMap<String, Vec<Neighbour>> {
     let empty = BTreeMap::new();
     let mut by_node: BTreeMap<String, Vec<Neighbour>> = BTreeMap::new();
     for pod in pods {
-        let meta = &pod.metadata;
+        let meta = pod.meta();
         let name = meta.name.as_deref().unwrap_or_default();
         if name.is_empty() || meta.deletion_timestamp.is_some() {
             continue;
@@ -37,12 +77,11 @@ pub fn eligible_by_node<'a>(
         if !filter.matches(meta.labels.as_ref().unwrap_or(&empty)) {
             continue;
         }
-        let Some(status) = &pod.status else { continue };
-        if status.phase.as_deref() != Some("Running") {
+        if pod.phase() != Some("Running") {
             continue;
         }
-        let Some(pod_ip) = status.pod_ip.as_deref().filter(|ip| !ip.is_empty()) else { continue };
-        let Some(node_name) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty()) else {
+        let Some(pod_ip) = pod.pod_ip().filter(|ip| !ip.is_empty()) else { continue };
+        let Some(node_name) = pod.node_name().filter(|n| !n.is_empty()) else {
             continue;
         };
         if let Some(nodes) = nodes {
@@ -54,7 +93,7 @@ pub fn eligible_by_node<'a>(
         by_node.entry(node_name.to_string()).or_default().push(Neighbour {
             pod_name: name.to_string(),
             pod_ip: pod_ip.to_string(),
-            host_ip: status.host_ip.clone().unwrap_or_default(),
+            host_ip: pod.host_ip().unwrap_or_default().to_string(),
             node_name: node_name.to_string(),
             node_hash: node_hash(node_name),
         });
@@ -68,8 +107,8 @@ pub fn eligible_by_node<'a>(
 /// Neighbour candidates of `own_pod` (before the ring filter): the eligible pods
 /// ([`eligible_by_node`]) but `own_pod`, one per node (the first by name), since checks are
 /// named by node.
-pub fn eligible_neighbours<'a>(
-    pods: impl IntoIterator<Item = &'a Pod>,
+pub fn eligible_neighbours<'a, P: PodFacts + 'a>(
+    pods: impl IntoIterator<Item = &'a P>,
     nodes: Option<&HashMap<String, bool>>,
     own_pod: &str,
     filter: &LabelSelector,
@@ -84,7 +123,7 @@ pub fn eligible_neighbours<'a>(
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{NodeSpec, PodSpec, PodStatus, Taint};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn pod(name: &str, node: &str, phase: &str, labels: &[(&str, &str)]) -> Pod {
         Pod {

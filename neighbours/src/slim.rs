@@ -1,77 +1,159 @@
-//! Pods and Nodes decoded as discovery reads them. A cloud Node is about 8 KiB of JSON
-//! (images, conditions, managed fields) of which discovery needs a name, a zone and two spec
-//! fields. Decoding the whole object and stripping it afterwards still allocated every field,
-//! and at 5,000 Nodes (a LIST, then kubelets' status updates) those allocations were most of
-//! an agent's memory. [`Slim`] decodes only the fields discovery uses, skips the rest unbuilt,
-//! and derefs to the k8s-openapi type, so the rules in [`crate::neighbourhood`] take it as is.
+//! Pods and Nodes as discovery keeps them. A cloud Node is about 8 KiB of JSON (images,
+//! conditions, managed fields) of which discovery needs a name, a zone and two spec fields.
+//! Decoding the whole object and stripping it afterwards still allocated every field, and the
+//! k8s-openapi types are 1.5 KiB (Node) and 2.1 KiB (Pod) before any field is set: at 5,000
+//! Nodes and Pods that was most of an agent's memory. [`SlimNode`] and [`SlimPod`] decode
+//! only the fields discovery reads and skip the rest unbuilt.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::ops::Deref;
 
-use k8s_openapi::api::core::v1::{Node, NodeSpec, Pod, PodSpec, PodStatus, Taint};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::Resource;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
+use crate::neighbourhood::{node_is_unschedulable, unschedulable_by, PodFacts};
+
 /// The Node label that names a node's zone (well-known, set by cloud providers).
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
-/// A Pod or Node holding only what discovery uses: for Pods the name, namespace, labels,
-/// deletion time, node, phase and IPs; for Nodes the name, the zone label, `unschedulable`
-/// and the taints. Identity (uid, resourceVersion) is kept for the watch.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Slim<K>(K);
+/// A Node as discovery keeps it: its identity, whether it takes checks, and its zone.
+/// (A k8s-openapi `Node` is 1.5 KiB before any field is set; this is a quarter of that.)
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SlimNode {
+    metadata: ObjectMeta,
+    unschedulable: bool,
+    zone: Option<String>,
+}
 
-impl<K> Slim<K> {
-    /// Wraps an object built in code (tests, fixtures); objects off the wire are decoded slim.
-    pub fn from_full(object: K) -> Self {
-        Self(object)
+impl SlimNode {
+    /// The node's name (empty when the API server sent none).
+    pub fn name(&self) -> &str {
+        self.metadata.name.as_deref().unwrap_or_default()
+    }
+
+    /// Cordoned or tainted unschedulable ([`node_is_unschedulable`]'s rule).
+    pub fn unschedulable(&self) -> bool {
+        self.unschedulable
+    }
+
+    /// The [`ZONE_LABEL`] label.
+    pub fn zone(&self) -> Option<&str> {
+        self.zone.as_deref()
     }
 }
 
-impl<K> Deref for Slim<K> {
-    type Target = K;
-
-    fn deref(&self) -> &K {
-        &self.0
+impl From<&Node> for SlimNode {
+    fn from(node: &Node) -> Self {
+        let m = &node.metadata;
+        Self {
+            metadata: ObjectMeta {
+                name: m.name.clone(),
+                uid: m.uid.clone(),
+                resource_version: m.resource_version.clone(),
+                ..ObjectMeta::default()
+            },
+            unschedulable: node_is_unschedulable(node),
+            zone: m.labels.as_ref().and_then(|l| l.get(ZONE_LABEL).cloned()),
+        }
     }
 }
 
-impl<K: Resource> Resource for Slim<K> {
-    type DynamicType = K::DynamicType;
-    type Scope = K::Scope;
+/// A Pod as discovery keeps it: what [`crate::neighbourhood::eligible_by_node`] reads.
+/// (A k8s-openapi `Pod` is 2.1 KiB before any field is set.)
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SlimPod {
+    metadata: ObjectMeta,
+    node_name: Option<String>,
+    phase: Option<String>,
+    pod_ip: Option<String>,
+    host_ip: Option<String>,
+}
 
-    fn kind(dt: &Self::DynamicType) -> Cow<'_, str> {
-        K::kind(dt)
+impl SlimPod {
+    /// The pod's name (empty when the API server sent none).
+    pub fn name(&self) -> &str {
+        self.metadata.name.as_deref().unwrap_or_default()
     }
+}
 
-    fn group(dt: &Self::DynamicType) -> Cow<'_, str> {
-        K::group(dt)
+impl From<&Pod> for SlimPod {
+    fn from(pod: &Pod) -> Self {
+        let m = &pod.metadata;
+        let status = pod.status.as_ref();
+        Self {
+            metadata: ObjectMeta {
+                name: m.name.clone(),
+                namespace: m.namespace.clone(),
+                uid: m.uid.clone(),
+                resource_version: m.resource_version.clone(),
+                deletion_timestamp: m.deletion_timestamp.clone(),
+                labels: m.labels.clone(),
+                ..ObjectMeta::default()
+            },
+            node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+            phase: status.and_then(|s| s.phase.clone()),
+            pod_ip: status.and_then(|s| s.pod_ip.clone()),
+            host_ip: status.and_then(|s| s.host_ip.clone()),
+        }
     }
+}
 
-    fn version(dt: &Self::DynamicType) -> Cow<'_, str> {
-        K::version(dt)
-    }
-
-    fn api_version(dt: &Self::DynamicType) -> Cow<'_, str> {
-        K::api_version(dt)
-    }
-
-    fn plural(dt: &Self::DynamicType) -> Cow<'_, str> {
-        K::plural(dt)
-    }
-
+impl PodFacts for SlimPod {
     fn meta(&self) -> &ObjectMeta {
-        self.0.meta()
+        &self.metadata
     }
-
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        self.0.meta_mut()
+    fn node_name(&self) -> Option<&str> {
+        self.node_name.as_deref()
+    }
+    fn phase(&self) -> Option<&str> {
+        self.phase.as_deref()
+    }
+    fn pod_ip(&self) -> Option<&str> {
+        self.pod_ip.as_deref()
+    }
+    fn host_ip(&self) -> Option<&str> {
+        self.host_ip.as_deref()
     }
 }
+
+/// `Resource` for a slim type: the full type's kind and path, the slim type's metadata.
+macro_rules! slim_resource {
+    ($slim:ty, $full:ty) => {
+        impl Resource for $slim {
+            type DynamicType = ();
+            type Scope = <$full as Resource>::Scope;
+
+            fn kind(dt: &()) -> Cow<'_, str> {
+                <$full as Resource>::kind(dt)
+            }
+            fn group(dt: &()) -> Cow<'_, str> {
+                <$full as Resource>::group(dt)
+            }
+            fn version(dt: &()) -> Cow<'_, str> {
+                <$full as Resource>::version(dt)
+            }
+            fn api_version(dt: &()) -> Cow<'_, str> {
+                <$full as Resource>::api_version(dt)
+            }
+            fn plural(dt: &()) -> Cow<'_, str> {
+                <$full as Resource>::plural(dt)
+            }
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+
+slim_resource!(SlimNode, Node);
+slim_resource!(SlimPod, Pod);
 
 /// The metadata kept of either kind; `L` decides which labels.
 #[derive(Deserialize)]
@@ -86,17 +168,11 @@ struct MetaWire<L> {
 }
 
 impl<L> MetaWire<L> {
-    fn into_meta(self, labels: impl FnOnce(L) -> BTreeMap<String, String>) -> ObjectMeta {
-        let Self { name, namespace, uid, resource_version, deletion_timestamp, labels: wire_labels } = self;
-        ObjectMeta {
-            name,
-            namespace,
-            uid,
-            resource_version,
-            deletion_timestamp,
-            labels: wire_labels.map(labels),
-            ..ObjectMeta::default()
-        }
+    /// The metadata without labels, and the labels as decoded.
+    fn split(self) -> (ObjectMeta, Option<L>) {
+        let Self { name, namespace, uid, resource_version, deletion_timestamp, labels } = self;
+        let meta = ObjectMeta { name, namespace, uid, resource_version, deletion_timestamp, ..ObjectMeta::default() };
+        (meta, labels)
     }
 }
 
@@ -164,20 +240,15 @@ struct TaintWire {
     effect: String,
 }
 
-impl<'de> Deserialize<'de> for Slim<Node> {
+impl<'de> Deserialize<'de> for SlimNode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let NodeWire { metadata, spec } = NodeWire::deserialize(d)?;
-        let metadata = metadata.map_or_else(ObjectMeta::default, |m| {
-            m.into_meta(|ZoneOnly(zone)| zone.map(|z| (ZONE_LABEL.to_string(), z)).into_iter().collect())
+        let (metadata, labels) = metadata.map_or_else(|| (ObjectMeta::default(), None), MetaWire::split);
+        let zone = labels.and_then(|ZoneOnly(zone)| zone);
+        let unschedulable = spec.is_some_and(|NodeSpecWire { unschedulable, taints }| {
+            unschedulable_by(unschedulable, taints.iter().flatten().map(|t| (t.key.as_str(), t.effect.as_str())))
         });
-        let spec = spec.map(|NodeSpecWire { unschedulable, taints }| NodeSpec {
-            unschedulable,
-            taints: taints.map(|ts| {
-                ts.into_iter().map(|TaintWire { key, effect }| Taint { key, effect, ..Taint::default() }).collect()
-            }),
-            ..NodeSpec::default()
-        });
-        Ok(Self(Node { metadata, spec, status: None }))
+        Ok(Self { metadata, unschedulable, zone })
     }
 }
 
@@ -203,26 +274,30 @@ struct PodStatusWire {
     host_ip: Option<String>,
 }
 
-impl<'de> Deserialize<'de> for Slim<Pod> {
+impl<'de> Deserialize<'de> for SlimPod {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let PodWire { metadata, spec, status } = PodWire::deserialize(d)?;
-        Ok(Self(Pod {
-            metadata: metadata.map_or_else(ObjectMeta::default, |m| m.into_meta(|labels| labels)),
-            spec: spec.map(|PodSpecWire { node_name }| PodSpec { node_name, ..PodSpec::default() }),
-            status: status.map(|PodStatusWire { phase, pod_ip, host_ip }| PodStatus {
-                phase,
-                pod_ip,
-                host_ip,
-                ..PodStatus::default()
+        let (phase, pod_ip, host_ip) = match status {
+            Some(PodStatusWire { phase, pod_ip, host_ip }) => (phase, pod_ip, host_ip),
+            None => (None, None, None),
+        };
+        Ok(Self {
+            metadata: metadata.map_or_else(ObjectMeta::default, |m| {
+                let (meta, labels) = m.split();
+                ObjectMeta { labels, ..meta }
             }),
-        }))
+            node_name: spec.and_then(|PodSpecWire { node_name }| node_name),
+            phase,
+            pod_ip,
+            host_ip,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::neighbourhood::{node_is_unschedulable, UNSCHEDULABLE_TAINT};
+    use crate::neighbourhood::UNSCHEDULABLE_TAINT;
     use serde_json::json;
 
     /// A node as a cloud provider's kubelet writes it (abridged: the real one has 40 images).
@@ -253,65 +328,66 @@ mod tests {
 
     #[test]
     fn a_node_keeps_its_name_zone_and_schedulability_only() {
-        let node: Slim<Node> = serde_json::from_value(cloud_node()).unwrap();
-        assert_eq!(node.metadata.name.as_deref(), Some("ip-10-0-1-7.eu-west-1.compute.internal"));
+        let node: SlimNode = serde_json::from_value(cloud_node()).unwrap();
+        assert_eq!(node.name(), "ip-10-0-1-7.eu-west-1.compute.internal");
         assert_eq!(
             (node.metadata.uid.as_deref(), node.metadata.resource_version.as_deref()),
             (Some("u-1"), Some("42"))
         );
-        let labels: Vec<_> = node.metadata.labels.iter().flatten().collect();
-        assert_eq!(labels, [(&ZONE_LABEL.to_string(), &"eu-west-1b".to_string())]);
-        assert!(node.metadata.annotations.is_none() && node.metadata.managed_fields.is_none());
-        assert!(node.status.is_none());
-        let spec = node.spec.as_ref().unwrap();
-        assert!(spec.provider_id.is_none() && spec.pod_cidr.is_none());
-        assert_eq!(spec.taints.as_ref().map(Vec::len), Some(1));
-        assert!(node_is_unschedulable(&node));
-        // The same node, only tainted: still unschedulable through the kept taint.
+        assert_eq!(node.zone(), Some("eu-west-1b"));
+        assert!(node.metadata.labels.is_none() && node.metadata.annotations.is_none());
+        assert!(node.metadata.managed_fields.is_none() && node.metadata.creation_timestamp.is_none());
+        assert!(node.unschedulable());
+        // Only tainted, only cordoned, neither: the rule of `node_is_unschedulable`.
         let mut tainted = cloud_node();
         tainted["spec"]["unschedulable"] = json!(null);
-        assert!(node_is_unschedulable(&serde_json::from_value::<Slim<Node>>(tainted).unwrap()));
+        assert!(serde_json::from_value::<SlimNode>(tainted.clone()).unwrap().unschedulable());
+        let mut cordoned = cloud_node();
+        cordoned["spec"]["taints"] = json!([]);
+        assert!(serde_json::from_value::<SlimNode>(cordoned).unwrap().unschedulable());
+        tainted["spec"]["taints"][0]["effect"] = json!("PreferNoSchedule");
+        assert!(!serde_json::from_value::<SlimNode>(tainted).unwrap().unschedulable());
+        // Decoded slim = the full object made slim.
+        let full: Node = serde_json::from_value(cloud_node()).unwrap();
+        assert_eq!(SlimNode::from(&full), node);
     }
 
     #[test]
     fn a_node_without_labels_or_spec_decodes() {
-        let node: Slim<Node> = serde_json::from_value(json!({"metadata": {"name": "n", "labels": null}})).unwrap();
-        assert_eq!(node.metadata.labels, None);
-        assert!(!node_is_unschedulable(&node));
-        let node: Slim<Node> =
-            serde_json::from_value(json!({"metadata": {"name": "n", "labels": {"a": "b"}}})).unwrap();
-        assert_eq!(node.metadata.labels, Some(BTreeMap::new()));
+        let node: SlimNode = serde_json::from_value(json!({"metadata": {"name": "n", "labels": null}})).unwrap();
+        assert_eq!((node.name(), node.zone(), node.unschedulable()), ("n", None, false));
+        let node: SlimNode = serde_json::from_value(json!({"metadata": {"name": "n", "labels": {"a": "b"}}})).unwrap();
+        assert_eq!(node.zone(), None);
     }
 
     #[test]
     fn a_pod_keeps_what_eligibility_reads() {
-        let pod: Slim<Pod> = serde_json::from_value(json!({
+        let wire = json!({
             "metadata": {"name": "kubenurse-x", "namespace": "kube-system", "uid": "p-1", "resourceVersion": "7",
                          "labels": {"app": "kubenurse"}, "deletionTimestamp": "2026-01-01T00:00:00Z",
                          "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "kubenurse", "uid": "d"}]},
             "spec": {"nodeName": "n-1", "containers": [{"name": "kubenurse", "image": "kubenurse:1"}]},
             "status": {"phase": "Running", "podIP": "10.0.0.9", "hostIP": "192.0.2.1",
                        "containerStatuses": [{"name": "kubenurse", "ready": true}]}
-        }))
-        .unwrap();
-        let meta = &pod.metadata;
+        });
+        let pod: SlimPod = serde_json::from_value(wire.clone()).unwrap();
+        let meta = PodFacts::meta(&pod);
         assert_eq!((meta.name.as_deref(), meta.namespace.as_deref()), (Some("kubenurse-x"), Some("kube-system")));
         assert_eq!(meta.labels.as_ref().and_then(|l| l.get("app")).map(String::as_str), Some("kubenurse"));
         assert!(meta.deletion_timestamp.is_some() && meta.owner_references.is_none());
-        let spec = pod.spec.as_ref().unwrap();
-        assert_eq!((spec.node_name.as_deref(), spec.containers.len()), (Some("n-1"), 0));
-        let status = pod.status.as_ref().unwrap();
         assert_eq!(
-            (status.phase.as_deref(), status.pod_ip.as_deref(), status.host_ip.as_deref()),
-            (Some("Running"), Some("10.0.0.9"), Some("192.0.2.1"))
+            (pod.node_name(), pod.phase(), pod.pod_ip(), pod.host_ip()),
+            (Some("n-1"), Some("Running"), Some("10.0.0.9"), Some("192.0.2.1"))
         );
-        assert!(status.container_statuses.is_none());
+        let full: Pod = serde_json::from_value(wire).unwrap();
+        assert_eq!(SlimPod::from(&full), pod);
     }
 
     #[test]
     fn a_malformed_object_is_an_error_not_a_default() {
-        assert!(serde_json::from_value::<Slim<Node>>(json!({"metadata": {"name": 7}})).is_err());
-        assert!(serde_json::from_value::<Slim<Node>>(json!({"metadata": {"labels": []}})).is_err());
-        assert!(serde_json::from_value::<Slim<Pod>>(json!({"status": {"podIP": ["x"]}})).is_err());
+        assert!(serde_json::from_value::<SlimNode>(json!({"metadata": {"name": 7}})).is_err());
+        assert!(serde_json::from_value::<SlimNode>(json!({"metadata": {"labels": []}})).is_err());
+        assert!(serde_json::from_value::<SlimNode>(json!({"spec": {"taints": [{"key": "k"}]}})).is_err());
+        assert!(serde_json::from_value::<SlimPod>(json!({"status": {"podIP": ["x"]}})).is_err());
     }
 }

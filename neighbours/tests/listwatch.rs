@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 use kube::api::ListParams;
 use kube::runtime::watcher::Event;
 use kube::{Api, Client};
 use kubenurse_neighbours::listwatch::{list_streaming, list_watch, Selectors};
-use kubenurse_neighbours::neighbourhood::node_is_unschedulable;
-use kubenurse_neighbours::slim::{Slim, ZONE_LABEL};
+use kubenurse_neighbours::neighbourhood::PodFacts as _;
+use kubenurse_neighbours::slim::{SlimNode, SlimPod};
 use kubenurse_testkit::apiserver::{FakeApiServer, Faults};
 use kubenurse_testkit::scale::{node_name, pod_ip, populate};
 use kubenurse_testkit::sim::NAMESPACE;
@@ -31,23 +31,20 @@ async fn a_streamed_list_has_every_object_slim_and_the_version() -> anyhow::Resu
     populate(&api, NODES, pod_ip);
     let client = Client::try_from(api.kube_config())?;
     let full = Api::<Node>::all(client.clone()).list(&ListParams::default()).await?;
-    let (nodes, version) = list_streaming(&Api::<Slim<Node>>::all(client.clone()), &Selectors::default()).await?;
+    let (nodes, version) = list_streaming(&Api::<SlimNode>::all(client.clone()), &Selectors::default()).await?;
     assert_eq!(nodes.len(), NODES);
     assert_eq!(Some(version), full.metadata.resource_version);
     for (slim, full) in nodes.iter().zip(&full.items) {
-        assert_eq!(slim.metadata.name, full.metadata.name);
-        let zone = full.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL));
-        assert_eq!(slim.metadata.labels.as_ref().map(|l| l.len()), Some(1));
-        assert_eq!(slim.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL)), zone);
-        assert!(slim.status.is_none() && slim.metadata.managed_fields.is_none());
+        assert_eq!(slim, &SlimNode::from(full));
+        assert!(slim.zone().is_some(), "{slim:?}");
     }
     // Selectors reach the API server: one pod by label and field.
-    let pods: Api<Slim<Pod>> = Api::namespaced(client, NAMESPACE);
+    let pods: Api<SlimPod> = Api::namespaced(client, NAMESPACE);
     let one = Selectors { labels: None, fields: Some("metadata.name=kubenurse-00007".into()) };
     let (pods, _) = list_streaming(&pods, &one).await?;
-    let names: Vec<_> = pods.iter().filter_map(|p| p.metadata.name.as_deref()).collect();
+    let names: Vec<_> = pods.iter().map(SlimPod::name).collect();
     assert_eq!(names, ["kubenurse-00007"]);
-    assert_eq!(pods[0].status.as_ref().and_then(|s| s.pod_ip.clone()), Some(pod_ip(7)));
+    assert_eq!(pods[0].pod_ip(), Some(pod_ip(7).as_str()));
     Ok(())
 }
 
@@ -62,7 +59,7 @@ async fn the_watch_follows_changes_and_ends_on_failure() -> anyhow::Result<()> {
     let api = FakeApiServer::start(&workdir("listwatch-watch")).await?;
     populate(&api, 20, pod_ip);
     let client = Client::try_from(api.kube_config())?;
-    let mut events = Box::pin(list_watch(Api::<Slim<Node>>::all(client), Selectors::default()));
+    let mut events = Box::pin(list_watch(Api::<SlimNode>::all(client), Selectors::default()));
     assert!(matches!(next(&mut events).await?, Some(Ok(Event::Init))));
     let mut listed = 0;
     loop {
@@ -77,14 +74,14 @@ async fn the_watch_follows_changes_and_ends_on_failure() -> anyhow::Result<()> {
     anyhow::ensure!(api.cordon(&node_name(3), true));
     match next(&mut events).await? {
         Some(Ok(Event::Apply(n))) => {
-            assert_eq!(n.metadata.name.as_deref(), Some(node_name(3).as_str()));
-            assert!(node_is_unschedulable(&n));
+            assert_eq!(n.name(), node_name(3));
+            assert!(n.unschedulable());
         }
         other => anyhow::bail!("expected the cordon, got {other:?}"),
     }
     anyhow::ensure!(api.delete_node(&node_name(4)));
     match next(&mut events).await? {
-        Some(Ok(Event::Delete(n))) => assert_eq!(n.metadata.name.as_deref(), Some(node_name(4).as_str())),
+        Some(Ok(Event::Delete(n))) => assert_eq!(n.name(), node_name(4)),
         other => anyhow::bail!("expected the deletion, got {other:?}"),
     }
 
