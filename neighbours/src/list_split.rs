@@ -115,25 +115,24 @@ impl ListSplitter {
             };
         }
         if self.in_string {
-            if self.reading_key {
-                if self.escaped {
-                    self.escaped = false;
-                } else if b == b'\\' {
-                    self.escaped = true;
-                } else if b == b'"' {
-                    self.in_string = false;
-                    self.reading_key = false;
-                    return Ok(());
-                }
-                self.key.push(b);
-                return Ok(());
-            }
-            if self.escaped {
+            let closing = if self.escaped {
                 self.escaped = false;
-            } else if b == b'\\' {
-                self.escaped = true;
-            } else if b == b'"' {
+                false
+            } else {
+                self.escaped = b == b'\\';
+                b == b'"'
+            };
+            if closing {
                 self.in_string = false;
+            }
+            if self.reading_key {
+                // A key's closing quote is not part of it.
+                if closing {
+                    self.reading_key = false;
+                } else {
+                    self.key.push(b);
+                }
+                return Ok(());
             }
             return self.keep(b);
         }
