@@ -8,11 +8,15 @@
 /// broken or hostile response, not a Node or a Pod.
 pub const MAX_ITEM_BYTES: usize = 8 * 1024 * 1024;
 
+/// Bytes of a top-level key kept: enough to tell `items` and `metadata` from any other key,
+/// so a hostile key of any length costs nothing.
+const KEY_BYTES_KEPT: usize = 16;
+
 /// Why a body is not a List this splitter can read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ListSplitError {
-    /// An item over [`MAX_ITEM_BYTES`].
-    #[error("a list item is over {MAX_ITEM_BYTES} bytes")]
+    /// An item (or a watch event) over [`MAX_ITEM_BYTES`].
+    #[error("an object in the response is over {MAX_ITEM_BYTES} bytes")]
     ItemTooLarge,
     /// The body ended inside the top-level object, or had no object at all.
     #[error("the list response ended early (truncated or not a JSON object)")]
@@ -129,7 +133,7 @@ impl ListSplitter {
                 // A key's closing quote is not part of it.
                 if closing {
                     self.reading_key = false;
-                } else {
+                } else if self.key.len() < KEY_BYTES_KEPT {
                     self.key.push(b);
                 }
                 return Ok(());
@@ -280,6 +284,15 @@ mod tests {
         assert!(matches!(split(br#"{"items":[1]}"#, 3), Err(ListSplitError::NotAList(_))));
         assert!(matches!(split(br#"{"items":[]} {}"#, 3), Err(ListSplitError::NotAList(_))));
         assert!(matches!(split(br#"{"items":[]}}"#, 3), Err(ListSplitError::NotAList(_))));
+    }
+
+    #[test]
+    fn long_keys_are_not_kept_and_not_mistaken() {
+        let long = "metadata".repeat(1000);
+        let body = format!(r#"{{"{long}":{{"resourceVersion":"1"}},"items{long}":[{{"a":1}}],"items":[{{"b":2}}]}}"#);
+        let (got, meta) = split(body.as_bytes(), 7).unwrap();
+        assert_eq!(got, [json!({"b": 2})]);
+        assert!(meta.is_none());
     }
 
     #[test]
