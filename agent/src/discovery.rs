@@ -159,10 +159,7 @@ impl Discovery {
         let s = &self.0.settings;
         // LISTs are answered from the API server's watch cache (cheap at scale), decoded as
         // they arrive.
-        let pod_selectors = Selectors {
-            labels: (!s.neighbour_filter.is_empty()).then(|| s.neighbour_filter.to_string()),
-            fields: None,
-        };
+        let pod_selectors = Selectors::pods(&s.neighbour_filter);
         let pod_api: Api<SlimPod> = match &s.namespace {
             Some(ns) => Api::namespaced(self.0.client.clone(), ns),
             None => Api::all(self.0.client.clone()),
@@ -200,7 +197,7 @@ impl Discovery {
             return;
         }
         let api: Api<SlimNode> = Api::all(self.0.client.clone());
-        let selectors = Selectors { labels: None, fields: Some(format!("metadata.name={node}")) };
+        let selectors = Selectors::named(node);
         let (store, writer) = reflector::store();
         let task = tokio::spawn(drive(
             move || list_watch(api.clone(), selectors.clone()),

@@ -187,10 +187,7 @@ impl Drop for Running {
 /// Starts the watches and the task that rebuilds the book after changes.
 pub fn spawn(client: Client, config: DiscoveryConfig) -> Running {
     let changed = Arc::new(Notify::new());
-    let pod_selectors = Selectors {
-        labels: (!config.neighbour_filter.is_empty()).then(|| config.neighbour_filter.to_string()),
-        fields: None,
-    };
+    let pod_selectors = Selectors::pods(&config.neighbour_filter);
     let pod_api: Api<SlimPod> = match &config.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),

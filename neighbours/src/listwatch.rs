@@ -19,10 +19,11 @@ use kube::api::{ListParams, WatchParams};
 use kube::core::Status;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Resource};
-use serde::de::{DeserializeOwned, Deserializer, Error as _, IgnoredAny, MapAccess, Visitor};
+use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
 use crate::list_split::{ListSplitError, ListSplitter, MAX_ITEM_BYTES};
+use crate::selector::LabelSelector;
 
 /// Seconds the API server keeps a watch open before ending it (kube-rs's default, under the
 /// API server's own limit); the stream re-opens it from the last version seen.
@@ -38,6 +39,16 @@ pub struct Selectors {
 }
 
 impl Selectors {
+    /// The agents' Pods: those `filter` selects (all when it is empty).
+    pub fn pods(filter: &LabelSelector) -> Self {
+        Self { labels: (!filter.is_empty()).then(|| filter.to_string()), fields: None }
+    }
+
+    /// One object by name (`metadata.name=…`).
+    pub fn named(name: &str) -> Self {
+        Self { labels: None, fields: Some(format!("metadata.name={name}")) }
+    }
+
     fn list_params(&self) -> ListParams {
         let mut lp = ListParams::default().match_any();
         if let Some(l) = &self.labels {
@@ -114,24 +125,18 @@ enum WireKey {
     Other,
 }
 
-impl<K: DeserializeOwned> WireEvent<K> {
-    fn decode<'de, A: MapAccess<'de>>(kind: WireType, map: &mut A) -> Result<Self, A::Error> {
-        Ok(match kind {
-            WireType::Added | WireType::Modified => Self::Apply(map.next_value()?),
-            WireType::Deleted => Self::Delete(map.next_value()?),
-            WireType::Bookmark => Self::Bookmark(map.next_value::<BookmarkWire>()?.metadata.resource_version),
-            WireType::Error => Self::Error(Box::new(map.next_value()?)),
-        })
-    }
+/// Decodes an event's object as its type says, from the event's map or from a buffered tree.
+struct ObjectOf<K>(WireType, PhantomData<K>);
 
-    fn from_value(kind: WireType, object: serde_json::Value) -> serde_json::Result<Self> {
-        Ok(match kind {
-            WireType::Added | WireType::Modified => Self::Apply(serde_json::from_value(object)?),
-            WireType::Deleted => Self::Delete(serde_json::from_value(object)?),
-            WireType::Bookmark => {
-                Self::Bookmark(serde_json::from_value::<BookmarkWire>(object)?.metadata.resource_version)
-            }
-            WireType::Error => Self::Error(Box::new(serde_json::from_value(object)?)),
+impl<'de, K: DeserializeOwned> DeserializeSeed<'de> for ObjectOf<K> {
+    type Value = WireEvent<K>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<WireEvent<K>, D::Error> {
+        Ok(match self.0 {
+            WireType::Added | WireType::Modified => WireEvent::Apply(K::deserialize(d)?),
+            WireType::Deleted => WireEvent::Delete(K::deserialize(d)?),
+            WireType::Bookmark => WireEvent::Bookmark(BookmarkWire::deserialize(d)?.metadata.resource_version),
+            WireType::Error => WireEvent::Error(Box::new(Status::deserialize(d)?)),
         })
     }
 }
@@ -149,7 +154,7 @@ impl<'de, K: DeserializeOwned> Deserialize<'de> for WireEvent<K> {
                 while let Some(key) = map.next_key::<WireKey>()? {
                     match (key, kind) {
                         (WireKey::Type, _) => kind = Some(map.next_value::<WireType>()?),
-                        (WireKey::Object, Some(k)) => event = Some(WireEvent::decode(k, &mut map)?),
+                        (WireKey::Object, Some(k)) => event = Some(map.next_value_seed(ObjectOf(k, PhantomData))?),
                         // The object before its type (never seen from an API server): kept as
                         // a tree until the type arrives.
                         (WireKey::Object, None) => early = Some(map.next_value::<serde_json::Value>()?),
@@ -161,7 +166,7 @@ impl<'de, K: DeserializeOwned> Deserialize<'de> for WireEvent<K> {
                 let kind = kind.ok_or_else(|| A::Error::missing_field("type"))?;
                 match (event, early) {
                     (Some(event), _) => Ok(event),
-                    (None, Some(object)) => WireEvent::from_value(kind, object).map_err(A::Error::custom),
+                    (None, Some(object)) => ObjectOf(kind, PhantomData).deserialize(object).map_err(A::Error::custom),
                     (None, None) => Err(A::Error::missing_field("object")),
                 }
             }
@@ -291,15 +296,11 @@ where
                                 Phase::Watching(version, body, line)
                             }
                             Ok(WireEvent::Apply(o)) => {
-                                if let Some(v) = o.meta().resource_version.clone() {
-                                    version = v;
-                                }
+                                version = o.meta().resource_version.clone().unwrap_or(version);
                                 return Some((Ok(Event::Apply(o)), Phase::Watching(version, body, line)));
                             }
                             Ok(WireEvent::Delete(o)) => {
-                                if let Some(v) = o.meta().resource_version.clone() {
-                                    version = v;
-                                }
+                                version = o.meta().resource_version.clone().unwrap_or(version);
                                 return Some((Ok(Event::Delete(o)), Phase::Watching(version, body, line)));
                             }
                             // 410 Gone among them: the next stream lists afresh.

@@ -40,7 +40,7 @@ async fn a_streamed_list_has_every_object_slim_and_the_version() -> anyhow::Resu
     }
     // Selectors reach the API server: one pod by label and field.
     let pods: Api<SlimPod> = Api::namespaced(client, NAMESPACE);
-    let one = Selectors { labels: None, fields: Some("metadata.name=kubenurse-00007".into()) };
+    let one = Selectors::named("kubenurse-00007");
     let (pods, _) = list_streaming(&pods, &one).await?;
     let names: Vec<_> = pods.iter().map(SlimPod::name).collect();
     assert_eq!(names, ["kubenurse-00007"]);
