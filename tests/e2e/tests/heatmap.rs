@@ -44,6 +44,13 @@ fn chromium(url: &str, extra: &[&str], profile: &Path) -> anyhow::Result<(String
     Ok((String::from_utf8_lossy(&out.stdout).into_owned(), console))
 }
 
+/// The aggregator's top suspect node (and the whole answer, for a failure message).
+async fn top_suspect(agg: &str) -> Option<(String, String)> {
+    let (_, body) = http_get(&format!("{agg}/api/v1/suspects")).await.ok()?;
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    Some((v["suspects"][0]["node"].as_str()?.to_string(), body))
+}
+
 fn attr(dom: &str, name: &str) -> Option<String> {
     let start = dom.find(&format!("{name}=\""))? + name.len() + 2;
     Some(dom[start..].split('"').next()?.to_string())
@@ -88,29 +95,36 @@ async fn heatmap_draws_the_lab_and_its_top_suspect() -> anyhow::Result<()> {
     let victim = lab.cluster.nodes[4].node.clone();
     lab.cluster.fault(&victim, Rule { fault: Fault::Refuse, only_from: None })?;
     let agg = lab.aggregator.url();
-    eventually("the refusing node is the aggregator's top suspect", Duration::from_secs(20), || {
-        let (agg, victim) = (agg.clone(), victim.clone());
-        async move {
-            let (_, body) = http_get(&format!("{agg}/api/v1/suspects")).await.ok()?;
-            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-            (v["suspects"][0]["node"] == victim.as_str()).then_some(())
-        }
-    })
-    .await?;
-
+    // The suspects ranking is live: a neighbour's own startup errors can briefly outrank the
+    // victim between the API read and the page's fetch. The page is loaded again (at most three
+    // times) when it shows another node first; a page that draws the wrong suspect fails all three.
     let url = format!("{agg}/");
-    let (dom, console) = tokio::task::spawn_blocking({
-        let (url, profile) = (url.clone(), dir.join("profile-dom"));
-        move || chromium(&url, &["--dump-dom"], &profile)
-    })
-    .await??;
-    assert!(console.is_empty(), "the page wrote to the console: {console:#?}");
-    let cells: usize = attr(&dom, "data-cells").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let nodes: usize = attr(&dom, "data-nodes").and_then(|v| v.parse().ok()).unwrap_or(0);
-    assert_eq!(nodes, 9, "nodes drawn");
-    assert!(cells >= 9 * 4 - 4, "cells drawn: {cells}");
-    let first_suspect = dom.find("class=\"suspect").map(|i| &dom[i..]).unwrap_or_default();
-    assert_eq!(attr(first_suspect, "data-node").as_deref(), Some(victim.as_str()), "top suspect shown");
+    let mut shown = None;
+    for attempt in 1..=3 {
+        eventually("the refusing node is the aggregator's top suspect", Duration::from_secs(20), || {
+            let (agg, victim) = (agg.clone(), victim.clone());
+            async move { (top_suspect(&agg).await?.0 == victim).then_some(()) }
+        })
+        .await?;
+        let (dom, console) = tokio::task::spawn_blocking({
+            let (url, profile) = (url.clone(), dir.join(format!("profile-dom-{attempt}")));
+            move || chromium(&url, &["--dump-dom"], &profile)
+        })
+        .await??;
+        assert!(console.is_empty(), "the page wrote to the console: {console:#?}");
+        let cells: usize = attr(&dom, "data-cells").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let nodes: usize = attr(&dom, "data-nodes").and_then(|v| v.parse().ok()).unwrap_or(0);
+        assert_eq!(nodes, 9, "nodes drawn");
+        assert!(cells >= 9 * 4 - 4, "cells drawn: {cells}");
+        let first_suspect = dom.find("class=\"suspect").map(|i| &dom[i..]).unwrap_or_default();
+        shown = attr(first_suspect, "data-node");
+        if shown.as_deref() == Some(victim.as_str()) {
+            break;
+        }
+        let now = top_suspect(&agg).await.map(|(_, body)| body);
+        eprintln!("attempt {attempt}: the page showed {shown:?} first; the API's suspects now: {now:?}");
+    }
+    assert_eq!(shown.as_deref(), Some(victim.as_str()), "top suspect shown");
 
     let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/heatmap.png");
     let (_, console) = tokio::task::spawn_blocking({
