@@ -18,11 +18,11 @@ use kubenurse_neighbours::watch::{drive, health_of, Health, FIRST_RETRY_DELAY};
 use kubenurse_proto::v1::Targets;
 use tracing::{info, warn};
 
-use crate::neighbourhood::{eligible_neighbours, PodFacts as _};
+use crate::neighbourhood::{nearest_neighbours, PodFacts as _};
 use crate::pushed::{DiscoveryMode, PushedList, Source};
-use crate::ring::{select_neighbours, Neighbour};
+use crate::ring::Neighbour;
 use crate::selector::LabelSelector;
-use kubenurse_neighbours::listwatch::{list_watch, Selectors};
+use kubenurse_neighbours::listwatch::{list_watch, pod_events, Selectors};
 use kubenurse_neighbours::slim::{SlimNode, SlimPod};
 
 /// What a round checks: the selected neighbours and whether discovery is healthy.
@@ -159,7 +159,7 @@ impl Discovery {
         let s = &self.0.settings;
         // LISTs are answered from the API server's watch cache (cheap at scale), decoded as
         // they arrive.
-        let pod_selectors = Selectors::pods(&s.neighbour_filter);
+        let filter = s.neighbour_filter.clone();
         let pod_api: Api<SlimPod> = match &s.namespace {
             Some(ns) => Api::namespaced(self.0.client.clone(), ns),
             None => Api::all(self.0.client.clone()),
@@ -167,7 +167,7 @@ impl Discovery {
         let (pods, pod_writer) = reflector::store();
         let (pods_health, nodes_health) = (Health::default(), Health::default());
         let mut tasks = vec![tokio::spawn(drive(
-            move || list_watch(pod_api.clone(), pod_selectors.clone()),
+            move || pod_events(pod_api.clone(), &filter),
             pod_writer,
             pods_health.clone(),
             "pods",
@@ -329,19 +329,27 @@ impl Discovery {
         if !pods.synced {
             return waiting("the pod list", pods.last_error);
         }
-        let node_map: Option<HashMap<String, bool>> = match &local.nodes {
+        let node_objects = match &local.nodes {
             None => None,
             Some(_) if !nodes.synced => return waiting("the node list", nodes.last_error),
-            Some(store) => Some(store.state().iter().map(|n| (n.name().to_string(), !n.unschedulable())).collect()),
+            Some(store) => Some(store.state()),
         };
+        // Borrowed from the cache: a round allocates no name.
+        let node_map: Option<HashMap<&str, bool>> =
+            node_objects.as_ref().map(|all| all.iter().map(|n| (n.name(), !n.unschedulable())).collect());
         let Some(own_node) = own_node else {
             return waiting("the own node name", own_error);
         };
         let s = &self.0.settings;
         let cached = local.pods.state();
-        let candidates =
-            eligible_neighbours(cached.iter().map(|p| &**p), node_map.as_ref(), &s.pod_name, &s.neighbour_filter);
-        let neighbours = select_neighbours(&own_node, candidates, s.neighbour_limit);
+        let neighbours = nearest_neighbours(
+            &own_node,
+            cached.iter().map(|p| &**p),
+            node_map.as_ref(),
+            &s.pod_name,
+            &s.neighbour_filter,
+            s.neighbour_limit,
+        );
         let state = match (pods.last_error, nodes.last_error) {
             (None, None) => "ok".to_string(),
             (Some(e), _) | (None, Some(e)) => format!("watch failing, checking cached neighbours: {e}"),

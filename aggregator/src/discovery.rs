@@ -11,7 +11,7 @@ use std::time::Duration;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::Event;
 use kube::{Api, Client};
-use kubenurse_neighbours::listwatch::{list_watch, Selectors};
+use kubenurse_neighbours::listwatch::{list_watch, pod_events, Selectors};
 use kubenurse_neighbours::neighbourhood::{eligible_by_node, PodFacts as _};
 use kubenurse_neighbours::ring::{Neighbour, Ring};
 use kubenurse_neighbours::selector::LabelSelector;
@@ -187,7 +187,7 @@ impl Drop for Running {
 /// Starts the watches and the task that rebuilds the book after changes.
 pub fn spawn(client: Client, config: DiscoveryConfig) -> Running {
     let changed = Arc::new(Notify::new());
-    let pod_selectors = Selectors::pods(&config.neighbour_filter);
+    let filter = config.neighbour_filter.clone();
     let pod_api: Api<SlimPod> = match &config.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -198,7 +198,7 @@ pub fn spawn(client: Client, config: DiscoveryConfig) -> Running {
     let (pods_health, nodes_health) = (Health::default(), Health::default());
     let notify = changed.clone();
     let pods_task = tokio::spawn(drive(
-        move || list_watch(pod_api.clone(), pod_selectors.clone()),
+        move || pod_events(pod_api.clone(), &filter),
         pod_writer,
         pods_health.clone(),
         "pods",

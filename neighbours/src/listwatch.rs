@@ -13,7 +13,7 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 
 use futures::io::{AsyncBufRead, AsyncBufReadExt};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta;
 use kube::api::{ListParams, WatchParams};
 use kube::core::Status;
@@ -24,6 +24,7 @@ use serde::Deserialize;
 
 use crate::list_split::{ListSplitError, ListSplitter, MAX_ITEM_BYTES};
 use crate::selector::LabelSelector;
+use crate::slim::SlimPod;
 
 /// Seconds the API server keeps a watch open before ending it (kube-rs's default, under the
 /// API server's own limit); the stream re-opens it from the last version seen.
@@ -77,7 +78,7 @@ type Body = Pin<Box<dyn AsyncBufRead + Send>>;
 
 enum Phase<K> {
     List,
-    Listed(VecDeque<Event<K>>, String),
+    Listing(Listing<K>),
     OpenWatch(String),
     Watching(String, Body, Vec<u8>),
     Ended,
@@ -208,45 +209,79 @@ async fn open_watch<K: Resource + Clone>(api: &Api<K>, selectors: &Selectors, ve
     Ok(Box::pin(body))
 }
 
+/// A LIST response being read: objects come out one by one as their bytes arrive, so a
+/// relist never holds the whole list decoded beside the store it replaces.
+struct Listing<K> {
+    body: Body,
+    splitter: ListSplitter,
+    /// Decoded from the last chunk, not yet handed out (a chunk holds a few objects).
+    pending: VecDeque<K>,
+}
+
+impl<K: Resource + DeserializeOwned> Listing<K> {
+    /// Sends the LIST of `api`.
+    async fn start(api: &Api<K>, selectors: &Selectors) -> kube::Result<Self>
+    where
+        K: Clone,
+    {
+        let request = kube::core::Request::new(api.resource_url())
+            .list(&selectors.list_params())
+            .map_err(kube::Error::BuildRequest)?;
+        let body = api.clone().into_client().request_stream(request).await?;
+        Ok(Self { body: Box::pin(body), splitter: ListSplitter::default(), pending: VecDeque::new() })
+    }
+
+    /// The next object (its version taken out: [`list_watch`] resumes from the list's), or
+    /// `None` at the end of the body.
+    async fn next(&mut self) -> kube::Result<Option<K>> {
+        loop {
+            if let Some(mut object) = self.pending.pop_front() {
+                object.meta_mut().resource_version = None;
+                return Ok(Some(object));
+            }
+            let chunk = self.body.fill_buf().await.map_err(kube::Error::ReadEvents)?;
+            if chunk.is_empty() {
+                return Ok(None);
+            }
+            let n = chunk.len();
+            let (pending, mut bad_item) = (&mut self.pending, None);
+            self.splitter
+                .feed(chunk, |item| match serde_json::from_slice::<K>(item) {
+                    Ok(object) => pending.push_back(object),
+                    Err(e) => {
+                        bad_item.get_or_insert(e);
+                    }
+                })
+                .map_err(|e| kube::Error::Service(Box::new(e)))?;
+            self.body.consume_unpin(n);
+            if let Some(e) = bad_item {
+                return Err(kube::Error::SerdeError(e));
+            }
+        }
+    }
+
+    /// The list's version, once [`Listing::next`] has returned `None`.
+    fn version(self) -> kube::Result<String> {
+        let metadata = self.splitter.finish().map_err(|e| kube::Error::Service(Box::new(e)))?;
+        let meta: ListMeta = match metadata {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(kube::Error::SerdeError)?,
+            None => ListMeta::default(),
+        };
+        Ok(meta.resource_version.filter(|v| !v.is_empty()).unwrap_or_default())
+    }
+}
+
 /// LISTs `api`'s objects, decoding each as it arrives; returns them and the list's version.
 pub async fn list_streaming<K>(api: &Api<K>, selectors: &Selectors) -> kube::Result<(Vec<K>, String)>
 where
     K: Resource + Clone + DeserializeOwned,
 {
-    let client = api.clone().into_client();
-    let request = kube::core::Request::new(api.resource_url())
-        .list(&selectors.list_params())
-        .map_err(kube::Error::BuildRequest)?;
-    let mut body = client.request_stream(request).await?;
-    let mut splitter = ListSplitter::default();
+    let mut listing = Listing::start(api, selectors).await?;
     let mut objects = Vec::new();
-    let mut bad_item = None;
-    loop {
-        let chunk = body.fill_buf().await.map_err(kube::Error::ReadEvents)?;
-        if chunk.is_empty() {
-            break;
-        }
-        let n = chunk.len();
-        splitter
-            .feed(chunk, |item| match serde_json::from_slice::<K>(item) {
-                Ok(object) => objects.push(object),
-                Err(e) => {
-                    bad_item.get_or_insert(e);
-                }
-            })
-            .map_err(|e| kube::Error::Service(Box::new(e)))?;
-        body.consume_unpin(n);
-        if let Some(e) = bad_item.take() {
-            return Err(kube::Error::SerdeError(e));
-        }
+    while let Some(object) = listing.next().await? {
+        objects.push(object);
     }
-    let metadata = splitter.finish().map_err(|e| kube::Error::Service(Box::new(e)))?;
-    let meta: ListMeta = match metadata {
-        Some(bytes) => serde_json::from_slice(&bytes).map_err(kube::Error::SerdeError)?,
-        None => ListMeta::default(),
-    };
-    let version = meta.resource_version.filter(|v| !v.is_empty()).unwrap_or_default();
-    Ok((objects, version))
+    Ok((objects, listing.version()?))
 }
 
 /// The objects of `api` as watcher events (`Init`, `InitApply` each, `InitDone`, then `Apply`
@@ -261,21 +296,21 @@ where
             loop {
                 phase = match phase {
                     Phase::Ended => return None,
-                    Phase::List => match list_streaming(&api, &selectors).await {
-                        Ok((_, version)) if version.is_empty() => {
-                            return Some((Err(watcher::Error::NoResourceVersion), Phase::Ended));
-                        }
-                        Ok((objects, version)) => {
-                            let mut events: VecDeque<Event<K>> = objects.into_iter().map(Event::InitApply).collect();
-                            events.push_front(Event::Init);
-                            events.push_back(Event::InitDone);
-                            Phase::Listed(events, version)
-                        }
+                    Phase::List => match Listing::start(&api, &selectors).await {
+                        Ok(listing) => return Some((Ok(Event::Init), Phase::Listing(listing))),
                         Err(e) => return Some((Err(watcher::Error::InitialListFailed(e)), Phase::Ended)),
                     },
-                    Phase::Listed(mut events, version) => match events.pop_front() {
-                        Some(event) => return Some((Ok(event), Phase::Listed(events, version))),
-                        None => Phase::OpenWatch(version),
+                    // Each object goes to the store as it is decoded.
+                    Phase::Listing(mut listing) => match listing.next().await {
+                        Ok(Some(object)) => return Some((Ok(Event::InitApply(object)), Phase::Listing(listing))),
+                        Ok(None) => match listing.version() {
+                            Ok(version) if version.is_empty() => {
+                                return Some((Err(watcher::Error::NoResourceVersion), Phase::Ended));
+                            }
+                            Ok(version) => return Some((Ok(Event::InitDone), Phase::OpenWatch(version))),
+                            Err(e) => return Some((Err(watcher::Error::InitialListFailed(e)), Phase::Ended)),
+                        },
+                        Err(e) => return Some((Err(watcher::Error::InitialListFailed(e)), Phase::Ended)),
                     },
                     Phase::OpenWatch(version) => match open_watch(&api, &selectors, &version).await {
                         Ok(body) => Phase::Watching(version, body, Vec::new()),
@@ -295,12 +330,12 @@ where
                                 version = v;
                                 Phase::Watching(version, body, line)
                             }
-                            Ok(WireEvent::Apply(o)) => {
-                                version = o.meta().resource_version.clone().unwrap_or(version);
+                            Ok(WireEvent::Apply(mut o)) => {
+                                version = o.meta_mut().resource_version.take().unwrap_or(version);
                                 return Some((Ok(Event::Apply(o)), Phase::Watching(version, body, line)));
                             }
-                            Ok(WireEvent::Delete(o)) => {
-                                version = o.meta().resource_version.clone().unwrap_or(version);
+                            Ok(WireEvent::Delete(mut o)) => {
+                                version = o.meta_mut().resource_version.take().unwrap_or(version);
                                 return Some((Ok(Event::Delete(o)), Phase::Watching(version, body, line)));
                             }
                             // 410 Gone among them: the next stream lists afresh.
@@ -313,6 +348,16 @@ where
             }
         }
     })
+}
+
+/// The agents' Pods that `filter` selects, as [`list_watch`] events, each keeping only the
+/// labels `filter` names ([`SlimPod::keep_labels_of`]): what both tiers' Pod caches hold.
+pub fn pod_events(
+    api: Api<SlimPod>,
+    filter: &LabelSelector,
+) -> impl Stream<Item = Result<Event<SlimPod>, watcher::Error>> + Send {
+    let filter = filter.clone();
+    list_watch(api, Selectors::pods(&filter)).map(move |event| event.map(|e| e.modify(|p| p.keep_labels_of(&filter))))
 }
 
 #[cfg(test)]

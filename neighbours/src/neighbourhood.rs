@@ -1,7 +1,9 @@
 //! Which pods are neighbours: pure rules over cached Pod and Node objects (no I/O), so the
 //! discovery task only feeds data in and these rules are tested on plain values.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -58,45 +60,54 @@ impl PodFacts for Pod {
     }
 }
 
-/// Every eligible pod, grouped by node and sorted by pod name: Running, not terminating,
-/// matching `filter`, with a pod IP and a node; with `nodes`, only on nodes that exist and are
-/// schedulable. The aggregator keeps this once for all agents ([`crate::ring::Ring`]).
-pub fn eligible_by_node<'a, P: PodFacts + 'a>(
+/// A pod that may be checked, as borrowed from the cache: (pod name, node name, pod IP).
+type Eligible<'a> = (&'a str, &'a str, &'a str);
+
+/// The one home of the eligibility rule: Running, not terminating, matching `filter`, with a
+/// name, a pod IP and a node; with `nodes`, only on nodes that exist and are schedulable.
+fn eligible<'a, P: PodFacts, K: Borrow<str> + Hash + Eq>(
+    pod: &'a P,
+    nodes: Option<&HashMap<K, bool>>,
+    filter: &LabelSelector,
+) -> Option<Eligible<'a>> {
+    let meta = pod.meta();
+    let name = meta.name.as_deref().filter(|n| !n.is_empty())?;
+    if meta.deletion_timestamp.is_some() || pod.phase() != Some("Running") {
+        return None;
+    }
+    let matched = match &meta.labels {
+        Some(labels) => filter.matches(labels),
+        None => filter.matches(&BTreeMap::new()),
+    };
+    let pod_ip = pod.pod_ip().filter(|ip| !ip.is_empty())?;
+    let node_name = pod.node_name().filter(|n| !n.is_empty())?;
+    // Missing node or unschedulable node: skip.
+    let on_a_good_node = nodes.is_none_or(|nodes| nodes.get(node_name) == Some(&true));
+    (matched && on_a_good_node).then_some((name, node_name, pod_ip))
+}
+
+fn neighbour(pod: &impl PodFacts, (name, node_name, pod_ip): Eligible<'_>, node_hash: u64) -> Neighbour {
+    Neighbour {
+        pod_name: name.to_string(),
+        pod_ip: pod_ip.to_string(),
+        host_ip: pod.host_ip().unwrap_or_default().to_string(),
+        node_name: node_name.to_string(),
+        node_hash,
+    }
+}
+
+/// Every eligible pod ([`eligible`]'s rule), grouped by node and sorted by pod name. The
+/// aggregator keeps this once for all agents ([`crate::ring::Ring`]).
+pub fn eligible_by_node<'a, P: PodFacts + 'a, K: Borrow<str> + Hash + Eq>(
     pods: impl IntoIterator<Item = &'a P>,
-    nodes: Option<&HashMap<String, bool>>,
+    nodes: Option<&HashMap<K, bool>>,
     filter: &LabelSelector,
 ) -> BTreeMap<String, Vec<Neighbour>> {
-    let empty = BTreeMap::new();
     let mut by_node: BTreeMap<String, Vec<Neighbour>> = BTreeMap::new();
     for pod in pods {
-        let meta = pod.meta();
-        let name = meta.name.as_deref().unwrap_or_default();
-        if name.is_empty() || meta.deletion_timestamp.is_some() {
-            continue;
+        if let Some(e @ (_, node_name, _)) = eligible(pod, nodes, filter) {
+            by_node.entry(node_name.to_string()).or_default().push(neighbour(pod, e, node_hash(node_name)));
         }
-        if !filter.matches(meta.labels.as_ref().unwrap_or(&empty)) {
-            continue;
-        }
-        if pod.phase() != Some("Running") {
-            continue;
-        }
-        let Some(pod_ip) = pod.pod_ip().filter(|ip| !ip.is_empty()) else { continue };
-        let Some(node_name) = pod.node_name().filter(|n| !n.is_empty()) else {
-            continue;
-        };
-        if let Some(nodes) = nodes {
-            // Missing node or unschedulable node: skip.
-            if nodes.get(node_name) != Some(&true) {
-                continue;
-            }
-        }
-        by_node.entry(node_name.to_string()).or_default().push(Neighbour {
-            pod_name: name.to_string(),
-            pod_ip: pod_ip.to_string(),
-            host_ip: pod.host_ip().unwrap_or_default().to_string(),
-            node_name: node_name.to_string(),
-            node_hash: node_hash(node_name),
-        });
     }
     for pods in by_node.values_mut() {
         pods.sort_by(|a, b| a.pod_name.cmp(&b.pod_name));
@@ -107,9 +118,9 @@ pub fn eligible_by_node<'a, P: PodFacts + 'a>(
 /// Neighbour candidates of `own_pod` (before the ring filter): the eligible pods
 /// ([`eligible_by_node`]) but `own_pod`, one per node (the first by name), since checks are
 /// named by node.
-pub fn eligible_neighbours<'a, P: PodFacts + 'a>(
+pub fn eligible_neighbours<'a, P: PodFacts + 'a, K: Borrow<str> + Hash + Eq>(
     pods: impl IntoIterator<Item = &'a P>,
-    nodes: Option<&HashMap<String, bool>>,
+    nodes: Option<&HashMap<K, bool>>,
     own_pod: &str,
     filter: &LabelSelector,
 ) -> Vec<Neighbour> {
@@ -117,6 +128,37 @@ pub fn eligible_neighbours<'a, P: PodFacts + 'a>(
         .into_values()
         .filter_map(|pods| pods.into_iter().find(|p| p.pod_name != own_pod))
         .collect()
+}
+
+/// What an agent on `own_node` checks: exactly
+/// `select_neighbours(own_node, eligible_neighbours(..), limit)` (a property test holds them
+/// together), but building a [`Neighbour`] only for the `limit` it keeps. Local discovery runs
+/// this every round over the whole cluster's pods; building 5,000 neighbours to keep ten was
+/// most of an agent's allocations at 5,000 nodes.
+pub fn nearest_neighbours<'a, P: PodFacts + 'a, K: Borrow<str> + Hash + Eq>(
+    own_node: &str,
+    pods: impl IntoIterator<Item = &'a P>,
+    nodes: Option<&HashMap<K, bool>>,
+    own_pod: &str,
+    filter: &LabelSelector,
+    limit: usize,
+) -> Vec<Neighbour> {
+    let own = node_hash(own_node);
+    let mut candidates: Vec<(u64, Eligible<'a>, &'a P)> = pods
+        .into_iter()
+        .filter_map(|pod| Some((pod, eligible(pod, nodes, filter)?)))
+        .filter(|(_, (name, _, _))| *name != own_pod)
+        .map(|(pod, e)| (node_hash(e.1), e, pod))
+        .collect();
+    // Ring order (distance, node name), then each node's pods by name: its first is its pick.
+    candidates.sort_unstable_by(|(ha, a, _), (hb, b, _)| {
+        (ha.wrapping_sub(own), a.1, a.0).cmp(&(hb.wrapping_sub(own), b.1, b.0))
+    });
+    candidates.dedup_by(|(_, later, _), (_, first, _)| later.1 == first.1);
+    if limit > 0 {
+        candidates.truncate(limit);
+    }
+    candidates.into_iter().map(|(hash, e, pod)| neighbour(pod, e, hash)).collect()
 }
 
 #[cfg(test)]
@@ -173,7 +215,7 @@ mod tests {
         let names: Vec<_> = got.iter().map(|n| n.pod_name.as_str()).collect();
         assert_eq!(names, ["p-ok"]);
         // Allowing unschedulable: no node information at all.
-        let got = eligible_neighbours(&pods, None, "me", &filter);
+        let got = eligible_neighbours(&pods, None::<&HashMap<String, bool>>, "me", &filter);
         let names: Vec<_> = got.iter().map(|n| n.pod_name.as_str()).collect();
         assert_eq!(names, ["p-cordoned", "p-gone", "p-ok"]);
     }

@@ -61,6 +61,18 @@ impl LabelSelector {
         })
     }
 
+    /// Whether a requirement of this selector reads label `key` (the labels a cache must keep).
+    pub fn names(&self, key: &str) -> bool {
+        self.requirements.iter().any(|r| match r {
+            Requirement::Equals(k, _)
+            | Requirement::NotEquals(k, _)
+            | Requirement::In(k, _)
+            | Requirement::NotIn(k, _)
+            | Requirement::Exists(k)
+            | Requirement::DoesNotExist(k) => k == key,
+        })
+    }
+
     /// Whether this selector matches everything.
     pub fn is_empty(&self) -> bool {
         self.requirements.is_empty()

@@ -16,6 +16,7 @@ use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
 use crate::neighbourhood::{node_is_unschedulable, unschedulable_by, PodFacts};
+use crate::selector::LabelSelector;
 
 /// The Node label that names a node's zone (well-known, set by cloud providers).
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
@@ -52,7 +53,6 @@ impl From<&Node> for SlimNode {
         Self {
             metadata: ObjectMeta {
                 name: m.name.clone(),
-                uid: m.uid.clone(),
                 resource_version: m.resource_version.clone(),
                 ..ObjectMeta::default()
             },
@@ -78,6 +78,17 @@ impl SlimPod {
     pub fn name(&self) -> &str {
         self.metadata.name.as_deref().unwrap_or_default()
     }
+
+    /// Drops the labels `filter` does not name: eligibility reads no others, and a DaemonSet
+    /// pod carries half a KiB of them (controller hash, template generation, chart labels).
+    pub fn keep_labels_of(&mut self, filter: &LabelSelector) {
+        if let Some(labels) = &mut self.metadata.labels {
+            labels.retain(|key, _| filter.names(key));
+            if labels.is_empty() {
+                self.metadata.labels = None;
+            }
+        }
+    }
 }
 
 impl From<&Pod> for SlimPod {
@@ -88,7 +99,6 @@ impl From<&Pod> for SlimPod {
             metadata: ObjectMeta {
                 name: m.name.clone(),
                 namespace: m.namespace.clone(),
-                uid: m.uid.clone(),
                 resource_version: m.resource_version.clone(),
                 deletion_timestamp: m.deletion_timestamp.clone(),
                 labels: m.labels.clone(),
@@ -155,13 +165,14 @@ macro_rules! slim_resource {
 slim_resource!(SlimNode, Node);
 slim_resource!(SlimPod, Pod);
 
-/// The metadata kept of either kind; `L` decides which labels.
+/// The metadata kept of either kind; `L` decides which labels. (No uid: nothing reads it, and
+/// the reflector would keep a second copy in its key. The version is read by
+/// [`crate::listwatch`], which takes it out before the object is stored.)
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct MetaWire<L> {
     name: Option<String>,
     namespace: Option<String>,
-    uid: Option<String>,
     resource_version: Option<String>,
     deletion_timestamp: Option<Time>,
     labels: Option<L>,
@@ -170,8 +181,8 @@ struct MetaWire<L> {
 impl<L> MetaWire<L> {
     /// The metadata without labels, and the labels as decoded.
     fn split(self) -> (ObjectMeta, Option<L>) {
-        let Self { name, namespace, uid, resource_version, deletion_timestamp, labels } = self;
-        let meta = ObjectMeta { name, namespace, uid, resource_version, deletion_timestamp, ..ObjectMeta::default() };
+        let Self { name, namespace, resource_version, deletion_timestamp, labels } = self;
+        let meta = ObjectMeta { name, namespace, resource_version, deletion_timestamp, ..ObjectMeta::default() };
         (meta, labels)
     }
 }
@@ -330,10 +341,7 @@ mod tests {
     fn a_node_keeps_its_name_zone_and_schedulability_only() {
         let node: SlimNode = serde_json::from_value(cloud_node()).unwrap();
         assert_eq!(node.name(), "ip-10-0-1-7.eu-west-1.compute.internal");
-        assert_eq!(
-            (node.metadata.uid.as_deref(), node.metadata.resource_version.as_deref()),
-            (Some("u-1"), Some("42"))
-        );
+        assert_eq!((node.metadata.uid.as_deref(), node.metadata.resource_version.as_deref()), (None, Some("42")));
         assert_eq!(node.zone(), Some("eu-west-1b"));
         assert!(node.metadata.labels.is_none() && node.metadata.annotations.is_none());
         assert!(node.metadata.managed_fields.is_none() && node.metadata.creation_timestamp.is_none());
@@ -381,6 +389,21 @@ mod tests {
         );
         let full: Pod = serde_json::from_value(wire).unwrap();
         assert_eq!(SlimPod::from(&full), pod);
+    }
+
+    #[test]
+    fn a_pod_keeps_only_the_labels_its_filter_names() {
+        let wire =
+            json!({"metadata": {"name": "p", "labels": {"app": "kubenurse", "tier": "x", "pod-template-hash": "abc"}}});
+        let filter = LabelSelector::parse("app=kubenurse,!legacy,tier in (x,y)").unwrap();
+        let mut pod: SlimPod = serde_json::from_value(wire.clone()).unwrap();
+        pod.keep_labels_of(&filter);
+        let kept: Vec<&str> = pod.metadata.labels.iter().flatten().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(kept, ["app", "tier"]);
+        assert!(filter.matches(pod.metadata.labels.as_ref().unwrap()));
+        let mut pod: SlimPod = serde_json::from_value(wire).unwrap();
+        pod.keep_labels_of(&LabelSelector::default());
+        assert!(pod.metadata.labels.is_none(), "the empty filter keeps no label");
     }
 
     #[test]

@@ -68,6 +68,10 @@ pub async fn drive<K, S>(
                         backoff.reset();
                     }
                     changed(Some(&event));
+                    // A LIST's objects come out of already-read bytes without waiting: this
+                    // gives the runtime back now and then, or 5,000 of them would keep a
+                    // worker (and the agent's HTTP server with it) busy for seconds.
+                    tokio::task::consume_budget().await;
                 }
                 Err(e) => {
                     warn!(resource = what, error = %e, retry_in = ?backoff.current(), "watch failed");

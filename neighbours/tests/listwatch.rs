@@ -9,9 +9,10 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::ListParams;
 use kube::runtime::watcher::Event;
-use kube::{Api, Client};
-use kubenurse_neighbours::listwatch::{list_streaming, list_watch, Selectors};
+use kube::{Api, Client, Resource};
+use kubenurse_neighbours::listwatch::{list_streaming, list_watch, pod_events, Selectors};
 use kubenurse_neighbours::neighbourhood::PodFacts as _;
+use kubenurse_neighbours::selector::LabelSelector;
 use kubenurse_neighbours::slim::{SlimNode, SlimPod};
 use kubenurse_testkit::apiserver::{FakeApiServer, Faults};
 use kubenurse_testkit::scale::{node_name, pod_ip, populate};
@@ -35,16 +36,34 @@ async fn a_streamed_list_has_every_object_slim_and_the_version() -> anyhow::Resu
     assert_eq!(nodes.len(), NODES);
     assert_eq!(Some(version), full.metadata.resource_version);
     for (slim, full) in nodes.iter().zip(&full.items) {
-        assert_eq!(slim, &SlimNode::from(full));
+        // The stream resumes from the list's version; the objects keep none.
+        let mut expected = SlimNode::from(full);
+        expected.meta_mut().resource_version = None;
+        assert_eq!(slim, &expected);
         assert!(slim.zone().is_some(), "{slim:?}");
     }
     // Selectors reach the API server: one pod by label and field.
-    let pods: Api<SlimPod> = Api::namespaced(client, NAMESPACE);
+    let pods: Api<SlimPod> = Api::namespaced(client.clone(), NAMESPACE);
     let one = Selectors::named("kubenurse-00007");
     let (pods, _) = list_streaming(&pods, &one).await?;
     let names: Vec<_> = pods.iter().map(SlimPod::name).collect();
     assert_eq!(names, ["kubenurse-00007"]);
     assert_eq!(pods[0].pod_ip(), Some(pod_ip(7).as_str()));
+    assert!(Resource::meta(&pods[0]).labels.is_some(), "a plain list keeps the labels");
+
+    // The Pod caches' stream keeps only the labels its filter names.
+    let pod_api: Api<SlimPod> = Api::namespaced(client, NAMESPACE);
+    for (filter, kept) in [("app.kubernetes.io/name=kubenurse", 1), ("", 0)] {
+        let filter = LabelSelector::parse(filter)?;
+        let mut events = Box::pin(pod_events(pod_api.clone(), &filter));
+        assert!(matches!(next(&mut events).await?, Some(Ok(Event::Init))));
+        match next(&mut events).await? {
+            Some(Ok(Event::InitApply(p))) => {
+                assert_eq!(Resource::meta(&p).labels.as_ref().map_or(0, |l| l.len()), kept, "{filter}: {p:?}")
+            }
+            other => anyhow::bail!("expected a pod, got {other:?}"),
+        }
+    }
     Ok(())
 }
 

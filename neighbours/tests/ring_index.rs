@@ -1,11 +1,12 @@
-//! The aggregator's ring index must select exactly what an agent selects for itself, for any
-//! cluster: several pods on a node, the own pod among them or not, any limit.
+//! The aggregator's ring index and an agent's per-round selection must select exactly what
+//! the plain rule selects, for any cluster: several pods on a node, the own pod among them or
+//! not, any limit.
 
 use std::collections::HashMap;
 
 use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kubenurse_neighbours::neighbourhood::{eligible_by_node, eligible_neighbours};
+use kubenurse_neighbours::neighbourhood::{eligible_by_node, eligible_neighbours, nearest_neighbours};
 use kubenurse_neighbours::ring::{select_neighbours, Ring};
 use kubenurse_neighbours::selector::LabelSelector;
 use proptest::prelude::*;
@@ -44,7 +45,10 @@ proptest! {
             let own_pod = own.metadata.name.as_deref().unwrap_or_default();
             let own_node = own.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or_default();
             let expected = select_neighbours(own_node, eligible_neighbours(&pods, nodes, own_pod, &filter), limit);
-            prop_assert_eq!(ring.targets_of(own_node, own_pod, limit), expected, "{} on {}", own_pod, own_node);
+            prop_assert_eq!(ring.targets_of(own_node, own_pod, limit), expected.clone(), "{} on {}", own_pod, own_node);
+            // The agent's local discovery, which builds only the neighbours it keeps.
+            let nearest = nearest_neighbours(own_node, &pods, nodes, own_pod, &filter, limit);
+            prop_assert_eq!(nearest, expected, "nearest: {} on {}", own_pod, own_node);
         }
     }
 }
