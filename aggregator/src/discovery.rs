@@ -4,7 +4,7 @@
 //! agent's list whenever it changes. Agents then watch no Pods and no other Nodes: one watch
 //! per replica instead of one per node.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -112,11 +112,10 @@ impl TargetBook {
         let ring =
             Ring::new(eligible_by_node(pods.iter().map(|p| &**p), schedulable.as_ref(), &config.neighbour_filter));
         let mut book = Self { state, ring_nodes: ring.len(), ..Self::default() };
-        let empty = BTreeMap::new();
         for pod in pods {
             let meta = pod.meta();
             let Some(name) = meta.name.clone() else { continue };
-            if !config.neighbour_filter.matches(meta.labels.as_ref().unwrap_or(&empty)) {
+            if !pod.selected_by(&config.neighbour_filter) {
                 continue;
             }
             let Some(node) = pod.node_name().filter(|n| !n.is_empty()).map(str::to_string) else {

@@ -350,14 +350,15 @@ where
     })
 }
 
-/// The agents' Pods that `filter` selects, as [`list_watch`] events, each keeping only the
-/// labels `filter` names ([`SlimPod::keep_labels_of`]): what both tiers' Pod caches hold.
+/// The agents' Pods that `filter` selects, as [`list_watch`] events, each keeping the
+/// filter's verdict instead of its labels ([`SlimPod::judge_labels`]): what both tiers' Pod
+/// caches hold.
 pub fn pod_events(
     api: Api<SlimPod>,
     filter: &LabelSelector,
 ) -> impl Stream<Item = Result<Event<SlimPod>, watcher::Error>> + Send {
     let filter = filter.clone();
-    list_watch(api, Selectors::pods(&filter)).map(move |event| event.map(|e| e.modify(|p| p.keep_labels_of(&filter))))
+    list_watch(api, Selectors::pods(&filter)).map(move |event| event.map(|e| e.modify(|p| p.judge_labels(&filter))))
 }
 
 #[cfg(test)]

@@ -40,6 +40,13 @@ pub trait PodFacts {
     fn pod_ip(&self) -> Option<&str>;
     /// `status.hostIP`.
     fn host_ip(&self) -> Option<&str>;
+    /// Whether `filter` selects the pod (by its labels, unless the cache judged it already).
+    fn selected_by(&self, filter: &LabelSelector) -> bool {
+        match &self.meta().labels {
+            Some(labels) => filter.matches(labels),
+            None => filter.matches(&BTreeMap::new()),
+        }
+    }
 }
 
 impl PodFacts for Pod {
@@ -75,10 +82,7 @@ fn eligible<'a, P: PodFacts, K: Borrow<str> + Hash + Eq>(
     if meta.deletion_timestamp.is_some() || pod.phase() != Some("Running") {
         return None;
     }
-    let matched = match &meta.labels {
-        Some(labels) => filter.matches(labels),
-        None => filter.matches(&BTreeMap::new()),
-    };
+    let matched = pod.selected_by(filter);
     let pod_ip = pod.pod_ip().filter(|ip| !ip.is_empty())?;
     let node_name = pod.node_name().filter(|n| !n.is_empty())?;
     // Missing node or unschedulable node: skip.

@@ -71,6 +71,8 @@ pub struct SlimPod {
     phase: Option<String>,
     pod_ip: Option<String>,
     host_ip: Option<String>,
+    /// The filter's verdict, once [`SlimPod::judge_labels`] has replaced the labels with it.
+    selected: Option<bool>,
 }
 
 impl SlimPod {
@@ -79,15 +81,13 @@ impl SlimPod {
         self.metadata.name.as_deref().unwrap_or_default()
     }
 
-    /// Drops the labels `filter` does not name: eligibility reads no others, and a DaemonSet
-    /// pod carries half a KiB of them (controller hash, template generation, chart labels).
-    pub fn keep_labels_of(&mut self, filter: &LabelSelector) {
-        if let Some(labels) = &mut self.metadata.labels {
-            labels.retain(|key, _| filter.names(key));
-            if labels.is_empty() {
-                self.metadata.labels = None;
-            }
-        }
+    /// Replaces the labels with `filter`'s verdict on them: eligibility reads nothing else of
+    /// them, and even one label is a 550-byte map node per pod. The caches judge each pod by
+    /// the filter their stream was opened with ([`crate::listwatch::pod_events`]), the same
+    /// one both tiers then give eligibility.
+    pub fn judge_labels(&mut self, filter: &LabelSelector) {
+        self.selected = Some(PodFacts::selected_by(self, filter));
+        self.metadata.labels = None;
     }
 }
 
@@ -108,6 +108,7 @@ impl From<&Pod> for SlimPod {
             phase: status.and_then(|s| s.phase.clone()),
             pod_ip: status.and_then(|s| s.pod_ip.clone()),
             host_ip: status.and_then(|s| s.host_ip.clone()),
+            selected: None,
         }
     }
 }
@@ -127,6 +128,12 @@ impl PodFacts for SlimPod {
     }
     fn host_ip(&self) -> Option<&str> {
         self.host_ip.as_deref()
+    }
+    fn selected_by(&self, filter: &LabelSelector) -> bool {
+        match self.selected {
+            Some(verdict) => verdict,
+            None => filter.matches(self.metadata.labels.as_ref().unwrap_or(&BTreeMap::new())),
+        }
     }
 }
 
@@ -301,6 +308,7 @@ impl<'de> Deserialize<'de> for SlimPod {
             phase,
             pod_ip,
             host_ip,
+            selected: None,
         })
     }
 }
@@ -392,18 +400,17 @@ mod tests {
     }
 
     #[test]
-    fn a_pod_keeps_only_the_labels_its_filter_names() {
+    fn a_pod_keeps_its_filters_verdict_not_its_labels() {
         let wire =
             json!({"metadata": {"name": "p", "labels": {"app": "kubenurse", "tier": "x", "pod-template-hash": "abc"}}});
-        let filter = LabelSelector::parse("app=kubenurse,!legacy,tier in (x,y)").unwrap();
-        let mut pod: SlimPod = serde_json::from_value(wire.clone()).unwrap();
-        pod.keep_labels_of(&filter);
-        let kept: Vec<&str> = pod.metadata.labels.iter().flatten().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(kept, ["app", "tier"]);
-        assert!(filter.matches(pod.metadata.labels.as_ref().unwrap()));
-        let mut pod: SlimPod = serde_json::from_value(wire).unwrap();
-        pod.keep_labels_of(&LabelSelector::default());
-        assert!(pod.metadata.labels.is_none(), "the empty filter keeps no label");
+        for (filter, verdict) in [("app=kubenurse,!legacy,tier in (x,y)", true), ("app=other", false), ("", true)] {
+            let filter = LabelSelector::parse(filter).unwrap();
+            let mut pod: SlimPod = serde_json::from_value(wire.clone()).unwrap();
+            assert_eq!(pod.selected_by(&filter), verdict, "{filter}: by the labels");
+            pod.judge_labels(&filter);
+            assert!(pod.metadata.labels.is_none(), "{filter}: labels dropped");
+            assert_eq!(pod.selected_by(&filter), verdict, "{filter}: by the verdict");
+        }
     }
 
     #[test]
