@@ -7,7 +7,11 @@
 //!
 //! 3. The floor of the CPU per round: a bare hyper client process (this binary again,
 //!    `BENCH_ROLE=bare`) doing the same 14 requests every second, as concurrently: 2 over TLS
-//!    to the API server with the token, 2 to an agent's own endpoint, 10 to neighbours.
+//!    to the API server with the token, 2 to an agent's own endpoint, 10 to neighbours; and,
+//!    unless `BENCH_CHECK_UDP=false`, the same UDP exchanges from a bare tokio socket (the
+//!    default `KUBENURSE_UDP_PACKETS` to each neighbour's echo, spaced over the same window).
+//!    The measured agent also answers its ten neighbours' checks and echoes; the floor does
+//!    not, so the ratio is an upper bound.
 //!
 //! Run: `cargo bench -p kubenurse-agent --bench agent_steady_state`
 
@@ -17,11 +21,14 @@ use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
+use kubenurse_agent::config::vars::UDP_PACKETS;
 use kubenurse_agent::probe::ProbeClient;
+use kubenurse_agent::udp::wire::{Datagram, Direction, LEN};
+use kubenurse_agent::udp::RoundTiming;
 use kubenurse_testkit::apiserver::{kubenurse_pod, node, FakeApiServer};
 use kubenurse_testkit::http::{eventually, http_get};
 use kubenurse_testkit::measure::{median, proc_stat, ticks_per_second};
-use kubenurse_testkit::sim::{agent_env, SimNode, NAMESPACE};
+use kubenurse_testkit::sim::{agent_env, udp_port, SimNode, NAMESPACE};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kubenurse-agent");
 
@@ -198,6 +205,42 @@ async fn bare_tls(
     Ok(())
 }
 
+/// One round of UDP exchanges as the agent's prober makes them: `timing.packets` datagrams to
+/// every peer, spaced over `timing.window`, replies read until `timing.linger` after it.
+/// Returns the replies received.
+async fn bare_udp_round(
+    socket: &tokio::net::UdpSocket,
+    peers: &[std::net::SocketAddr],
+    timing: RoundTiming,
+) -> anyhow::Result<usize> {
+    let start = tokio::time::Instant::now();
+    let spacing = timing.window / timing.packets.max(1);
+    let send = async {
+        for seq in 0..timing.packets {
+            tokio::time::sleep_until(start + spacing * seq).await;
+            for (i, peer) in peers.iter().enumerate() {
+                let d = Datagram { direction: Direction::Request, nonce: i as u64, seq, sent_micros: 0 };
+                socket.send_to(&d.encode(), peer).await?;
+            }
+        }
+        anyhow::Ok(())
+    };
+    let receive = async {
+        let (deadline, expected) = (start + timing.window + timing.linger, peers.len() * timing.packets as usize);
+        let (mut buf, mut got) = ([0u8; LEN + 1], 0);
+        while got < expected {
+            match tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await {
+                Ok(Ok((n, _))) => got += usize::from(Datagram::decode(&buf[..n]).is_ok()),
+                _ => break,
+            }
+        }
+        got
+    };
+    let (sent, got) = futures::join!(send, receive);
+    sent?;
+    Ok(got)
+}
+
 /// `BENCH_ROLE=bare`: `BENCH_BARE_ROUNDS` rounds, one a second, of an agent's 14 requests
 /// with a bare hyper client; prints the CPU ticks the rounds took.
 fn run_bare() -> anyhow::Result<()> {
@@ -206,11 +249,20 @@ fn run_bare() -> anyhow::Result<()> {
     let api: std::net::SocketAddr = var("BENCH_BARE_API")?.parse()?;
     let sa_dir = PathBuf::from(var("BENCH_BARE_SA_DIR")?);
     let rounds: u64 = var("BENCH_BARE_ROUNDS")?.parse()?;
+    // BENCH_BARE_UDP: the neighbours' echo addresses, when the agents probe over UDP.
+    let udp_peers: Vec<std::net::SocketAddr> = match std::env::var("BENCH_BARE_UDP") {
+        Ok(list) => list.split(',').map(str::parse).collect::<Result<_, _>>()?,
+        Err(_) => Vec::new(),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
         let tls = kubenurse_agent::tls::client_config(false, &sa_dir.join("ca.crt"), &[])?;
         let connector = tokio_rustls::TlsConnector::from(tls);
         let token = sa_dir.join("token");
+        let packets = (UDP_PACKETS.parse)(UDP_PACKETS.var.default_text()).map_err(anyhow::Error::msg)?;
+        let timing = RoundTiming::for_interval(packets, Duration::from_secs(1));
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        let mut replies = 0;
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         ticker.tick().await;
         let start = proc_stat(std::process::id())?.cpu_ticks;
@@ -222,12 +274,24 @@ fn run_bare() -> anyhow::Result<()> {
                 let port: u16 = port.parse().unwrap_or(18080);
                 async move { bare_hyper(host, port).await.map(|_| ()) }
             });
-            let (a, b) = futures::join!(futures::future::join_all(tls_checks), futures::future::join_all(plain_checks));
+            let udp_round = async {
+                match udp_peers.is_empty() {
+                    true => Ok(0),
+                    false => bare_udp_round(&udp, &udp_peers, timing).await,
+                }
+            };
+            let (a, b, u) = futures::join!(
+                futures::future::join_all(tls_checks),
+                futures::future::join_all(plain_checks),
+                udp_round
+            );
             for r in a.into_iter().chain(b) {
                 r?;
             }
+            replies += u?;
         }
         println!("ticks {}", proc_stat(std::process::id())?.cpu_ticks - start);
+        println!("udp replies {replies}");
         anyhow::Ok(())
     })
 }
@@ -238,7 +302,12 @@ fn bare_floor(api: &FakeApiServer, sims: &[SimNode], rounds: u64) -> anyhow::Res
     let own = format!("{}:18080", sims[0].ip);
     let plain: Vec<String> =
         [own.clone(), own].into_iter().chain(sims.iter().map(|s| format!("{}:18080", s.ip))).collect();
-    let out = Command::new(std::env::current_exe()?)
+    let mut bare = Command::new(std::env::current_exe()?);
+    if std::env::var("BENCH_CHECK_UDP").as_deref() != Ok("false") {
+        let echoes: Vec<String> = sims.iter().map(|s| format!("{}:{}", s.ip, udp_port(18080))).collect();
+        bare.env("BENCH_BARE_UDP", echoes.join(","));
+    }
+    let out = bare
         .env("BENCH_ROLE", "bare")
         .env("BENCH_BARE_PLAIN", plain.join(","))
         .env("BENCH_BARE_API", api.addr().to_string())
@@ -248,10 +317,13 @@ fn bare_floor(api: &FakeApiServer, sims: &[SimNode], rounds: u64) -> anyhow::Res
         .output()?;
     anyhow::ensure!(out.status.success(), "bare client: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
-    let ticks: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("ticks ")?.trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("bare client printed {text:?}"))?;
+    let field = |name: &str| -> anyhow::Result<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("bare client printed {text:?}"))
+    };
+    let (ticks, replies) = (field("ticks ")?, field("udp replies ")?);
+    println!("  bare client: {replies} UDP replies over {rounds} rounds");
     Ok(ticks / ticks_per_second() * 1e3 / rounds as f64)
 }
 
@@ -282,7 +354,8 @@ fn main() -> anyhow::Result<()> {
         overhead(&sims[0], requests).await?;
         let floor_rounds = rounds.min(30);
         let floor = tokio::task::block_in_place(|| bare_floor(&api, &sims, floor_rounds))?;
-        println!("bare hyper client doing the same 14 requests a round: {floor:.2} ms CPU per round over {floor_rounds} rounds (the floor)");
+        let udp = if std::env::var("BENCH_CHECK_UDP").as_deref() == Ok("false") { "" } else { " and UDP exchanges" };
+        println!("bare hyper client doing the same 14 requests{udp} a round: {floor:.2} ms CPU per round over {floor_rounds} rounds (the floor)");
         steady_state(&api, &dir, rounds, floor).await
     })
 }
