@@ -2,7 +2,7 @@
 //! source × destination matrix of path checks, per-node own checks, hysteresis verdicts and
 //! the current suspects. One task owns it (see `owner.rs`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use kubenurse_proto::v1::{CheckResult, Hello, Outcome, ResultBatch, UdpResult};
@@ -183,16 +183,18 @@ impl ClusterState {
     /// An agent's stream said hello (first, or again with new targets).
     pub fn hello(&mut self, hello: Hello, now: i64, new_stream: bool) -> Result<(), Rejection> {
         check_hello(&hello, self.settings.max_targets)?;
-        let new_nodes = std::iter::once(&hello.node)
-            .chain(&hello.targets)
-            .filter(|n| !self.nodes.contains_key(*n))
-            .collect::<BTreeSet<_>>()
-            .len();
-        if new_nodes > 0 && self.nodes.len() + new_nodes > self.settings.max_nodes {
+        // Usually none: a hello again, or one whose targets are known already.
+        let mut unknown: Vec<&String> =
+            std::iter::once(&hello.node).chain(&hello.targets).filter(|n| !self.nodes.contains_key(*n)).collect();
+        unknown.sort_unstable();
+        unknown.dedup();
+        if !unknown.is_empty() && self.nodes.len() + unknown.len() > self.settings.max_nodes {
             return Err(Rejection::TooManyNodes);
         }
         for t in &hello.targets {
-            self.nodes.entry(t.clone()).or_default();
+            if !self.nodes.contains_key(t) {
+                self.nodes.insert(t.clone(), NodeState::default());
+            }
         }
         let node = self.nodes.entry(hello.node.clone()).or_default();
         if new_stream {
