@@ -30,9 +30,10 @@ pub struct SnapshotCell {
 }
 
 impl SnapshotCell {
-    fn new<'a>(view: &CellView<'a>, targeted: bool, names: &mut Names<'a>) -> Self {
+    /// The cell of `view`, whose source name `src` the caller shares already.
+    fn new<'a>(view: &CellView<'a>, src: Arc<str>, targeted: bool, names: &mut Names<'a>) -> Self {
         let base = CellView { src: "", dst: "", last_error: None, ..view.clone() };
-        let (src, dst) = (names.get(view.src), names.get(view.dst));
+        let dst = names.get(view.dst);
         Self { src, dst, last_error: view.last_error.map(Into::into), base, targeted }
     }
 
@@ -145,15 +146,24 @@ impl Snapshot {
         let slot = state.settings.slot_micros();
         let slots = state.settings.slots;
         let mut names = Names::default();
+        // Cells come row by row: the source's name and targets are looked up once a row, not
+        // once a cell (a name lookup in the node map is a dozen string compares).
+        let mut row: Option<(&str, Arc<str>, &[String])> = None;
         let cells = views::matrix_cells(state, now, window_micros, Stat::P99)
             .iter()
             .map(|c| {
-                let targeted = state
-                    .nodes
-                    .get(c.src)
-                    .and_then(|n| n.hello.as_ref())
-                    .is_some_and(|h| h.targets.iter().any(|t| t == c.dst));
-                SnapshotCell::new(c, targeted, &mut names)
+                let (src, targets) = match &row {
+                    Some((name, src, targets)) if *name == c.src => (src.clone(), *targets),
+                    _ => {
+                        let hello = state.nodes.get(c.src).and_then(|n| n.hello.as_deref());
+                        let targets = hello.map_or(&[][..], |h| h.targets.as_slice());
+                        let src = names.get(c.src);
+                        row = Some((c.src, src.clone(), targets));
+                        (src, targets)
+                    }
+                };
+                let targeted = targets.iter().any(|t| t == c.dst);
+                SnapshotCell::new(c, src, targeted, &mut names)
             })
             .collect();
         let nodes = state
@@ -167,6 +177,7 @@ impl Snapshot {
                         let stats = c.stats(now, slot, slots);
                         SnapshotCell::new(
                             &views::cell_view(name, t, c, &stats, !state.fresh(name, c, now), Stat::P99),
+                            names.get(name),
                             false,
                             &mut names,
                         )
