@@ -290,64 +290,73 @@ pub fn list_watch<K>(api: Api<K>, selectors: Selectors) -> impl Stream<Item = Re
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
-    futures::stream::unfold(Phase::List, move |mut phase| {
-        let (api, selectors) = (api.clone(), selectors.clone());
-        async move {
-            loop {
-                phase = match phase {
-                    Phase::Ended => return None,
-                    Phase::List => match Listing::start(&api, &selectors).await {
-                        Ok(listing) => return Some((Ok(Event::Init), Phase::Listing(listing))),
-                        Err(e) => return Some((Err(watcher::Error::InitialListFailed(e)), Phase::Ended)),
-                    },
-                    // Each object goes to the store as it is decoded.
-                    Phase::Listing(mut listing) => match listing.next().await {
-                        Ok(Some(object)) => return Some((Ok(Event::InitApply(object)), Phase::Listing(listing))),
-                        Ok(None) => match listing.version() {
-                            Ok(version) if version.is_empty() => {
-                                return Some((Err(watcher::Error::NoResourceVersion), Phase::Ended));
-                            }
-                            Ok(version) => return Some((Ok(Event::InitDone), Phase::OpenWatch(version))),
-                            Err(e) => return Some((Err(watcher::Error::InitialListFailed(e)), Phase::Ended)),
-                        },
-                        Err(e) => return Some((Err(watcher::Error::InitialListFailed(e)), Phase::Ended)),
-                    },
-                    Phase::OpenWatch(version) => match open_watch(&api, &selectors, &version).await {
-                        Ok(body) => Phase::Watching(version, body, Vec::new()),
-                        Err(e) => return Some((Err(watcher::Error::WatchStartFailed(e)), Phase::Ended)),
-                    },
-                    Phase::Watching(mut version, mut body, mut line) => match next_line(&mut body, &mut line).await {
-                        Ok(false) => Phase::OpenWatch(version),
-                        Err(e) => return Some((Err(watcher::Error::WatchFailed(e)), Phase::Ended)),
-                        Ok(true) => match serde_json::from_slice::<WireEvent<K>>(&line) {
-                            Err(e) => {
-                                return Some((
-                                    Err(watcher::Error::WatchFailed(kube::Error::SerdeError(e))),
-                                    Phase::Ended,
-                                ));
-                            }
-                            Ok(WireEvent::Bookmark(v)) => {
-                                version = v;
-                                Phase::Watching(version, body, line)
-                            }
-                            Ok(WireEvent::Apply(mut o)) => {
-                                version = o.meta_mut().resource_version.take().unwrap_or(version);
-                                return Some((Ok(Event::Apply(o)), Phase::Watching(version, body, line)));
-                            }
-                            Ok(WireEvent::Delete(mut o)) => {
-                                version = o.meta_mut().resource_version.take().unwrap_or(version);
-                                return Some((Ok(Event::Delete(o)), Phase::Watching(version, body, line)));
-                            }
-                            // 410 Gone among them: the next stream lists afresh.
-                            Ok(WireEvent::Error(status)) => {
-                                return Some((Err(watcher::Error::WatchError(status)), Phase::Ended));
-                            }
-                        },
-                    },
-                }
-            }
-        }
+    // The api and selectors travel with the phase: one stream step per LIST object must not
+    // clone them each time.
+    futures::stream::unfold((Phase::List, api, selectors), |(phase, api, selectors)| async move {
+        let (item, phase) = step(phase, &api, &selectors).await?;
+        Some((item, (phase, api, selectors)))
     })
+}
+
+/// One item of [`list_watch`] and the phase after it; `None` once the stream has ended.
+async fn step<K>(
+    mut phase: Phase<K>,
+    api: &Api<K>,
+    selectors: &Selectors,
+) -> Option<(Result<Event<K>, watcher::Error>, Phase<K>)>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    loop {
+        phase = match phase {
+            Phase::Ended => return None,
+            Phase::List => match Listing::start(api, selectors).await {
+                Ok(listing) => return Some((Ok(Event::Init), Phase::Listing(listing))),
+                Err(e) => return Some((Err(watcher::Error::InitialListFailed(e)), Phase::Ended)),
+            },
+            // Each object goes to the store as it is decoded.
+            Phase::Listing(mut listing) => match listing.next().await {
+                Ok(Some(object)) => return Some((Ok(Event::InitApply(object)), Phase::Listing(listing))),
+                Ok(None) => match listing.version() {
+                    Ok(version) if version.is_empty() => {
+                        return Some((Err(watcher::Error::NoResourceVersion), Phase::Ended));
+                    }
+                    Ok(version) => return Some((Ok(Event::InitDone), Phase::OpenWatch(version))),
+                    Err(e) => return Some((Err(watcher::Error::InitialListFailed(e)), Phase::Ended)),
+                },
+                Err(e) => return Some((Err(watcher::Error::InitialListFailed(e)), Phase::Ended)),
+            },
+            Phase::OpenWatch(version) => match open_watch(api, selectors, &version).await {
+                Ok(body) => Phase::Watching(version, body, Vec::new()),
+                Err(e) => return Some((Err(watcher::Error::WatchStartFailed(e)), Phase::Ended)),
+            },
+            Phase::Watching(mut version, mut body, mut line) => match next_line(&mut body, &mut line).await {
+                Ok(false) => Phase::OpenWatch(version),
+                Err(e) => return Some((Err(watcher::Error::WatchFailed(e)), Phase::Ended)),
+                Ok(true) => match serde_json::from_slice::<WireEvent<K>>(&line) {
+                    Err(e) => {
+                        return Some((Err(watcher::Error::WatchFailed(kube::Error::SerdeError(e))), Phase::Ended));
+                    }
+                    Ok(WireEvent::Bookmark(v)) => {
+                        version = v;
+                        Phase::Watching(version, body, line)
+                    }
+                    Ok(WireEvent::Apply(mut o)) => {
+                        version = o.meta_mut().resource_version.take().unwrap_or(version);
+                        return Some((Ok(Event::Apply(o)), Phase::Watching(version, body, line)));
+                    }
+                    Ok(WireEvent::Delete(mut o)) => {
+                        version = o.meta_mut().resource_version.take().unwrap_or(version);
+                        return Some((Ok(Event::Delete(o)), Phase::Watching(version, body, line)));
+                    }
+                    // 410 Gone among them: the next stream lists afresh.
+                    Ok(WireEvent::Error(status)) => {
+                        return Some((Err(watcher::Error::WatchError(status)), Phase::Ended));
+                    }
+                },
+            },
+        }
+    }
 }
 
 /// The agents' Pods that `filter` selects, as [`list_watch`] events, each keeping the

@@ -42,10 +42,7 @@ pub trait PodFacts {
     fn host_ip(&self) -> Option<&str>;
     /// Whether `filter` selects the pod (by its labels, unless the cache judged it already).
     fn selected_by(&self, filter: &LabelSelector) -> bool {
-        match &self.meta().labels {
-            Some(labels) => filter.matches(labels),
-            None => filter.matches(&BTreeMap::new()),
-        }
+        filter.matches_labels_of(self.meta().labels.as_ref())
     }
 }
 

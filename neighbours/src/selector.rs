@@ -61,16 +61,12 @@ impl LabelSelector {
         })
     }
 
-    /// Whether a requirement of this selector reads label `key` (the labels a cache must keep).
-    pub fn names(&self, key: &str) -> bool {
-        self.requirements.iter().any(|r| match r {
-            Requirement::Equals(k, _)
-            | Requirement::NotEquals(k, _)
-            | Requirement::In(k, _)
-            | Requirement::NotIn(k, _)
-            | Requirement::Exists(k)
-            | Requirement::DoesNotExist(k) => k == key,
-        })
+    /// Whether an object with `labels` (`None`: it has none) satisfies every requirement.
+    pub fn matches_labels_of(&self, labels: Option<&BTreeMap<String, String>>) -> bool {
+        match labels {
+            Some(labels) => self.matches(labels),
+            None => self.matches(&BTreeMap::new()),
+        }
     }
 
     /// Whether this selector matches everything.

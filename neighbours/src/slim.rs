@@ -132,7 +132,7 @@ impl PodFacts for SlimPod {
     fn selected_by(&self, filter: &LabelSelector) -> bool {
         match self.selected {
             Some(verdict) => verdict,
-            None => filter.matches(self.metadata.labels.as_ref().unwrap_or(&BTreeMap::new())),
+            None => filter.matches_labels_of(self.metadata.labels.as_ref()),
         }
     }
 }
