@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 
 use crate::loss::LossTest;
-use crate::sketch::{DenseSketch, SparseSketch};
+use crate::sketch::{Bucket, DenseSketch, SparseSketch};
 
 /// Consecutive-rounds hysteresis: turns bad after `k` bad rounds in a row, good after `k` good.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -92,19 +92,19 @@ fn fresh_round(counted: &mut Option<(u64, i64)>, round: u64, now: i64, min_gap: 
     fresh
 }
 
-/// Window statistics of a cell.
+/// Window statistics of a cell (compact: snapshots keep one per cell).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CellStats {
     /// Results in the window.
     pub count: u64,
     /// Failed results in the window.
     pub errors: u64,
-    /// Latency quantiles of successful results, microseconds.
-    pub p50_micros: Option<f64>,
+    /// Latency quantiles of successful results.
+    pub p50: Option<Bucket>,
     /// 90th percentile.
-    pub p90_micros: Option<f64>,
+    pub p90: Option<Bucket>,
     /// 99th percentile.
-    pub p99_micros: Option<f64>,
+    pub p99: Option<Bucket>,
     /// SYN retransmissions inferred from the window's connects.
     pub syn_retransmits: u64,
     /// UDP packets sent and lost in the window (`None` without UDP data).
@@ -118,10 +118,10 @@ pub struct UdpStats {
     pub sent: u64,
     /// Packets lost.
     pub lost: u64,
-    /// RTT median of answered packets, µs.
-    pub p50_micros: Option<f64>,
-    /// RTT 99th percentile, µs.
-    pub p99_micros: Option<f64>,
+    /// RTT median of answered packets.
+    pub p50: Option<Bucket>,
+    /// RTT 99th percentile.
+    pub p99: Option<Bucket>,
 }
 
 impl UdpStats {
@@ -261,7 +261,7 @@ impl Cell {
         let (mut count, mut errors) = (0u64, 0u64);
         let mut in_window = self.slots.iter().filter(|s| s.index >= oldest).peekable();
         let first = in_window.next();
-        let [p50_micros, p90_micros, p99_micros] = match (first, in_window.peek()) {
+        let [p50, p90, p99] = match (first, in_window.peek()) {
             (None, _) => [None; 3],
             // One slot (the common case for short windows): quantiles straight from it.
             (Some(s), None) => {
@@ -282,14 +282,14 @@ impl Cell {
         let window = || self.slots.iter().filter(move |s| s.index >= oldest);
         let syn_retransmits = window().map(|s| u64::from(s.syn_retransmits)).sum();
         let udp = Self::udp_stats(window().filter_map(|s| s.udp.as_deref()));
-        CellStats { count, errors, p50_micros, p90_micros, p99_micros, syn_retransmits, udp }
+        CellStats { count, errors, p50, p90, p99, syn_retransmits, udp }
     }
 
     fn udp_stats<'a>(slots: impl Iterator<Item = &'a UdpSlot> + Clone) -> Option<UdpStats> {
         let mut iter = slots.clone();
         let first = iter.next()?;
         let (sent, lost) = slots.clone().fold((0, 0), |(s, l), u| (s + u64::from(u.sent), l + u64::from(u.lost)));
-        let [p50_micros, p99_micros] = match iter.next() {
+        let [p50, p99] = match iter.next() {
             None => first.rtt.quantiles([0.5, 0.99]),
             Some(_) => {
                 let mut dense = DenseSketch::default();
@@ -299,7 +299,7 @@ impl Cell {
                 dense.quantiles([0.5, 0.99])
             }
         };
-        Some(UdpStats { sent, lost, p50_micros, p99_micros })
+        Some(UdpStats { sent, lost, p50, p99 })
     }
 }
 
@@ -366,7 +366,7 @@ mod tests {
         let stats = c.stats(n as i64 * 5_000_000, slot, 10).udp.expect("udp");
         assert_eq!((stats.sent, stats.lost), (10 * (n + 1), 6), "every result in the window, the repeat too");
         assert!((stats.loss_ratio() - 6.0 / (10.0 * (n + 1) as f64)).abs() < 1e-9);
-        let p50 = stats.p50_micros.expect("rtt");
+        let p50 = stats.p50.expect("rtt").micros();
         assert!((270.0..=330.0).contains(&p50), "{p50}");
     }
 
@@ -435,6 +435,6 @@ mod tests {
             c.record(i * 15_000_000, slot, 10, 300, false);
         }
         assert_eq!(c.stats(39 * 15_000_000, slot, 100).count, 20);
-        assert!(c.stats(now, slot, 10).p99_micros.is_some());
+        assert!(c.stats(now, slot, 10).p99.is_some());
     }
 }

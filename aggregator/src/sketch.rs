@@ -29,6 +29,18 @@ pub fn bucket_value(bucket: u8) -> f64 {
     MIDDLE[usize::from(bucket).min(BUCKETS - 1)]
 }
 
+/// A quantile as the sketch knows it: one bucket. One byte, so a snapshot of 100,000 cells
+/// keeps five quantiles a cell in 10 bytes instead of 80; [`Bucket::micros`] is the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Bucket(u8);
+
+impl Bucket {
+    /// The bucket's representative value, microseconds.
+    pub fn micros(self) -> f64 {
+        bucket_value(self.0)
+    }
+}
+
 /// Sparse bucket counts of one time slot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SparseSketch {
@@ -45,8 +57,8 @@ impl SparseSketch {
         }
     }
 
-    /// Quantiles of this slot alone (ascending `qs`), microseconds.
-    pub fn quantiles<const N: usize>(&self, qs: [f64; N]) -> [Option<f64>; N] {
+    /// Quantiles of this slot alone (ascending `qs`).
+    pub fn quantiles<const N: usize>(&self, qs: [f64; N]) -> [Option<Bucket>; N] {
         let total: u64 = self.counts.iter().map(|&(_, c)| u64::from(c)).sum();
         let mut out = [None; N];
         if total == 0 {
@@ -57,7 +69,7 @@ impl SparseSketch {
         for &(b, c) in &self.counts {
             seen += u64::from(c);
             while next < N && seen >= ranks[next] {
-                out[next] = Some(bucket_value(b));
+                out[next] = Some(Bucket(b));
                 next += 1;
             }
         }
@@ -92,8 +104,8 @@ impl DenseSketch {
         self.total
     }
 
-    /// Several quantiles (ascending `qs`) in one pass, microseconds; `None`s when empty.
-    pub fn quantiles<const N: usize>(&self, qs: [f64; N]) -> [Option<f64>; N] {
+    /// Several quantiles (ascending `qs`) in one pass; `None`s when empty.
+    pub fn quantiles<const N: usize>(&self, qs: [f64; N]) -> [Option<Bucket>; N] {
         let mut out = [None; N];
         if self.total == 0 {
             return out;
@@ -103,7 +115,7 @@ impl DenseSketch {
         for (b, &c) in self.counts.iter().enumerate() {
             seen += c;
             while next < N && seen >= ranks[next] {
-                out[next] = Some(bucket_value(b as u8));
+                out[next] = Some(Bucket(b as u8));
                 next += 1;
             }
             if next == N {
