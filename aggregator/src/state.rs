@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use kubenurse_proto::v1::{CheckResult, Hello, Outcome, ResultBatch, UdpResult};
+use kubenurse_proto::v1::{Hello, ResultBatch, UdpResult};
 
 use crate::cell::{Cell, UdpRound};
 use crate::suspects::{find_suspects, CellView, NodeView, Suspect};
@@ -139,20 +139,19 @@ impl Apply {
         cell.record_udp(at, slot, retention, round, u.round, self.min_gap, loss_threshold, k);
     }
 
-    fn to(&self, cell: &mut Cell, r: &CheckResult, v: &ValidResult) {
-        let (now, k) = (self.now, self.hysteresis);
-        let failed = v.outcome == Outcome::Failed;
-        cell.record_tcp(now, self.slot_micros, self.retention, r.duration_micros, failed, r.syn_retransmits);
-        cell.last_micros = r.duration_micros;
+    fn to(&self, cell: &mut Cell, v: ValidResult) {
+        let (now, k, failed) = (self.now, self.hysteresis, v.failed());
+        cell.record_tcp(now, self.slot_micros, self.retention, v.duration_micros, failed, v.syn_retransmits);
+        cell.last_micros = v.duration_micros;
         cell.last_failed = failed;
-        cell.last_local = failed && r.error_kind.starts_with(kubenurse_proto::LOCAL_ERROR_PREFIX);
+        cell.last_local = v.local;
         cell.last_seen = now;
-        if failed {
-            cell.last_error = Some(bounded_text(if r.error.is_empty() { &r.error_kind } else { &r.error }));
+        if v.error.is_some() {
+            cell.last_error = v.error;
         }
-        if cell.new_round(r.round, now, self.min_gap) {
+        if cell.new_round(v.round, now, self.min_gap) {
             cell.health.observe(failed, k);
-            cell.latency.observe(!failed && r.duration_micros > self.slow_above_micros, k);
+            cell.latency.observe(!failed && v.duration_micros > self.slow_above_micros, k);
         }
     }
 }
@@ -254,26 +253,33 @@ impl ClusterState {
         // The source's row once a batch; everywhere, look up before inserting, so the hot path
         // allocates no key.
         let mut row = None;
-        if batch.results.iter().any(|(_, v)| v.kind.target_node().is_some()) {
+        if batch.results.iter().any(|v| v.kind.target_node().is_some()) {
             if !self.matrix.contains_key(node) {
                 self.matrix.insert(node.to_string(), HashMap::new());
             }
             row = self.matrix.get_mut(node);
         }
-        for (r, v) in &batch.results {
+        out.accepted = (batch.results.len() + batch.udp.len()) as u64;
+        for v in batch.results {
             // One lookup when the cell exists (always, after the first round), a second and
             // the key's allocation only when it is new.
             match (v.kind.target_node(), row.as_deref_mut()) {
                 (Some(target), Some(row)) => match row.get_mut(target) {
-                    Some(cell) => apply.to(cell, r, v),
-                    None => apply.to(row.entry(target.to_string()).or_default(), r, v),
+                    Some(cell) => apply.to(cell, v),
+                    None => {
+                        let target = target.to_string();
+                        apply.to(row.entry(target).or_default(), v);
+                    }
                 },
                 (Some(_), None) => {}
                 (None, _) => {
                     let label = v.kind.label();
                     match n.checks.get_mut(label.as_ref()) {
-                        Some(cell) => apply.to(cell, r, v),
-                        None => apply.to(n.checks.entry(label.into_owned()).or_default(), r, v),
+                        Some(cell) => apply.to(cell, v),
+                        None => {
+                            let label = label.into_owned();
+                            apply.to(n.checks.entry(label).or_default(), v);
+                        }
                     }
                 }
             }
@@ -288,7 +294,6 @@ impl ClusterState {
                 apply.udp(cell, u, self.settings.loss_threshold);
             }
         }
-        out.accepted = (batch.results.len() + batch.udp.len()) as u64;
         self.ingested += out.accepted;
         out
     }
@@ -418,7 +423,7 @@ pub fn coverage_rows<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kubenurse_proto::v1::RoundEnd;
+    use kubenurse_proto::v1::{CheckResult, Outcome, RoundEnd};
 
     fn hello(node: &str, targets: &[&str], limit: u32) -> Hello {
         Hello {

@@ -129,13 +129,32 @@ pub fn check_hello(h: &Hello, max_targets: usize) -> Result<(), Rejection> {
     Ok(())
 }
 
-/// What the aggregator takes from one valid result.
+/// What the aggregator takes from one valid result, and nothing else: a batch waits in the
+/// owner's queue in this form (the wire result's strings and phases are freed on the stream's
+/// task, not kept in the queue nor freed by the one task that owns the state).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidResult {
     /// What was checked.
     pub kind: CheckKind,
     /// How it ended (never unspecified).
     pub outcome: Outcome,
+    /// The check's duration, µs.
+    pub duration_micros: u64,
+    /// SYN retransmissions its connect needed.
+    pub syn_retransmits: u32,
+    /// The sender's round.
+    pub round: u64,
+    /// A failure's text, bounded: the error, or its kind when the agent gave none.
+    pub error: Option<String>,
+    /// Whether a failure lay in the sender's own node (`local_…` error kind).
+    pub local: bool,
+}
+
+impl ValidResult {
+    /// Whether the check failed.
+    pub fn failed(&self) -> bool {
+        self.outcome == Outcome::Failed
+    }
 }
 
 /// Validates one result against the sender's declared targets; the check kind comes from the
@@ -162,7 +181,19 @@ pub fn check_result(r: &CheckResult, targets: &[String]) -> Result<ValidResult, 
     }
     match Outcome::try_from(r.outcome) {
         Ok(Outcome::Unspecified) | Err(_) => Err(Rejection::BadOutcome),
-        Ok(outcome) => Ok(ValidResult { kind, outcome }),
+        Ok(outcome) => {
+            let failed = outcome == Outcome::Failed;
+            let error = failed.then(|| bounded_text(if r.error.is_empty() { &r.error_kind } else { &r.error }));
+            Ok(ValidResult {
+                kind,
+                outcome,
+                duration_micros: r.duration_micros,
+                syn_retransmits: r.syn_retransmits,
+                round: r.round,
+                error,
+                local: failed && r.error_kind.starts_with(kubenurse_proto::LOCAL_ERROR_PREFIX),
+            })
+        }
     }
 }
 
@@ -193,7 +224,7 @@ pub fn check_udp(u: &UdpResult, targets: &[String]) -> Result<(), Rejection> {
 #[derive(Debug, Clone, Default)]
 pub struct CheckedBatch {
     /// The valid results.
-    pub results: Vec<(CheckResult, ValidResult)>,
+    pub results: Vec<ValidResult>,
     /// The batch's latest round end, if it had any.
     pub round_end: Option<RoundEnd>,
     /// The UDP results that passed [`check_udp`].
@@ -207,7 +238,7 @@ pub fn check_batch(batch: ResultBatch, targets: &[String]) -> (CheckedBatch, BTr
     let mut results = Vec::with_capacity(batch.results.len());
     for r in batch.results {
         match check_result(&r, targets) {
-            Ok(v) => results.push((r, v)),
+            Ok(v) => results.push(v),
             Err(e) => *refused.entry(e).or_default() += 1,
         }
     }
