@@ -13,6 +13,10 @@
 //! Floor of the ingest figure: a bare tonic sink (this binary again, `BENCH_ROLE=sink`) that
 //! only decodes the same messages and counts their results, fed by the same generator.
 //!
+//! The aggregator's window is 10 s (`BENCH_WINDOW`), ten slots of a second: the bench's
+//! rounds fill every slot of it, as five minutes of a real cluster fill the default window,
+//! so the memory figure is a full window's (with the default window they would fill one slot).
+//!
 //! The load generator runs in this process, on the same 2 cores as the aggregator: the ingest
 //! figure is what the aggregator achieves while sharing the machine with its load.
 //! Run: `cargo bench -p kubenurse-aggregator --bench aggregator_ingest`
@@ -294,9 +298,10 @@ fn main() -> anyhow::Result<()> {
 
     let (grpc, http) = ("127.0.0.1:18151", "127.0.0.1:18152");
     let cell_metrics = std::env::var("BENCH_CELL_METRICS").unwrap_or_else(|_| "none".into());
+    let window = std::env::var("BENCH_WINDOW").unwrap_or_else(|_| "10s".into());
     let mut child = Command::new(BIN)
         .args(["--grpc-address", grpc, "--http-address", http, "--auth", "none", "--discovery", "false"])
-        .args(["--cell-metrics", &cell_metrics])
+        .args(["--cell-metrics", &cell_metrics, "--window", &window])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stderr(Stdio::null())
@@ -335,7 +340,7 @@ fn main() -> anyhow::Result<()> {
             next += rounds;
         }
         let (alone, busy, cpu) = (median(alone), median(busy), median(cpu));
-        println!("ingest: {nodes} simulated agents x {LIMIT} neighbours, medians of {TRIALS} trials of {rounds} rounds (after {WARM_UP} warm-up rounds)");
+        println!("ingest: {nodes} simulated agents x {LIMIT} neighbours, medians of {TRIALS} trials of {rounds} rounds (after {WARM_UP} warm-up rounds), window {window}");
         println!("  a bare tonic sink decoding the same messages (the floor): {floor:.0} results/s");
         println!("  the aggregator alone: {alone:.0} results/s = {:.2} x the floor   [target >= 0.5]", alone / floor);
         println!(

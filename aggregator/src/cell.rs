@@ -2,10 +2,9 @@
 //! window of time slots with latency sketches, error counts, SYN retransmits and UDP loss, the
 //! last result, and the hysteresis that decides whether the cell is failing, slow or lossy now.
 
-use std::collections::VecDeque;
-
 use crate::loss::LossTest;
-use crate::sketch::{Bucket, DenseSketch, SparseSketch};
+use crate::sketch::Bucket;
+use crate::window::{Window, WindowStats};
 
 /// Consecutive-rounds hysteresis: turns bad after `k` bad rounds in a row, good after `k` good.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -40,24 +39,6 @@ impl Streak {
     }
 }
 
-#[derive(Debug, Clone, Default)]
-struct Slot {
-    index: i64,
-    count: u32,
-    errors: u32,
-    syn_retransmits: u32,
-    sketch: SparseSketch,
-    /// Boxed: cells of agents without UDP probes pay one pointer.
-    udp: Option<Box<UdpSlot>>,
-}
-
-#[derive(Debug, Clone, Default)]
-struct UdpSlot {
-    sent: u32,
-    lost: u32,
-    rtt: SparseSketch,
-}
-
 /// One round of UDP packets to a neighbour, as the cell takes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UdpRound<'a> {
@@ -69,7 +50,7 @@ pub struct UdpRound<'a> {
     pub rtt_micros: &'a [u64],
 }
 
-/// The UDP verdict's state, boxed like the slots' UDP data.
+/// The UDP verdict's state, boxed: cells of agents without UDP probes pay one pointer.
 #[derive(Debug, Clone, Default)]
 pub struct UdpVerdict {
     counted: Option<(u64, i64)>,
@@ -149,7 +130,7 @@ impl CellStats {
 /// One cell.
 #[derive(Debug, Clone, Default)]
 pub struct Cell {
-    slots: VecDeque<Slot>,
+    window: Window,
     /// Latency of the last result, microseconds.
     pub last_micros: u64,
     /// Whether the last result failed.
@@ -204,14 +185,7 @@ impl Cell {
         threshold: f64,
         k: u32,
     ) {
-        if let Some(slot) = self.slot_at(at, slot_micros, retention) {
-            let s = slot.udp.get_or_insert_with(Box::default);
-            s.sent = s.sent.saturating_add(udp.sent);
-            s.lost = s.lost.saturating_add(udp.lost);
-            for &rtt in udp.rtt_micros {
-                s.rtt.add(rtt);
-            }
-        }
+        self.window.record_udp(at, slot_micros, retention, udp.sent, udp.lost, udp.rtt_micros);
         let v = self.udp.get_or_insert_with(Box::default);
         v.k = k;
         if fresh_round(&mut v.counted, sender_round, at, min_gap) {
@@ -227,79 +201,24 @@ impl Cell {
 
     /// [`Cell::record`] with the SYN retransmissions its connect needed.
     pub fn record_tcp(&mut self, at: i64, slot_micros: i64, retention: usize, micros: u64, failed: bool, syn: u32) {
-        let Some(slot) = self.slot_at(at, slot_micros, retention) else { return };
-        slot.count = slot.count.saturating_add(1);
-        slot.syn_retransmits = slot.syn_retransmits.saturating_add(syn);
-        if failed {
-            slot.errors = slot.errors.saturating_add(1);
-        } else {
-            slot.sketch.add(micros);
-        }
-    }
-
-    /// The slot a result at `at` goes into (a new one when `at` is past the newest), after
-    /// dropping slots older than `retention`.
-    fn slot_at(&mut self, at: i64, slot_micros: i64, retention: usize) -> Option<&mut Slot> {
-        let index = at.div_euclid(slot_micros.max(1));
-        if self.slots.back().is_none_or(|s| s.index < index) {
-            self.slots.push_back(Slot { index, ..Slot::default() });
-        }
-        let newest = self.slots.back().map_or(index, |s| s.index);
-        while self.slots.len() > 1 && self.slots.front().is_some_and(|s| s.index <= newest - retention as i64) {
-            self.slots.pop_front();
-        }
-        // A result older than every kept slot, or between slots: counted in the oldest slot
-        // that is not newer, or the oldest kept (late results are rare and small).
-        let pos = self.slots.iter().rposition(|s| s.index <= index).unwrap_or(0);
-        self.slots.get_mut(pos)
+        self.window.record_tcp(at, slot_micros, retention, micros, failed, syn);
     }
 
     /// Statistics over the slots that overlap the last `window_slots` slots before `now`.
     pub fn stats(&self, now: i64, slot_micros: i64, window_slots: usize) -> CellStats {
         let current = now.div_euclid(slot_micros.max(1));
-        let oldest = current - window_slots as i64 + 1;
-        let (mut count, mut errors) = (0u64, 0u64);
-        let mut in_window = self.slots.iter().filter(|s| s.index >= oldest).peekable();
-        let first = in_window.next();
-        let [p50, p90, p99] = match (first, in_window.peek()) {
-            (None, _) => [None; 3],
-            // One slot (the common case for short windows): quantiles straight from it.
-            (Some(s), None) => {
-                count += u64::from(s.count);
-                errors += u64::from(s.errors);
-                s.sketch.quantiles([0.5, 0.9, 0.99])
-            }
-            (Some(s), Some(_)) => {
-                let mut dense = DenseSketch::default();
-                for s in std::iter::once(s).chain(in_window) {
-                    count += u64::from(s.count);
-                    errors += u64::from(s.errors);
-                    s.sketch.merge_into(&mut dense);
-                }
-                dense.quantiles([0.5, 0.9, 0.99])
-            }
-        };
-        let window = || self.slots.iter().filter(move |s| s.index >= oldest);
-        let syn_retransmits = window().map(|s| u64::from(s.syn_retransmits)).sum();
-        let udp = Self::udp_stats(window().filter_map(|s| s.udp.as_deref()));
-        CellStats { count, errors, p50, p90, p99, syn_retransmits, udp }
-    }
-
-    fn udp_stats<'a>(slots: impl Iterator<Item = &'a UdpSlot> + Clone) -> Option<UdpStats> {
-        let mut iter = slots.clone();
-        let first = iter.next()?;
-        let (sent, lost) = slots.clone().fold((0, 0), |(s, l), u| (s + u64::from(u.sent), l + u64::from(u.lost)));
-        let [p50, p99] = match iter.next() {
-            None => first.rtt.quantiles([0.5, 0.99]),
-            Some(_) => {
-                let mut dense = DenseSketch::default();
-                for u in slots {
-                    u.rtt.merge_into(&mut dense);
-                }
-                dense.quantiles([0.5, 0.99])
-            }
-        };
-        Some(UdpStats { sent, lost, p50, p99 })
+        let WindowStats { counts, latency: [p50, p90, p99], rtt: [udp_p50, udp_p99] } =
+            self.window.stats(current - window_slots as i64 + 1);
+        let udp = counts.udp.map(|(sent, lost)| UdpStats { sent, lost, p50: udp_p50, p99: udp_p99 });
+        CellStats {
+            count: counts.count,
+            errors: counts.errors,
+            p50,
+            p90,
+            p99,
+            syn_retransmits: counts.syn_retransmits,
+            udp,
+        }
     }
 }
 

@@ -19,6 +19,7 @@ pub mod state;
 pub mod suspects;
 pub mod validate;
 pub mod views;
+pub mod window;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,6 +1,6 @@
-//! A mergeable latency sketch: logarithmic buckets (10 % wide), stored sparsely, so a cell of
-//! the matrix keeps a few bytes per time slot instead of every sample, and windows merge by
-//! adding counts.
+//! A mergeable latency sketch: logarithmic buckets (10 % wide), so a cell of the matrix keeps
+//! a few bytes per bucket and time slot instead of every sample (see `window.rs`), and windows
+//! merge by adding counts.
 
 /// Bucket growth factor: quantiles are exact to within ±5 %.
 const GROWTH: f64 = 1.1;
@@ -35,110 +35,69 @@ pub fn bucket_value(bucket: u8) -> f64 {
 pub struct Bucket(u8);
 
 impl Bucket {
+    /// The bucket of a duration in microseconds.
+    pub fn of(micros: u64) -> Self {
+        Self(bucket_of(micros))
+    }
+
     /// The bucket's representative value, microseconds.
     pub fn micros(self) -> f64 {
         bucket_value(self.0)
     }
 }
 
-/// Sparse bucket counts of one time slot.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SparseSketch {
-    counts: Vec<(u8, u32)>,
-}
-
-impl SparseSketch {
-    /// Adds one sample.
-    pub fn add(&mut self, micros: u64) {
-        let b = bucket_of(micros);
-        match self.counts.binary_search_by_key(&b, |(k, _)| *k) {
-            Ok(i) => self.counts[i].1 = self.counts[i].1.saturating_add(1),
-            Err(i) => self.counts.insert(i, (b, 1)),
+/// Quantiles (ascending `qs`) of bucket counts given in ascending bucket order; `None`s when
+/// there are none.
+pub fn quantiles_sorted<const N: usize>(
+    counts: impl Iterator<Item = (u8, u64)> + Clone,
+    qs: [f64; N],
+) -> [Option<Bucket>; N] {
+    let total: u64 = counts.clone().map(|(_, c)| c).sum();
+    let mut out = [None; N];
+    if total == 0 {
+        return out;
+    }
+    let ranks = qs.map(|q| ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1));
+    let (mut seen, mut next) = (0u64, 0usize);
+    for (b, c) in counts {
+        seen += c;
+        while next < N && seen >= ranks[next] {
+            out[next] = Some(Bucket(b));
+            next += 1;
+        }
+        if next == N {
+            break;
         }
     }
-
-    /// Quantiles of this slot alone (ascending `qs`).
-    pub fn quantiles<const N: usize>(&self, qs: [f64; N]) -> [Option<Bucket>; N] {
-        let total: u64 = self.counts.iter().map(|&(_, c)| u64::from(c)).sum();
-        let mut out = [None; N];
-        if total == 0 {
-            return out;
-        }
-        let ranks = qs.map(|q| ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1));
-        let (mut seen, mut next) = (0u64, 0usize);
-        for &(b, c) in &self.counts {
-            seen += u64::from(c);
-            while next < N && seen >= ranks[next] {
-                out[next] = Some(Bucket(b));
-                next += 1;
-            }
-        }
-        out
-    }
-
-    /// Adds these counts into a dense merge buffer.
-    pub fn merge_into(&self, dense: &mut DenseSketch) {
-        for &(b, c) in &self.counts {
-            dense.counts[usize::from(b)] += u64::from(c);
-            dense.total += u64::from(c);
-        }
-    }
+    out
 }
 
 /// A merge buffer over all buckets, for computing quantiles of a window.
 #[derive(Debug, Clone)]
 pub struct DenseSketch {
     counts: [u64; BUCKETS],
-    total: u64,
+    /// The lowest and highest bucket added to (a window's few buckets are read, not all 200).
+    used: Option<(u8, u8)>,
 }
 
 impl Default for DenseSketch {
     fn default() -> Self {
-        Self { counts: [0; BUCKETS], total: 0 }
+        Self { counts: [0; BUCKETS], used: None }
     }
 }
 
 impl DenseSketch {
-    /// Samples merged so far.
-    pub fn total(&self) -> u64 {
-        self.total
+    /// Adds `count` samples of `bucket`.
+    pub fn add(&mut self, bucket: u8, count: u64) {
+        let bucket = bucket.min((BUCKETS - 1) as u8);
+        self.counts[usize::from(bucket)] += count;
+        self.used = Some(self.used.map_or((bucket, bucket), |(lo, hi)| (lo.min(bucket), hi.max(bucket))));
     }
 
     /// Several quantiles (ascending `qs`) in one pass; `None`s when empty.
     pub fn quantiles<const N: usize>(&self, qs: [f64; N]) -> [Option<Bucket>; N] {
-        let mut out = [None; N];
-        if self.total == 0 {
-            return out;
-        }
-        let ranks = qs.map(|q| ((q.clamp(0.0, 1.0) * self.total as f64).ceil() as u64).max(1));
-        let (mut seen, mut next) = (0u64, 0usize);
-        for (b, &c) in self.counts.iter().enumerate() {
-            seen += c;
-            while next < N && seen >= ranks[next] {
-                out[next] = Some(Bucket(b as u8));
-                next += 1;
-            }
-            if next == N {
-                break;
-            }
-        }
-        out
-    }
-
-    /// The `q` quantile (0..=1) in microseconds; `None` when empty.
-    pub fn quantile(&self, q: f64) -> Option<f64> {
-        if self.total == 0 {
-            return None;
-        }
-        let rank = ((q.clamp(0.0, 1.0) * self.total as f64).ceil() as u64).max(1);
-        let mut seen = 0;
-        for (b, &c) in self.counts.iter().enumerate() {
-            seen += c;
-            if seen >= rank {
-                return Some(bucket_value(b as u8));
-            }
-        }
-        Some(bucket_value((BUCKETS - 1) as u8))
+        let Some((lo, hi)) = self.used else { return [None; N] };
+        quantiles_sorted((lo..=hi).map(|b| (b, self.counts[usize::from(b)])).filter(|&(_, c)| c > 0), qs)
     }
 }
 
@@ -148,18 +107,20 @@ mod tests {
 
     #[test]
     fn quantiles_within_five_percent() {
-        let mut s = SparseSketch::default();
-        for micros in 1..=10_000u64 {
-            s.add(micros * 10);
-        }
         let mut d = DenseSketch::default();
-        s.merge_into(&mut d);
-        assert_eq!(s.quantiles([0.5, 0.9, 0.99]), d.quantiles([0.5, 0.9, 0.99]));
-        for (q, exact) in [(0.5, 50_000.0), (0.9, 90_000.0), (0.99, 99_000.0)] {
-            let got = d.quantile(q).unwrap();
-            assert!((got / exact - 1.0).abs() < 0.06, "q{q}: {got} vs {exact}");
+        for micros in 1..=10_000u64 {
+            d.add(bucket_of(micros * 10), 1);
         }
-        assert_eq!(DenseSketch::default().quantile(0.5), None);
+        let got = d.quantiles([0.5, 0.9, 0.99]).map(|b| b.map_or(0.0, Bucket::micros));
+        for (got, exact) in got.into_iter().zip([50_000.0, 90_000.0, 99_000.0]) {
+            assert!((got / exact - 1.0).abs() < 0.06, "{got} vs {exact}");
+        }
+        assert_eq!(DenseSketch::default().quantiles([0.5]), [None]);
+        // Sparse counts in bucket order give the dense buffer's answer.
+        let sparse = (0..200u8).map(|b| (b, u64::from(b % 7)));
+        let mut dense = DenseSketch::default();
+        sparse.clone().for_each(|(b, c)| dense.add(b, c));
+        assert_eq!(quantiles_sorted(sparse, [0.1, 0.5, 0.999]), dense.quantiles([0.1, 0.5, 0.999]));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Simulated agents for the aggregator's benches: streams that say hello and send what the
-//! bench gives them, over a few HTTP/2 connections, as many agents' would through a Service.
+//! bench gives them, each over its own HTTP/2 connection as an agent's is in a cluster
+//! (`BENCH_STREAMS_PER_CONNECTION` shares connections, to tell the connections' cost apart).
 
 use std::time::{Duration, Instant};
 
@@ -25,8 +26,10 @@ pub async fn ingested(http: &str) -> u64 {
 
 /// `nodes` agents streaming to `grpc`, each targeting the next `limit` nodes on a ring.
 pub async fn connect_agents(grpc: &str, nodes: usize, limit: usize) -> anyhow::Result<Agents> {
+    let per_connection: usize =
+        std::env::var("BENCH_STREAMS_PER_CONNECTION").ok().and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
     let mut channels = Vec::new();
-    for _ in 0..nodes.div_ceil(100) {
+    for _ in 0..nodes.div_ceil(per_connection) {
         channels.push(tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))?.connect().await?);
     }
     let mut senders = Vec::with_capacity(nodes);
