@@ -20,7 +20,7 @@ use crate::views::{self, CellFacts, CellView, CoverageDoc, Matrix, MatrixNode, N
 
 /// A matrix cell as the snapshot keeps it: its compact facts with shared names (a node's name
 /// is one allocation per snapshot, not two per cell: 100,000 cells made 200,000 of them). The
-/// view is made when it is read: a snapshot of views was 280 bytes a cell, this is about 130.
+/// view is made when it is read: a snapshot of views was 280 bytes a cell, this is 136.
 #[derive(Debug, Clone)]
 pub struct SnapshotCell {
     src: Arc<str>,

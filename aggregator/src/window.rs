@@ -1,7 +1,8 @@
-//! A cell's sliding window, compact: a ring of time slots with their counters, and one vector
-//! of every slot's latency buckets. A full window of a cell is about 700 bytes and allocates
-//! nothing as slots come and go; a vector of buckets per slot (and a box per slot's UDP data)
-//! was 1.4 KiB and two allocations a slot, 140 MiB over 100,000 cells.
+//! A cell's sliding window, compact: a ring of time slots with their counters (32 bytes a
+//! slot, 320 for the default ten), and one vector of every slot's latency and round-trip
+//! buckets (8 bytes per bucket a slot uses). Nothing is allocated as slots come and go. A
+//! vector of buckets per slot (and a box per slot's UDP data) was 1.4 KiB a full window and two
+//! allocations a slot: 140 MiB over 100,000 cells.
 
 use std::cmp::Ordering;
 use std::collections::VecDeque;
@@ -74,7 +75,7 @@ pub struct Window {
 }
 
 impl Window {
-    /// Adds a successful check's latency to the slot of `at`.
+    /// Counts a result in the slot of `at` (and its latency, when it did not fail).
     pub fn record_tcp(&mut self, at: i64, slot_micros: i64, retention: usize, micros: u64, failed: bool, syn: u32) {
         let pos = self.slot_at(at, slot_micros, retention);
         let slot = &mut self.slots[pos];
