@@ -13,6 +13,9 @@
 //! Floor of the ingest figure: a bare tonic sink (this binary again, `BENCH_ROLE=sink`) that
 //! only decodes the same messages and counts their results, fed by the same generator.
 //!
+//! Floor and aggregator trials alternate (both processes run throughout; the simulated agents
+//! connect to one, then the other), so a drift in the machine's speed hits both.
+//!
 //! The aggregator's window is 10 s (`BENCH_WINDOW`), ten slots of a second: the bench's
 //! rounds fill every slot of it, as five minutes of a real cluster fill the default window,
 //! so the memory figure is a full window's (with the default window they would fill one slot).
@@ -29,6 +32,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use futures::StreamExt as _;
 use kubenurse_proto::v1::nurse_server::{Nurse, NurseServer};
 use kubenurse_proto::v1::{agent_message, AgentMessage, AggregatorMessage};
 use kubenurse_proto::MAX_MESSAGE_BYTES;
@@ -136,14 +140,19 @@ impl Nurse for Sink {
         request: tonic::Request<tonic::Streaming<AgentMessage>>,
     ) -> Result<tonic::Response<Self::ReportStream>, tonic::Status> {
         let (mut inbound, count) = (request.into_inner(), self.0.clone());
+        // Nothing goes back; the reply stream ends when the agent's stream does (as the
+        // aggregator's does), so its connection closes.
+        let (ended, replies) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             while let Ok(Some(m)) = inbound.message().await {
                 if let Some(agent_message::Msg::Batch(b)) = m.msg {
                     count.fetch_add(b.results.len() as u64, Ordering::Relaxed);
                 }
             }
+            drop(ended);
         });
-        Ok(tonic::Response::new(Box::pin(futures::stream::pending())))
+        let replies = futures::stream::once(replies).filter_map(|_| std::future::ready(None));
+        Ok(tonic::Response::new(Box::pin(replies)))
     }
 }
 
@@ -269,7 +278,9 @@ fn main() -> anyhow::Result<()> {
     let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
     let rounds = rounds as u64;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    // The floor first: the same generator against a sink that only decodes.
+    // The floor: the same generator against a sink that only decodes. Both processes run from
+    // the start and their trials alternate, so a change in the machine's speed (these machines
+    // drift by a third within minutes) hits the floor and the aggregator alike.
     let (sink_grpc, sink_http) = ("127.0.0.1:18153", "127.0.0.1:18154");
     let mut sink = Command::new(std::env::current_exe()?)
         .env("BENCH_ROLE", "sink")
@@ -278,22 +289,6 @@ fn main() -> anyhow::Result<()> {
         .stdin(Stdio::null())
         .spawn()?;
     let sink_pid = sink.id();
-    let floor = runtime.block_on(async {
-        wait_healthy(sink_http, "the bare sink").await?;
-        let senders = connect_agents(sink_grpc, nodes, LIMIT).await?;
-        ingest_rounds(sink_http, &senders, 0..WARM_UP).await?;
-        let (mut rates, mut cpu) = (Vec::new(), Vec::new());
-        for trial in 0..TRIALS {
-            let before = cpu_seconds(sink_pid);
-            let first = WARM_UP + trial * rounds;
-            rates.push(ingest_rounds(sink_http, &senders, first..first + rounds).await?);
-            cpu.push(cpu_seconds(sink_pid) - before);
-        }
-        anyhow::Ok((median(rates), median(cpu)))
-    });
-    let _ = sink.kill();
-    let _ = sink.wait();
-    let (floor, sink_cpu) = floor?;
     let per_result = |cpu: f64| cpu * 1e6 / (nodes as f64 * LIMIT as f64 * rounds as f64);
 
     let (grpc, http) = ("127.0.0.1:18151", "127.0.0.1:18152");
@@ -308,25 +303,64 @@ fn main() -> anyhow::Result<()> {
         .spawn()?;
     let pid = child.id();
     let result = runtime.block_on(async {
+        wait_healthy(sink_http, "the bare sink").await?;
         wait_healthy(http, "the aggregator").await?;
+        // One trial: connect every simulated agent to `grpc`, warm up (the first rounds create
+        // the cells), time `rounds` rounds, and close the streams again (one process's 10,000
+        // connections at a time). Rounds are numbered on across trials.
+        let mut next = 0u64;
+        let mut trial = async |grpc: &str, http: &str, pid: u32, warm_up: u64| -> anyhow::Result<(f64, f64)> {
+            let senders = connect_agents(grpc, nodes, LIMIT).await?;
+            ingest_rounds(http, &senders, next..next + warm_up).await?;
+            next += warm_up;
+            let before = cpu_seconds(pid);
+            let rate = ingest_rounds(http, &senders, next..next + rounds).await?;
+            next += rounds;
+            let cpu = cpu_seconds(pid) - before;
+            drop(senders);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            Ok((rate, cpu))
+        };
+        let (mut floors, mut sink_cpu, mut alone, mut cpu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for t in 0..TRIALS {
+            let warm_up = if t == 0 { WARM_UP } else { 1 };
+            let (rate, used) = trial(sink_grpc, sink_http, sink_pid, warm_up).await?;
+            floors.push(rate);
+            sink_cpu.push(used);
+            let (rate, used) = trial(grpc, http, pid, warm_up).await?;
+            alone.push(rate);
+            cpu.push(used);
+        }
+        let (floor, alone, cpu) = (median(floors), median(alone), median(cpu));
+        println!("ingest: {nodes} simulated agents x {LIMIT} neighbours, medians of {TRIALS} trials of {rounds} rounds each (floor and aggregator trials alternating), window {window}");
+        println!("  a bare tonic sink decoding the same messages (the floor): {floor:.0} results/s");
+        println!("  the aggregator alone: {alone:.0} results/s = {:.2} x the floor   [target >= 0.5]", alone / floor);
+        println!(
+            "  CPU per result: aggregator {:.2} us, bare sink {:.2} us (the generator shares the 2 cores with either)",
+            per_result(cpu),
+            per_result(median(sink_cpu))
+        );
+        println!(
+            "  aggregator resident memory after the trials (every agent connected {TRIALS} times): {:.1} MiB   [target <= 256 MiB after queries]",
+            proc_stat(pid).map_or(0.0, |p| p.rss_mib())
+        );
         let senders = connect_agents(grpc, nodes, LIMIT).await?;
-        // The first rounds create the 100,000 cells: not what steady ingest costs.
-        ingest_rounds(http, &senders, 0..WARM_UP).await?;
+        ingest_rounds(http, &senders, next..next + 1).await?;
+        next += 1;
         // BENCH_LOOP_METRICS=0: all 8 loop the matrix (to tell the two costs apart).
         let with_metrics = std::env::var("BENCH_LOOP_METRICS").map_or(true, |v| v != "0");
         // BENCH_CLIENT_GZIP=0: the clients take the 25 MiB plain matrix (browsers ask for gzip).
         let gzip = std::env::var("BENCH_CLIENT_GZIP").map_or(true, |v| v != "0");
         // Alone and busy trials alternate, so a change in the machine's speed hits both.
-        let (mut alone, mut busy, mut cpu, mut served, mut shed) = (Vec::new(), Vec::new(), Vec::new(), 0, 0);
+        let (mut quiet, mut busy, mut quiet_cpu, mut served, mut shed) = (Vec::new(), Vec::new(), Vec::new(), 0, 0);
         // Where the CPU goes while queried: the aggregator's, and this process's (the load
         // generator and the 8 clients reading the answers), per result, in both phases.
         let (mut busy_cpu, mut own_alone, mut own_busy) = (Vec::new(), Vec::new(), Vec::new());
         let me = std::process::id();
-        let mut next = WARM_UP;
         for _ in 0..TRIALS {
             let (before, own) = (cpu_seconds(pid), cpu_seconds(me));
-            alone.push(ingest_rounds(http, &senders, next..next + rounds).await?);
-            cpu.push(cpu_seconds(pid) - before);
+            quiet.push(ingest_rounds(http, &senders, next..next + rounds).await?);
+            quiet_cpu.push(cpu_seconds(pid) - before);
             own_alone.push(cpu_seconds(me) - own);
             next += rounds;
             let (before, own) = (cpu_seconds(pid), cpu_seconds(me));
@@ -339,16 +373,7 @@ fn main() -> anyhow::Result<()> {
             shed += refused;
             next += rounds;
         }
-        let (alone, busy, cpu) = (median(alone), median(busy), median(cpu));
-        println!("ingest: {nodes} simulated agents x {LIMIT} neighbours, medians of {TRIALS} trials of {rounds} rounds (after {WARM_UP} warm-up rounds), window {window}");
-        println!("  a bare tonic sink decoding the same messages (the floor): {floor:.0} results/s");
-        println!("  the aggregator alone: {alone:.0} results/s = {:.2} x the floor   [target >= 0.5]", alone / floor);
-        println!(
-            "  CPU per result: aggregator {:.2} us, bare sink {:.2} us (the generator shares the 2 cores with either)",
-            per_result(cpu),
-            per_result(sink_cpu)
-        );
-        println!("  aggregator resident memory after the trials: {:.1} MiB   [target <= 256 MiB after queries]", proc_stat(pid).map_or(0.0, |p| p.rss_mib()));
+        let (quiet, busy) = (median(quiet), median(busy));
         let what = match (with_metrics, gzip) {
             (true, true) => "/api/v1/matrix (gzip, as browsers ask) and /metrics",
             (true, false) => "/api/v1/matrix (plain) and /metrics",
@@ -356,13 +381,13 @@ fn main() -> anyhow::Result<()> {
             (false, false) => "/api/v1/matrix (plain)",
         };
         println!(
-            "  while 8 clients loop {what}: {busy:.0} results/s = {:.2} x alone ({served} answers with 200, {shed} refused by the API's rates and permits)   [target >= 0.9]",
-            busy / alone
+            "  while 8 clients loop {what}: {busy:.0} results/s = {:.2} x alone ({quiet:.0}/s in the trials between) ({served} answers with 200, {shed} refused by the API's rates and permits)   [target >= 0.9]",
+            busy / quiet
         );
         println!(
             "    CPU per result while queried: aggregator {:.2} us (alone {:.2}); this process (generator + clients) {:.2} us (alone {:.2})",
             per_result(median(busy_cpu)),
-            per_result(cpu),
+            per_result(median(quiet_cpu)),
             per_result(median(own_busy)),
             per_result(median(own_alone))
         );
@@ -393,6 +418,8 @@ fn main() -> anyhow::Result<()> {
         drop(senders);
         anyhow::Ok(())
     });
+    let _ = sink.kill();
+    let _ = sink.wait();
     let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
     let _ = child.wait();
     result
