@@ -1,4 +1,4 @@
-//! Neighbour discovery, two ways. Local: kube-rs reflectors keep stripped Pods (and Nodes,
+//! Neighbour discovery, two ways. Local: watch caches keep slim Pods (and Nodes,
 //! unless unschedulable nodes are allowed) in memory and a round reads the cache, never LISTs
 //! (upstream's way: every agent watches every Node). Pushed: the aggregator sends the targets
 //! down the stream and the agent watches at most its own Node. `KUBENURSE_DISCOVERY` picks;
@@ -10,10 +10,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{Api, Client};
 use kubenurse_common::backoff::{random_unit, Backoff};
+use kubenurse_neighbours::cache::Cache;
 use kubenurse_neighbours::watch::{drive, health_of, Health, FIRST_RETRY_DELAY};
 use kubenurse_proto::v1::Targets;
 use tracing::{info, warn};
@@ -23,7 +23,7 @@ use crate::pushed::{DiscoveryMode, PushedList, Source};
 use crate::ring::Neighbour;
 use crate::selector::LabelSelector;
 use kubenurse_neighbours::listwatch::{list_watch, pod_events, Selectors};
-use kubenurse_neighbours::slim::{SlimNode, SlimPod};
+use kubenurse_neighbours::slim::{pod_key, SlimNode, SlimPod};
 
 /// What a round checks: the selected neighbours and whether discovery is healthy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,8 +64,8 @@ const OWN_NODE_MAX_DELAY: Duration = Duration::from_secs(10);
 
 /// The watches of local discovery; dropping them stops the watches.
 struct LocalWatches {
-    pods: Store<SlimPod>,
-    nodes: Option<Store<SlimNode>>,
+    pods: Cache<SlimPod>,
+    nodes: Option<Cache<SlimNode>>,
     pods_health: Health,
     nodes_health: Health,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -81,7 +81,7 @@ impl Drop for LocalWatches {
 
 /// A watch of the own Node only (field selector): its zone and schedulability.
 struct OwnNodeWatch {
-    store: Store<SlimNode>,
+    cache: Cache<SlimNode>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -160,11 +160,11 @@ impl Discovery {
         // LISTs are answered from the API server's watch cache (cheap at scale), decoded as
         // they arrive.
         let filter = s.neighbour_filter.clone();
-        let pod_api: Api<SlimPod> = match &s.namespace {
+        let pod_api: Api<Pod> = match &s.namespace {
             Some(ns) => Api::namespaced(self.0.client.clone(), ns),
             None => Api::all(self.0.client.clone()),
         };
-        let (pods, pod_writer) = reflector::store();
+        let (pods, pod_writer) = Cache::new();
         let (pods_health, nodes_health) = (Health::default(), Health::default());
         let mut tasks = vec![tokio::spawn(drive(
             move || pod_events(pod_api.clone(), &filter),
@@ -176,10 +176,10 @@ impl Discovery {
         let nodes = if s.allow_unschedulable {
             None
         } else {
-            let node_api: Api<SlimNode> = Api::all(self.0.client.clone());
-            let (nodes, node_writer) = reflector::store();
+            let node_api: Api<Node> = Api::all(self.0.client.clone());
+            let (nodes, node_writer) = Cache::new();
             tasks.push(tokio::spawn(drive(
-                move || list_watch(node_api.clone(), Selectors::default()),
+                move || list_watch::<SlimNode>(node_api.clone(), Selectors::default()),
                 node_writer,
                 nodes_health.clone(),
                 "nodes",
@@ -196,30 +196,29 @@ impl Discovery {
         if s.mode == DiscoveryMode::Local || s.allow_unschedulable {
             return;
         }
-        let api: Api<SlimNode> = Api::all(self.0.client.clone());
+        let api: Api<Node> = Api::all(self.0.client.clone());
         let selectors = Selectors::named(node);
-        let (store, writer) = reflector::store();
+        let (cache, writer) = Cache::new();
         let task = tokio::spawn(drive(
-            move || list_watch(api.clone(), selectors.clone()),
+            move || list_watch::<SlimNode>(api.clone(), selectors.clone()),
             writer,
             Health::default(),
             "own node",
             |_| {},
         ));
-        *lock(&self.0.own_watch) = Some(Arc::new(OwnNodeWatch { store, task }));
+        *lock(&self.0.own_watch) = Some(Arc::new(OwnNodeWatch { cache, task }));
     }
 
-    /// The store holding the own Node: the full Node watch when local discovery runs, else the
+    /// The own Node as cached: by the full Node watch when local discovery runs, else by the
     /// own-Node watch.
     fn own_node_object(&self) -> Option<Arc<SlimNode>> {
         let own = self.own_node()?;
-        let key = ObjectRef::new(&own);
         if let Some(nodes) = self.local().and_then(|l| l.nodes.clone()) {
-            if let Some(n) = nodes.get(&key) {
+            if let Some(n) = nodes.get(&own) {
                 return Some(n);
             }
         }
-        lock(&self.0.own_watch).as_ref().and_then(|w| w.store.get(&key))
+        lock(&self.0.own_watch).as_ref().and_then(|w| w.cache.get(&own))
     }
 
     /// A stream from replica `from` delivered targets (`Some`) or ended (`None`); returns why
@@ -247,7 +246,7 @@ impl Discovery {
     pub fn knows_pod(&self, pod: &str) -> bool {
         if let Some(local) = self.local() {
             let cached = match &self.0.settings.namespace {
-                Some(ns) => local.pods.get(&ObjectRef::new(pod).within(ns)).is_some(),
+                Some(ns) => local.pods.get(&pod_key(Some(ns), pod)).is_some(),
                 None => local.pods.state().iter().any(|p| p.name() == pod),
             };
             if cached {

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kubenurse_common::signal::stopped;
+use kubenurse_neighbours::client::watch_client;
 use kubenurse_proto::v1::RoundEnd;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -146,14 +147,11 @@ pub async fn run(
     };
 
     let discovery = if check_neighbourhood {
-        let mut kube_config = match kube_config {
+        let kube_config = match kube_config {
             Some(c) => c,
             None => kube::Config::infer().await.map_err(|e| AgentError::KubeConfig(e.to_string()))?,
         };
-        // kube retries 503s for minutes by default, hiding an outage from neighbourhood_state;
-        // the watchers back off by themselves.
-        kube_config.default_retry = false;
-        let client = kube::Client::try_from(kube_config).map_err(|e| AgentError::KubeConfig(e.to_string()))?;
+        let client = watch_client(kube_config).map_err(|e| AgentError::KubeConfig(e.to_string()))?;
         Some(Discovery::spawn(
             client,
             DiscoverySettings {

@@ -1,5 +1,5 @@
 //! Discovery once for the whole cluster: the aggregator watches the agents' Pods and the
-//! Nodes (stripped reflector caches, as an agent does), works out every agent's targets with
+//! Nodes (slim watch caches, as an agent keeps), works out every agent's targets with
 //! the agents' own rules and ring ([`kubenurse_neighbours`]), and each stream pushes its
 //! agent's list whenever it changes. Agents then watch no Pods and no other Nodes: one watch
 //! per replica instead of one per node.
@@ -8,9 +8,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::Event;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{Api, Client};
+use kubenurse_neighbours::cache::Cache;
 use kubenurse_neighbours::listwatch::{list_watch, pod_events, Selectors};
 use kubenurse_neighbours::neighbourhood::{eligible_by_node, PodFacts as _};
 use kubenurse_neighbours::ring::{Neighbour, Ring};
@@ -113,8 +114,10 @@ impl TargetBook {
             Ring::new(eligible_by_node(pods.iter().map(|p| &**p), schedulable.as_ref(), &config.neighbour_filter));
         let mut book = Self { state, ring_nodes: ring.len(), ..Self::default() };
         for pod in pods {
-            let meta = pod.meta();
-            let Some(name) = meta.name.clone() else { continue };
+            let name = pod.name().to_string();
+            if name.is_empty() {
+                continue;
+            }
             if !pod.selected_by(&config.neighbour_filter) {
                 continue;
             }
@@ -187,13 +190,13 @@ impl Drop for Running {
 pub fn spawn(client: Client, config: DiscoveryConfig) -> Running {
     let changed = Arc::new(Notify::new());
     let filter = config.neighbour_filter.clone();
-    let pod_api: Api<SlimPod> = match &config.namespace {
+    let pod_api: Api<Pod> = match &config.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let node_api: Api<SlimNode> = Api::all(client);
-    let (pods, pod_writer) = reflector::store();
-    let (nodes, node_writer) = reflector::store();
+    let node_api: Api<Node> = Api::all(client);
+    let (pods, pod_writer) = Cache::new();
+    let (nodes, node_writer) = Cache::new();
     let (pods_health, nodes_health) = (Health::default(), Health::default());
     let notify = changed.clone();
     let pods_task = tokio::spawn(drive(
@@ -211,7 +214,7 @@ pub fn spawn(client: Client, config: DiscoveryConfig) -> Running {
     let notify = changed.clone();
     let node_keys = Mutex::new(HashMap::new());
     let nodes_task = tokio::spawn(drive(
-        move || list_watch(node_api.clone(), Selectors::default()),
+        move || list_watch::<SlimNode>(node_api.clone(), Selectors::default()),
         node_writer,
         nodes_health.clone(),
         "nodes",
@@ -223,8 +226,8 @@ pub fn spawn(client: Client, config: DiscoveryConfig) -> Running {
 }
 
 struct Caches {
-    pods: Store<SlimPod>,
-    nodes: Store<SlimNode>,
+    pods: Cache<SlimPod>,
+    nodes: Cache<SlimNode>,
     pods_health: Health,
     nodes_health: Health,
 }

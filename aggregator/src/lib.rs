@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt as _;
 
+use kubenurse_neighbours::client::watch_client;
 use kubenurse_proto::v1::nurse_server::NurseServer;
 use kubenurse_proto::MAX_MESSAGE_BYTES;
 use tokio::net::TcpListener;
@@ -124,8 +125,7 @@ pub async fn run(
                 Some(c) => c,
                 None => kube::Config::infer().await.map_err(|e| AggregatorError::DiscoveryKube(e.to_string()))?,
             };
-            let client =
-                kube::Client::try_from(kube_config).map_err(|e| AggregatorError::DiscoveryKube(e.to_string()))?;
+            let client = watch_client(kube_config).map_err(|e| AggregatorError::DiscoveryKube(e.to_string()))?;
             info!(namespace = ?discovery.namespace, limit = discovery.neighbour_limit, "pushed discovery on: watching Pods and Nodes");
             Some(discovery::spawn(client, discovery))
         }

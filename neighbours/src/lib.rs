@@ -3,6 +3,8 @@
 //! discovery). Both tiers use these rules, this ring and these variables, so the two ways
 //! select exactly the same neighbours.
 
+pub mod cache;
+pub mod client;
 pub mod list_split;
 pub mod listwatch;
 pub mod neighbourhood;

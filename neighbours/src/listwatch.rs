@@ -18,13 +18,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta;
 use kube::api::{ListParams, WatchParams};
 use kube::core::Status;
 use kube::runtime::watcher::{self, Event};
-use kube::{Api, Resource};
-use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, Visitor};
+use kube::Api;
+use serde::de::{DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
 use crate::list_split::{ListSplitError, ListSplitter, MAX_ITEM_BYTES};
 use crate::selector::LabelSelector;
-use crate::slim::SlimPod;
+use crate::slim::{SlimPod, Versioned, Watched};
 
 /// Seconds the API server keeps a watch open before ending it (kube-rs's default, under the
 /// API server's own limit); the stream re-opens it from the last version seen.
@@ -90,8 +90,8 @@ enum Phase<K> {
 /// the whole object into a buffered tree: 8 KiB Node updates 50 times a second.
 #[derive(Debug)]
 enum WireEvent<K> {
-    Apply(K),
-    Delete(K),
+    Apply(Versioned<K>),
+    Delete(Versioned<K>),
     Bookmark(String),
     Error(Box<Status>),
 }
@@ -129,23 +129,23 @@ enum WireKey {
 /// Decodes an event's object as its type says, from the event's map or from a buffered tree.
 struct ObjectOf<K>(WireType, PhantomData<K>);
 
-impl<'de, K: DeserializeOwned> DeserializeSeed<'de> for ObjectOf<K> {
+impl<'de, K: Watched> DeserializeSeed<'de> for ObjectOf<K> {
     type Value = WireEvent<K>;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<WireEvent<K>, D::Error> {
         Ok(match self.0 {
-            WireType::Added | WireType::Modified => WireEvent::Apply(K::deserialize(d)?),
-            WireType::Deleted => WireEvent::Delete(K::deserialize(d)?),
+            WireType::Added | WireType::Modified => WireEvent::Apply(K::decode(d)?),
+            WireType::Deleted => WireEvent::Delete(K::decode(d)?),
             WireType::Bookmark => WireEvent::Bookmark(BookmarkWire::deserialize(d)?.metadata.resource_version),
             WireType::Error => WireEvent::Error(Box::new(Status::deserialize(d)?)),
         })
     }
 }
 
-impl<'de, K: DeserializeOwned> Deserialize<'de> for WireEvent<K> {
+impl<'de, K: Watched> Deserialize<'de> for WireEvent<K> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct EventVisitor<K>(PhantomData<K>);
-        impl<'de, K: DeserializeOwned> Visitor<'de> for EventVisitor<K> {
+        impl<'de, K: Watched> Visitor<'de> for EventVisitor<K> {
             type Value = WireEvent<K>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a watch event")
@@ -200,7 +200,7 @@ async fn next_line(body: &mut Body, line: &mut Vec<u8>) -> kube::Result<bool> {
 }
 
 /// Opens a watch of `api` from `version`.
-async fn open_watch<K: Resource + Clone>(api: &Api<K>, selectors: &Selectors, version: &str) -> kube::Result<Body> {
+async fn open_watch<R: kube::Resource + Clone>(api: &Api<R>, selectors: &Selectors, version: &str) -> kube::Result<Body> {
     let mut request = kube::core::Request::new(api.resource_url())
         .watch(&selectors.watch_params(), version)
         .map_err(kube::Error::BuildRequest)?;
@@ -218,12 +218,9 @@ struct Listing<K> {
     pending: VecDeque<K>,
 }
 
-impl<K: Resource + DeserializeOwned> Listing<K> {
+impl<K: Watched> Listing<K> {
     /// Sends the LIST of `api`.
-    async fn start(api: &Api<K>, selectors: &Selectors) -> kube::Result<Self>
-    where
-        K: Clone,
-    {
+    async fn start(api: &Api<K::Full>, selectors: &Selectors) -> kube::Result<Self> {
         let request = kube::core::Request::new(api.resource_url())
             .list(&selectors.list_params())
             .map_err(kube::Error::BuildRequest)?;
@@ -235,8 +232,7 @@ impl<K: Resource + DeserializeOwned> Listing<K> {
     /// `None` at the end of the body.
     async fn next(&mut self) -> kube::Result<Option<K>> {
         loop {
-            if let Some(mut object) = self.pending.pop_front() {
-                object.meta_mut().resource_version = None;
+            if let Some(object) = self.pending.pop_front() {
                 return Ok(Some(object));
             }
             let chunk = self.body.fill_buf().await.map_err(kube::Error::ReadEvents)?;
@@ -246,8 +242,8 @@ impl<K: Resource + DeserializeOwned> Listing<K> {
             let n = chunk.len();
             let (pending, mut bad_item) = (&mut self.pending, None);
             self.splitter
-                .feed(chunk, |item| match serde_json::from_slice::<K>(item) {
-                    Ok(object) => pending.push_back(object),
+                .feed(chunk, |item| match serde_json::from_slice::<Versioned<K>>(item) {
+                    Ok(Versioned { object, .. }) => pending.push_back(object),
                     Err(e) => {
                         bad_item.get_or_insert(e);
                     }
@@ -272,10 +268,7 @@ impl<K: Resource + DeserializeOwned> Listing<K> {
 }
 
 /// LISTs `api`'s objects, decoding each as it arrives; returns them and the list's version.
-pub async fn list_streaming<K>(api: &Api<K>, selectors: &Selectors) -> kube::Result<(Vec<K>, String)>
-where
-    K: Resource + Clone + DeserializeOwned,
-{
+pub async fn list_streaming<K: Watched>(api: &Api<K::Full>, selectors: &Selectors) -> kube::Result<(Vec<K>, String)> {
     let mut listing = Listing::start(api, selectors).await?;
     let mut objects = Vec::new();
     while let Some(object) = listing.next().await? {
@@ -286,10 +279,10 @@ where
 
 /// The objects of `api` as watcher events (`Init`, `InitApply` each, `InitDone`, then `Apply`
 /// and `Delete`), ending after the first error.
-pub fn list_watch<K>(api: Api<K>, selectors: Selectors) -> impl Stream<Item = Result<Event<K>, watcher::Error>> + Send
-where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
-{
+pub fn list_watch<K: Watched>(
+    api: Api<K::Full>,
+    selectors: Selectors,
+) -> impl Stream<Item = Result<Event<K>, watcher::Error>> + Send {
     // The api and selectors travel with the phase: one stream step per LIST object must not
     // clone them each time.
     futures::stream::unfold((Phase::List, api, selectors), |(phase, api, selectors)| async move {
@@ -299,14 +292,11 @@ where
 }
 
 /// One item of [`list_watch`] and the phase after it; `None` once the stream has ended.
-async fn step<K>(
+async fn step<K: Watched>(
     mut phase: Phase<K>,
-    api: &Api<K>,
+    api: &Api<K::Full>,
     selectors: &Selectors,
-) -> Option<(Result<Event<K>, watcher::Error>, Phase<K>)>
-where
-    K: Resource + Clone + DeserializeOwned + Debug,
-{
+) -> Option<(Result<Event<K>, watcher::Error>, Phase<K>)> {
     loop {
         phase = match phase {
             Phase::Ended => return None,
@@ -341,13 +331,13 @@ where
                         version = v;
                         Phase::Watching(version, body, line)
                     }
-                    Ok(WireEvent::Apply(mut o)) => {
-                        version = o.meta_mut().resource_version.take().unwrap_or(version);
-                        return Some((Ok(Event::Apply(o)), Phase::Watching(version, body, line)));
+                    Ok(WireEvent::Apply(Versioned { object, version: v })) => {
+                        version = v.unwrap_or(version);
+                        return Some((Ok(Event::Apply(object)), Phase::Watching(version, body, line)));
                     }
-                    Ok(WireEvent::Delete(mut o)) => {
-                        version = o.meta_mut().resource_version.take().unwrap_or(version);
-                        return Some((Ok(Event::Delete(o)), Phase::Watching(version, body, line)));
+                    Ok(WireEvent::Delete(Versioned { object, version: v })) => {
+                        version = v.unwrap_or(version);
+                        return Some((Ok(Event::Delete(object)), Phase::Watching(version, body, line)));
                     }
                     // 410 Gone among them: the next stream lists afresh.
                     Ok(WireEvent::Error(status)) => {
@@ -363,11 +353,12 @@ where
 /// filter's verdict instead of its labels ([`SlimPod::judge_labels`]): what both tiers' Pod
 /// caches hold.
 pub fn pod_events(
-    api: Api<SlimPod>,
+    api: Api<k8s_openapi::api::core::v1::Pod>,
     filter: &LabelSelector,
 ) -> impl Stream<Item = Result<Event<SlimPod>, watcher::Error>> + Send {
     let filter = filter.clone();
-    list_watch(api, Selectors::pods(&filter)).map(move |event| event.map(|e| e.modify(|p| p.judge_labels(&filter))))
+    list_watch::<SlimPod>(api, Selectors::pods(&filter))
+        .map(move |event| event.map(|e| e.modify(|p: &mut SlimPod| p.judge_labels(&filter))))
 }
 
 #[cfg(test)]
@@ -384,14 +375,16 @@ mod tests {
         let node = r#"{"metadata":{"name":"n1","resourceVersion":"7"},"spec":{"unschedulable":true}}"#;
         for (kind, want_apply) in [("ADDED", true), ("MODIFIED", true), ("DELETED", false)] {
             match decode(&format!(r#"{{"type":"{kind}","object":{node}}}"#)).unwrap() {
-                WireEvent::Apply(n) if want_apply => assert!(n.name() == "n1" && n.unschedulable()),
-                WireEvent::Delete(n) if !want_apply => assert_eq!(n.name(), "n1"),
+                WireEvent::Apply(Versioned { object: n, version }) if want_apply => {
+                    assert!(n.name() == "n1" && n.unschedulable() && version.as_deref() == Some("7"));
+                }
+                WireEvent::Delete(Versioned { object: n, .. }) if !want_apply => assert_eq!(n.name(), "n1"),
                 other => panic!("{kind}: {other:?}"),
             }
         }
         // The object before its type decodes the same.
         let late = decode(&format!(r#"{{"object":{node},"type":"MODIFIED"}}"#)).unwrap();
-        assert!(matches!(late, WireEvent::Apply(n) if n.name() == "n1"));
+        assert!(matches!(late, WireEvent::Apply(v) if v.object.name() == "n1"));
         let bookmark =
             r#"{"type":"BOOKMARK","object":{"kind":"Node","apiVersion":"v1","metadata":{"resourceVersion":"12"}}}"#;
         assert!(matches!(decode(bookmark).unwrap(), WireEvent::Bookmark(v) if v == "12"));

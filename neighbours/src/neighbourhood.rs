@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::ring::{node_hash, Neighbour};
 use crate::selector::LabelSelector;
@@ -30,8 +29,10 @@ pub fn unschedulable_by<'a>(unschedulable: Option<bool>, mut taints: impl Iterat
 /// What eligibility reads of a pod, from a full k8s-openapi `Pod` (tests, fixtures) or from
 /// the [`crate::slim::SlimPod`] discovery caches.
 pub trait PodFacts {
-    /// Name, labels, deletion time.
-    fn meta(&self) -> &ObjectMeta;
+    /// `metadata.name`.
+    fn name(&self) -> Option<&str>;
+    /// Whether `metadata.deletionTimestamp` is set.
+    fn terminating(&self) -> bool;
     /// `spec.nodeName`.
     fn node_name(&self) -> Option<&str>;
     /// `status.phase`.
@@ -41,14 +42,18 @@ pub trait PodFacts {
     /// `status.hostIP`.
     fn host_ip(&self) -> Option<&str>;
     /// Whether `filter` selects the pod (by its labels, unless the cache judged it already).
-    fn selected_by(&self, filter: &LabelSelector) -> bool {
-        filter.matches_labels_of(self.meta().labels.as_ref())
-    }
+    fn selected_by(&self, filter: &LabelSelector) -> bool;
 }
 
 impl PodFacts for Pod {
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
+    fn name(&self) -> Option<&str> {
+        self.metadata.name.as_deref()
+    }
+    fn terminating(&self) -> bool {
+        self.metadata.deletion_timestamp.is_some()
+    }
+    fn selected_by(&self, filter: &LabelSelector) -> bool {
+        filter.matches_labels_of(self.metadata.labels.as_ref())
     }
     fn node_name(&self) -> Option<&str> {
         self.spec.as_ref()?.node_name.as_deref()
@@ -74,9 +79,8 @@ fn eligible<'a, P: PodFacts, K: Borrow<str> + Hash + Eq>(
     nodes: Option<&HashMap<K, bool>>,
     filter: &LabelSelector,
 ) -> Option<Eligible<'a>> {
-    let meta = pod.meta();
-    let name = meta.name.as_deref().filter(|n| !n.is_empty())?;
-    if meta.deletion_timestamp.is_some() || pod.phase() != Some("Running") {
+    let name = pod.name().filter(|n| !n.is_empty())?;
+    if pod.terminating() || pod.phase() != Some("Running") {
         return None;
     }
     let matched = pod.selected_by(filter);
@@ -166,7 +170,7 @@ pub fn nearest_neighbours<'a, P: PodFacts + 'a, K: Borrow<str> + Hash + Eq>(
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{NodeSpec, PodSpec, PodStatus, Taint};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
     fn pod(name: &str, node: &str, phase: &str, labels: &[(&str, &str)]) -> Pod {
         Pod {

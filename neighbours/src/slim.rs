@@ -3,16 +3,17 @@
 //! Decoding the whole object and stripping it afterwards still allocated every field, and the
 //! k8s-openapi types are 1.5 KiB (Node) and 2.1 KiB (Pod) before any field is set: at 5,000
 //! Nodes and Pods that was most of an agent's memory. [`SlimNode`] and [`SlimPod`] decode
-//! only the fields discovery reads and skip the rest unbuilt.
+//! only the fields discovery reads, skip the rest unbuilt, and keep what they read in boxed
+//! strings: no `ObjectMeta` (350 bytes with every field unset), so a cached Node is about
+//! 100 bytes with its strings. The resource version comes out beside the object
+//! ([`Versioned`]), for [`crate::listwatch`] to resume from; objects never keep it.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::Resource;
-use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use serde::de::{DeserializeOwned, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
 use crate::neighbourhood::{node_is_unschedulable, unschedulable_by, PodFacts};
@@ -21,19 +22,45 @@ use crate::selector::LabelSelector;
 /// The Node label that names a node's zone (well-known, set by cloud providers).
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
-/// A Node as discovery keeps it: its identity, whether it takes checks, and its zone.
-/// (A k8s-openapi `Node` is 1.5 KiB before any field is set; this is a quarter of that.)
+/// A kind discovery watches: decoded slim from the API server's JSON, cached by [`Watched::key`].
+pub trait Watched: Clone + fmt::Debug + Send + Sync + Sized + 'static {
+    /// The full k8s-openapi type, for the API paths (never decoded by the watches).
+    type Full: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + fmt::Debug;
+
+    /// The object and its `metadata.resourceVersion`, from one object's JSON.
+    fn decode<'de, D: Deserializer<'de>>(d: D) -> Result<Versioned<Self>, D::Error>;
+
+    /// What the cache keys the object by: unique among the objects one watch sees.
+    fn key(&self) -> String;
+}
+
+/// An object as the API server sent it, with its version (which the caches never keep).
+#[derive(Debug, Clone)]
+pub struct Versioned<K> {
+    /// The object.
+    pub object: K,
+    /// Its `metadata.resourceVersion`.
+    pub version: Option<String>,
+}
+
+impl<'de, K: Watched> Deserialize<'de> for Versioned<K> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        K::decode(d)
+    }
+}
+
+/// A Node as discovery keeps it: its name, whether it takes checks, and its zone.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct SlimNode {
-    metadata: ObjectMeta,
+    name: Box<str>,
     unschedulable: bool,
-    zone: Option<String>,
+    zone: Option<Box<str>>,
 }
 
 impl SlimNode {
     /// The node's name (empty when the API server sent none).
     pub fn name(&self) -> &str {
-        self.metadata.name.as_deref().unwrap_or_default()
+        &self.name
     }
 
     /// Cordoned or tainted unschedulable ([`node_is_unschedulable`]'s rule).
@@ -47,38 +74,71 @@ impl SlimNode {
     }
 }
 
+/// An optional string as a cache keeps it (a `Box<str>` is 16 bytes, a `String` 24).
+fn boxed(s: &Option<String>) -> Option<Box<str>> {
+    s.as_deref().map(Box::from)
+}
+
 impl From<&Node> for SlimNode {
     fn from(node: &Node) -> Self {
         let m = &node.metadata;
         Self {
-            metadata: ObjectMeta {
-                name: m.name.clone(),
-                resource_version: m.resource_version.clone(),
-                ..ObjectMeta::default()
-            },
+            name: m.name.as_deref().unwrap_or_default().into(),
             unschedulable: node_is_unschedulable(node),
-            zone: m.labels.as_ref().and_then(|l| l.get(ZONE_LABEL).cloned()),
+            zone: m.labels.as_ref().and_then(|l| l.get(ZONE_LABEL)).map(|z| z.as_str().into()),
         }
     }
 }
 
+impl Watched for SlimNode {
+    type Full = Node;
+
+    fn decode<'de, D: Deserializer<'de>>(d: D) -> Result<Versioned<Self>, D::Error> {
+        let NodeWire { metadata, spec } = NodeWire::deserialize(d)?;
+        let MetaWire { name, resource_version, labels, .. } = metadata.unwrap_or_default();
+        let unschedulable = spec.is_some_and(|NodeSpecWire { unschedulable, taints }| {
+            unschedulable_by(unschedulable, taints.iter().flatten().map(|t| (t.key.as_str(), t.effect.as_str())))
+        });
+        let zone = labels.and_then(|ZoneOnly(zone)| zone).map(String::into_boxed_str);
+        let name = name.unwrap_or_default().into_boxed_str();
+        Ok(Versioned { object: Self { name, unschedulable, zone }, version: resource_version })
+    }
+
+    fn key(&self) -> String {
+        self.name.to_string()
+    }
+}
+
 /// A Pod as discovery keeps it: what [`crate::neighbourhood::eligible_by_node`] reads.
-/// (A k8s-openapi `Pod` is 2.1 KiB before any field is set.)
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct SlimPod {
-    metadata: ObjectMeta,
-    node_name: Option<String>,
-    phase: Option<String>,
-    pod_ip: Option<String>,
-    host_ip: Option<String>,
-    /// The filter's verdict, once [`SlimPod::judge_labels`] has replaced the labels with it.
+    name: Box<str>,
+    namespace: Option<Box<str>>,
+    terminating: bool,
+    node_name: Option<Box<str>>,
+    phase: Option<Box<str>>,
+    pod_ip: Option<Box<str>>,
+    host_ip: Option<Box<str>>,
+    /// Until [`SlimPod::judge_labels`] replaces them with the filter's verdict.
+    labels: Option<BTreeMap<String, String>>,
+    /// The filter's verdict, once judged.
     selected: Option<bool>,
 }
 
 impl SlimPod {
     /// The pod's name (empty when the API server sent none).
     pub fn name(&self) -> &str {
-        self.metadata.name.as_deref().unwrap_or_default()
+        &self.name
+    }
+
+    /// The pod's namespace.
+    pub fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
+
+    /// The pod's labels, until [`SlimPod::judge_labels`] has replaced them.
+    pub fn labels(&self) -> Option<&BTreeMap<String, String>> {
+        self.labels.as_ref()
     }
 
     /// Replaces the labels with `filter`'s verdict on them: eligibility reads nothing else of
@@ -87,7 +147,7 @@ impl SlimPod {
     /// one both tiers then give eligibility.
     pub fn judge_labels(&mut self, filter: &LabelSelector) {
         self.selected = Some(PodFacts::selected_by(self, filter));
-        self.metadata.labels = None;
+        self.labels = None;
     }
 }
 
@@ -96,26 +156,25 @@ impl From<&Pod> for SlimPod {
         let m = &pod.metadata;
         let status = pod.status.as_ref();
         Self {
-            metadata: ObjectMeta {
-                name: m.name.clone(),
-                namespace: m.namespace.clone(),
-                resource_version: m.resource_version.clone(),
-                deletion_timestamp: m.deletion_timestamp.clone(),
-                labels: m.labels.clone(),
-                ..ObjectMeta::default()
-            },
-            node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
-            phase: status.and_then(|s| s.phase.clone()),
-            pod_ip: status.and_then(|s| s.pod_ip.clone()),
-            host_ip: status.and_then(|s| s.host_ip.clone()),
+            name: m.name.as_deref().unwrap_or_default().into(),
+            namespace: boxed(&m.namespace),
+            terminating: m.deletion_timestamp.is_some(),
+            node_name: pod.spec.as_ref().and_then(|s| boxed(&s.node_name)),
+            phase: status.and_then(|s| boxed(&s.phase)),
+            pod_ip: status.and_then(|s| boxed(&s.pod_ip)),
+            host_ip: status.and_then(|s| boxed(&s.host_ip)),
+            labels: m.labels.clone(),
             selected: None,
         }
     }
 }
 
 impl PodFacts for SlimPod {
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
+    fn name(&self) -> Option<&str> {
+        Some(&self.name)
+    }
+    fn terminating(&self) -> bool {
+        self.terminating
     }
     fn node_name(&self) -> Option<&str> {
         self.node_name.as_deref()
@@ -132,49 +191,56 @@ impl PodFacts for SlimPod {
     fn selected_by(&self, filter: &LabelSelector) -> bool {
         match self.selected {
             Some(verdict) => verdict,
-            None => filter.matches_labels_of(self.metadata.labels.as_ref()),
+            None => filter.matches_labels_of(self.labels.as_ref()),
         }
     }
 }
 
-/// `Resource` for a slim type: the full type's kind and path, the slim type's metadata.
-macro_rules! slim_resource {
-    ($slim:ty, $full:ty) => {
-        impl Resource for $slim {
-            type DynamicType = ();
-            type Scope = <$full as Resource>::Scope;
+impl Watched for SlimPod {
+    type Full = Pod;
 
-            fn kind(dt: &()) -> Cow<'_, str> {
-                <$full as Resource>::kind(dt)
-            }
-            fn group(dt: &()) -> Cow<'_, str> {
-                <$full as Resource>::group(dt)
-            }
-            fn version(dt: &()) -> Cow<'_, str> {
-                <$full as Resource>::version(dt)
-            }
-            fn api_version(dt: &()) -> Cow<'_, str> {
-                <$full as Resource>::api_version(dt)
-            }
-            fn plural(dt: &()) -> Cow<'_, str> {
-                <$full as Resource>::plural(dt)
-            }
-            fn meta(&self) -> &ObjectMeta {
-                &self.metadata
-            }
-            fn meta_mut(&mut self) -> &mut ObjectMeta {
-                &mut self.metadata
-            }
-        }
-    };
+    fn decode<'de, D: Deserializer<'de>>(d: D) -> Result<Versioned<Self>, D::Error> {
+        let PodWire { metadata, spec, status } = PodWire::deserialize(d)?;
+        let MetaWire { name, namespace, resource_version, deletion_timestamp, labels } = metadata.unwrap_or_default();
+        let PodStatusWire { phase, pod_ip, host_ip } = status.unwrap_or_default();
+        let object = Self {
+            name: name.unwrap_or_default().into_boxed_str(),
+            namespace: namespace.map(String::into_boxed_str),
+            terminating: deletion_timestamp.is_some(),
+            node_name: spec.and_then(|PodSpecWire { node_name }| node_name).map(String::into_boxed_str),
+            phase: phase.map(String::into_boxed_str),
+            pod_ip: pod_ip.map(String::into_boxed_str),
+            host_ip: host_ip.map(String::into_boxed_str),
+            labels,
+            selected: None,
+        };
+        Ok(Versioned { object, version: resource_version })
+    }
+
+    /// Namespace and name: a watch of all namespaces may see one name twice.
+    fn key(&self) -> String {
+        pod_key(self.namespace(), &self.name)
+    }
 }
 
-slim_resource!(SlimNode, Node);
-slim_resource!(SlimPod, Pod);
+/// The cache key of pod `name` in `namespace` ([`Watched::key`] of a [`SlimPod`]).
+pub fn pod_key(namespace: Option<&str>, name: &str) -> String {
+    format!("{}/{name}", namespace.unwrap_or_default())
+}
 
-/// The metadata kept of either kind; `L` decides which labels. (No uid: nothing reads it, and
-/// the reflector would keep a second copy in its key. The version is read by
-/// [`crate::listwatch`], which takes it out before the object is stored.)
+impl<'de> Deserialize<'de> for SlimNode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::decode(d).map(|v| v.object)
+    }
+}
+
+impl<'de> Deserialize<'de> for SlimPod {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::decode(d).map(|v| v.object)
+    }
+}
+
+/// The metadata read of either kind; `L` decides which labels. (No uid: nothing reads it.)
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct MetaWire<L> {
@@ -185,12 +251,9 @@ struct MetaWire<L> {
     labels: Option<L>,
 }
 
-impl<L> MetaWire<L> {
-    /// The metadata without labels, and the labels as decoded.
-    fn split(self) -> (ObjectMeta, Option<L>) {
-        let Self { name, namespace, resource_version, deletion_timestamp, labels } = self;
-        let meta = ObjectMeta { name, namespace, resource_version, deletion_timestamp, ..ObjectMeta::default() };
-        (meta, labels)
+impl<L> Default for MetaWire<L> {
+    fn default() -> Self {
+        Self { name: None, namespace: None, resource_version: None, deletion_timestamp: None, labels: None }
     }
 }
 
@@ -258,18 +321,6 @@ struct TaintWire {
     effect: String,
 }
 
-impl<'de> Deserialize<'de> for SlimNode {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let NodeWire { metadata, spec } = NodeWire::deserialize(d)?;
-        let (metadata, labels) = metadata.map_or_else(|| (ObjectMeta::default(), None), MetaWire::split);
-        let zone = labels.and_then(|ZoneOnly(zone)| zone);
-        let unschedulable = spec.is_some_and(|NodeSpecWire { unschedulable, taints }| {
-            unschedulable_by(unschedulable, taints.iter().flatten().map(|t| (t.key.as_str(), t.effect.as_str())))
-        });
-        Ok(Self { metadata, unschedulable, zone })
-    }
-}
-
 #[derive(Deserialize)]
 struct PodWire {
     metadata: Option<MetaWire<BTreeMap<String, String>>>,
@@ -283,34 +334,13 @@ struct PodSpecWire {
     node_name: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct PodStatusWire {
     phase: Option<String>,
     #[serde(rename = "podIP")]
     pod_ip: Option<String>,
     #[serde(rename = "hostIP")]
     host_ip: Option<String>,
-}
-
-impl<'de> Deserialize<'de> for SlimPod {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let PodWire { metadata, spec, status } = PodWire::deserialize(d)?;
-        let (phase, pod_ip, host_ip) = match status {
-            Some(PodStatusWire { phase, pod_ip, host_ip }) => (phase, pod_ip, host_ip),
-            None => (None, None, None),
-        };
-        Ok(Self {
-            metadata: metadata.map_or_else(ObjectMeta::default, |m| {
-                let (meta, labels) = m.split();
-                ObjectMeta { labels, ..meta }
-            }),
-            node_name: spec.and_then(|PodSpecWire { node_name }| node_name),
-            phase,
-            pod_ip,
-            host_ip,
-            selected: None,
-        })
-    }
 }
 
 #[cfg(test)]
@@ -347,13 +377,13 @@ mod tests {
 
     #[test]
     fn a_node_keeps_its_name_zone_and_schedulability_only() {
-        let node: SlimNode = serde_json::from_value(cloud_node()).unwrap();
+        let Versioned { object: node, version } = serde_json::from_value::<Versioned<SlimNode>>(cloud_node()).unwrap();
         assert_eq!(node.name(), "ip-10-0-1-7.eu-west-1.compute.internal");
-        assert_eq!((node.metadata.uid.as_deref(), node.metadata.resource_version.as_deref()), (None, Some("42")));
+        assert_eq!(version.as_deref(), Some("42"), "the version beside the object");
         assert_eq!(node.zone(), Some("eu-west-1b"));
-        assert!(node.metadata.labels.is_none() && node.metadata.annotations.is_none());
-        assert!(node.metadata.managed_fields.is_none() && node.metadata.creation_timestamp.is_none());
         assert!(node.unschedulable());
+        // Name, zone, a flag: nothing else is kept (the struct has no room for it).
+        assert!(std::mem::size_of::<SlimNode>() <= 40, "{}", std::mem::size_of::<SlimNode>());
         // Only tainted, only cordoned, neither: the rule of `node_is_unschedulable`.
         let mut tainted = cloud_node();
         tainted["spec"]["unschedulable"] = json!(null);
@@ -386,11 +416,11 @@ mod tests {
             "status": {"phase": "Running", "podIP": "10.0.0.9", "hostIP": "192.0.2.1",
                        "containerStatuses": [{"name": "kubenurse", "ready": true}]}
         });
-        let pod: SlimPod = serde_json::from_value(wire.clone()).unwrap();
-        let meta = PodFacts::meta(&pod);
-        assert_eq!((meta.name.as_deref(), meta.namespace.as_deref()), (Some("kubenurse-x"), Some("kube-system")));
-        assert_eq!(meta.labels.as_ref().and_then(|l| l.get("app")).map(String::as_str), Some("kubenurse"));
-        assert!(meta.deletion_timestamp.is_some() && meta.owner_references.is_none());
+        let Versioned { object: pod, version } = serde_json::from_value::<Versioned<SlimPod>>(wire.clone()).unwrap();
+        assert_eq!((pod.name(), pod.namespace(), version.as_deref()), ("kubenurse-x", Some("kube-system"), Some("7")));
+        assert_eq!(pod.key(), "kube-system/kubenurse-x");
+        assert_eq!(pod.labels.as_ref().and_then(|l| l.get("app")).map(String::as_str), Some("kubenurse"));
+        assert!(pod.terminating());
         assert_eq!(
             (pod.node_name(), pod.phase(), pod.pod_ip(), pod.host_ip()),
             (Some("n-1"), Some("Running"), Some("10.0.0.9"), Some("192.0.2.1"))
@@ -408,7 +438,7 @@ mod tests {
             let mut pod: SlimPod = serde_json::from_value(wire.clone()).unwrap();
             assert_eq!(pod.selected_by(&filter), verdict, "{filter}: by the labels");
             pod.judge_labels(&filter);
-            assert!(pod.metadata.labels.is_none(), "{filter}: labels dropped");
+            assert!(pod.labels.is_none(), "{filter}: labels dropped");
             assert_eq!(pod.selected_by(&filter), verdict, "{filter}: by the verdict");
         }
     }

@@ -1,4 +1,4 @@
-//! Runs a kube-rs watch into a reflector store forever, the same way in both tiers: on an
+//! Runs a watch ([`crate::listwatch`]) into a [`crate::cache::Cache`] forever, the same way in both tiers: on an
 //! error the watch is restarted (a fresh LIST, then WATCH) after a jittered, capped backoff,
 //! and the watch's health is kept for `neighbourhood_state`.
 
@@ -6,9 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::runtime::reflector;
 use kube::runtime::watcher::{self, Event};
 use kubenurse_common::backoff::Backoff;
+
+use crate::cache::CacheWriter;
+use crate::slim::Watched;
 use tracing::{info, warn};
 
 /// First delay before re-establishing a failed watch; doubles up to `MAX_RETRY_DELAY`.
@@ -20,7 +22,7 @@ pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(6);
 /// One watch's health.
 #[derive(Debug, Default, Clone)]
 pub struct WatchHealth {
-    /// The first LIST completed: the store is the truth (possibly stale), not unknown.
+    /// The first LIST completed: the cache is the truth (possibly stale), not unknown.
     pub synced: bool,
     /// The last failure, cleared when a LIST completes again.
     pub last_error: Option<String>,
@@ -37,17 +39,15 @@ pub fn health_of(h: &Health) -> WatchHealth {
 /// Drives `make_stream` into `writer` forever, calling `changed` after every event applied
 /// (and with `None` when the watch fails).
 /// The LIST's completion is what proves recovery, so the error clears as soon as the API
-/// server is back, and the store stays valid meanwhile (kube swaps it in whole at the end of
-/// the LIST).
+/// server is back, and the cache stays valid meanwhile (a LIST is swapped in whole at its end).
 pub async fn drive<K, S>(
     make_stream: impl Fn() -> S,
-    mut writer: reflector::store::Writer<K>,
+    mut writer: CacheWriter<K>,
     health: Health,
     what: &'static str,
     changed: impl Fn(Option<&Event<K>>),
 ) where
-    K: kube::Resource + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
+    K: Watched,
     S: futures::Stream<Item = Result<Event<K>, watcher::Error>>,
 {
     let mut backoff = Backoff::new(FIRST_RETRY_DELAY, MAX_RETRY_DELAY);
@@ -57,7 +57,7 @@ pub async fn drive<K, S>(
         while let Some(item) = stream.next().await {
             match item {
                 Ok(event) => {
-                    writer.apply_watcher_event(&event);
+                    writer.apply(&event);
                     if matches!(event, Event::InitDone) {
                         let mut h = health.lock().unwrap_or_else(|p| p.into_inner());
                         if !h.synced || h.last_error.is_some() {

@@ -1,15 +1,17 @@
 //! The streaming list-watch against the kit's fake API server (the real wire format): a LIST
 //! of realistic cloud Nodes decoded slim item by item, then watch events for a cordon and a
-//! deletion, and an API server failure ending the stream with an error.
+//! deletion, and an API server failure ending the stream with an error; all through the
+//! tiers' watch client (its exact read buffer, no retries).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::ListParams;
 use kube::runtime::watcher::Event;
-use kube::{Api, Client, Resource};
+use kube::Api;
+use kubenurse_neighbours::client::watch_client;
 use kubenurse_neighbours::listwatch::{list_streaming, list_watch, pod_events, Selectors};
 use kubenurse_neighbours::neighbourhood::PodFacts as _;
 use kubenurse_neighbours::selector::LabelSelector;
@@ -30,36 +32,34 @@ fn workdir(name: &str) -> PathBuf {
 async fn a_streamed_list_has_every_object_slim_and_the_version() -> anyhow::Result<()> {
     let api = FakeApiServer::start(&workdir("listwatch-list")).await?;
     populate(&api, NODES, pod_ip);
-    let client = Client::try_from(api.kube_config())?;
+    let client = watch_client(api.kube_config())?;
     let full = Api::<Node>::all(client.clone()).list(&ListParams::default()).await?;
-    let (nodes, version) = list_streaming(&Api::<SlimNode>::all(client.clone()), &Selectors::default()).await?;
+    let (nodes, version) = list_streaming::<SlimNode>(&Api::all(client.clone()), &Selectors::default()).await?;
     assert_eq!(nodes.len(), NODES);
     assert_eq!(Some(version), full.metadata.resource_version);
     for (slim, full) in nodes.iter().zip(&full.items) {
-        // The stream resumes from the list's version; the objects keep none.
-        let mut expected = SlimNode::from(full);
-        expected.meta_mut().resource_version = None;
-        assert_eq!(slim, &expected);
+        // Slim = the full object made slim (the version stays with the stream).
+        assert_eq!(slim, &SlimNode::from(full));
         assert!(slim.zone().is_some(), "{slim:?}");
     }
     // Selectors reach the API server: one pod by label and field.
-    let pods: Api<SlimPod> = Api::namespaced(client.clone(), NAMESPACE);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
     let one = Selectors::named("kubenurse-00007");
-    let (pods, _) = list_streaming(&pods, &one).await?;
+    let (pods, _) = list_streaming::<SlimPod>(&pods, &one).await?;
     let names: Vec<_> = pods.iter().map(SlimPod::name).collect();
     assert_eq!(names, ["kubenurse-00007"]);
     assert_eq!(pods[0].pod_ip(), Some(pod_ip(7).as_str()));
-    assert!(Resource::meta(&pods[0]).labels.is_some(), "a plain list keeps the labels");
+    assert!(pods[0].labels().is_some(), "a plain list keeps the labels");
 
     // The Pod caches' stream keeps the filter's verdict, not the labels.
-    let pod_api: Api<SlimPod> = Api::namespaced(client, NAMESPACE);
+    let pod_api: Api<Pod> = Api::namespaced(client, NAMESPACE);
     for filter in ["app.kubernetes.io/name=kubenurse", ""] {
         let filter = LabelSelector::parse(filter)?;
         let mut events = Box::pin(pod_events(pod_api.clone(), &filter));
         assert!(matches!(next(&mut events).await?, Some(Ok(Event::Init))));
         match next(&mut events).await? {
             Some(Ok(Event::InitApply(p))) => {
-                assert!(Resource::meta(&p).labels.is_none() && p.selected_by(&filter), "{filter}: {p:?}")
+                assert!(p.labels().is_none() && p.selected_by(&filter), "{filter}: {p:?}")
             }
             other => anyhow::bail!("expected a pod, got {other:?}"),
         }
@@ -77,8 +77,8 @@ async fn next<K>(
 async fn the_watch_follows_changes_and_ends_on_failure() -> anyhow::Result<()> {
     let api = FakeApiServer::start(&workdir("listwatch-watch")).await?;
     populate(&api, 20, pod_ip);
-    let client = Client::try_from(api.kube_config())?;
-    let mut events = Box::pin(list_watch(Api::<SlimNode>::all(client), Selectors::default()));
+    let client = watch_client(api.kube_config())?;
+    let mut events = Box::pin(list_watch::<SlimNode>(Api::all(client), Selectors::default()));
     assert!(matches!(next(&mut events).await?, Some(Ok(Event::Init))));
     let mut listed = 0;
     loop {
