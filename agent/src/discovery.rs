@@ -331,7 +331,7 @@ impl Discovery {
         let node_objects = match &local.nodes {
             None => None,
             Some(_) if !nodes.synced => return waiting("the node list", nodes.last_error),
-            Some(store) => Some(store.state()),
+            Some(cache) => Some(cache.state()),
         };
         // Borrowed from the cache: a round allocates no name.
         let node_map: Option<HashMap<&str, bool>> =

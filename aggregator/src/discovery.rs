@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kube::runtime::watcher::Event;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::runtime::watcher::Event;
 use kube::{Api, Client};
 use kubenurse_neighbours::cache::Cache;
 use kubenurse_neighbours::listwatch::{list_watch, pod_events, Selectors};

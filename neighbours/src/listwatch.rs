@@ -200,7 +200,11 @@ async fn next_line(body: &mut Body, line: &mut Vec<u8>) -> kube::Result<bool> {
 }
 
 /// Opens a watch of `api` from `version`.
-async fn open_watch<R: kube::Resource + Clone>(api: &Api<R>, selectors: &Selectors, version: &str) -> kube::Result<Body> {
+async fn open_watch<R: kube::Resource + Clone>(
+    api: &Api<R>,
+    selectors: &Selectors,
+    version: &str,
+) -> kube::Result<Body> {
     let mut request = kube::core::Request::new(api.resource_url())
         .watch(&selectors.watch_params(), version)
         .map_err(kube::Error::BuildRequest)?;
@@ -210,7 +214,7 @@ async fn open_watch<R: kube::Resource + Clone>(api: &Api<R>, selectors: &Selecto
 }
 
 /// A LIST response being read: objects come out one by one as their bytes arrive, so a
-/// relist never holds the whole list decoded beside the store it replaces.
+/// relist never holds the whole list decoded beside the cache it replaces.
 struct Listing<K> {
     body: Body,
     splitter: ListSplitter,
@@ -304,7 +308,7 @@ async fn step<K: Watched>(
                 Ok(listing) => return Some((Ok(Event::Init), Phase::Listing(listing))),
                 Err(e) => return Some((Err(watcher::Error::InitialListFailed(e)), Phase::Ended)),
             },
-            // Each object goes to the store as it is decoded.
+            // Each object goes to the cache as it is decoded.
             Phase::Listing(mut listing) => match listing.next().await {
                 Ok(Some(object)) => return Some((Ok(Event::InitApply(object)), Phase::Listing(listing))),
                 Ok(None) => match listing.version() {
