@@ -5,7 +5,8 @@
 
 # On Alpine the host target is musl (x86_64-unknown-linux-musl on amd64), linked statically.
 FROM rust:1-alpine AS build
-RUN apk add --no-cache musl-dev
+# gcc: mimalloc, the aggregator's allocator, is C (built by the cc crate).
+RUN apk add --no-cache musl-dev gcc
 ENV RUSTFLAGS="-C target-feature=+crt-static" CARGO_TERM_COLOR=never
 WORKDIR /src
 COPY . .

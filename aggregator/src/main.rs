@@ -4,6 +4,15 @@ use std::process::ExitCode;
 
 use kubenurse_aggregator::config::{parse_args, Command, Config};
 
+/// mimalloc, not the C library's malloc: the aggregator allocates for every result it takes
+/// in. With glibc's malloc, 18 % of its CPU went to the allocator (a perf profile of the
+/// aggregator_ingest bench, much of it consolidating freed chunks when a snapshot allocates).
+/// In the same bench mimalloc took CPU per result from 2.84 to 2.01 µs and the resident memory
+/// of 10,000 streams from 599 to 411 MiB. The shipped image is static musl, whose malloc is
+/// slower still under threads. The agent keeps the C library's: its memory is mostly code.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let mut args = match parse_args(std::env::args_os()) {
         Ok(a) => a,

@@ -28,15 +28,18 @@ pub async fn ingested(http: &str) -> u64 {
 pub async fn connect_agents(grpc: &str, nodes: usize, limit: usize) -> anyhow::Result<Agents> {
     let per_connection: usize =
         std::env::var("BENCH_STREAMS_PER_CONNECTION").ok().and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
-    let mut channels = Vec::new();
-    for _ in 0..nodes.div_ceil(per_connection) {
-        channels.push(tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))?.connect().await?);
-    }
+    let connections = nodes.div_ceil(per_connection);
+    let mut channels = Vec::with_capacity(connections);
     let mut senders = Vec::with_capacity(nodes);
     for i in 0..nodes {
+        // Each connection says hello as soon as it is open, as an agent's does: connecting all
+        // 10,000 first would outlast the aggregator's hello deadline for the first ones.
+        if channels.len() < connections {
+            channels.push(tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))?.connect().await?);
+        }
         let (tx, rx) = mpsc::channel::<AgentMessage>(4);
         let outbound = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-        let mut client = NurseClient::new(channels[i % channels.len()].clone());
+        let mut client = NurseClient::new(channels[i % connections].clone());
         let targets: Vec<String> = (1..=limit).map(|k| node((i + k) % nodes)).collect();
         let hello = Hello {
             protocol: 1,
