@@ -2,10 +2,11 @@
 //! built for anything a controller may ask; a watch needs less. Its hyper connections read
 //! with an adaptive buffer that grows to 400 KiB on the first LIST page and stays that size
 //! for the life of the watch connection. Here the buffer is [`WATCH_READ_BUFFER_BYTES`]: an
-//! agent with its two watches at 5,000 Nodes went from 21.2 to 19.8 MiB (discovery_scale bench). Everything else is kube-rs's stack:
-//! TLS from the config, base URI, auth (token files re-read), extra headers, the config's
-//! timeouts. Nothing is retried: the watchers back off by themselves, and kube's retry of
-//! 503s for minutes would hide an outage from `neighbourhood_state`.
+//! agent with its two watches at 5,000 Nodes went from 21.2 to 19.8 MiB (discovery_scale
+//! bench). Everything else is kube-rs's stack: TLS from the config, base URI, auth (token files
+//! re-read), extra headers, the config's timeouts. Nothing is retried: the watchers back off by
+//! themselves, and kube's retry of 503s for minutes would hide an outage from
+//! `neighbourhood_state`.
 
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
