@@ -13,7 +13,7 @@ use std::fmt;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use serde::de::{DeserializeOwned, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
 use crate::neighbourhood::{node_is_unschedulable, unschedulable_by, PodFacts};
@@ -25,7 +25,7 @@ pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// A kind discovery watches: decoded slim from the API server's JSON, cached by [`Watched::key`].
 pub trait Watched: Clone + fmt::Debug + Send + Sync + Sized + 'static {
     /// The full k8s-openapi type, for the API paths (never decoded by the watches).
-    type Full: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + fmt::Debug;
+    type Full: kube::Resource<DynamicType = ()> + Clone;
 
     /// The object and its `metadata.resourceVersion`, from one object's JSON.
     fn decode<'de, D: Deserializer<'de>>(d: D) -> Result<Versioned<Self>, D::Error>;
