@@ -12,7 +12,7 @@ use kubenurse_aggregator::config::{parse_args, Command, Config};
 /// slower still under threads. The agent keeps the C library's: its memory is mostly code.
 /// Built without transparent huge pages (`no_thp`): mimalloc asked for them on its arenas, and
 /// 2 MiB pages of which a few KiB are used put 15-35 MiB more in the same bench's resident
-/// memory (231-236 against 247-257 MiB after the trials at 100 streams a connection) and
+/// memory (231-237 against 247-257 MiB after the trials at 100 streams a connection) and
 /// bought no speed we could measure.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
