@@ -347,6 +347,10 @@ fn main() -> anyhow::Result<()> {
         let senders = connect_agents(grpc, nodes, LIMIT).await?;
         ingest_rounds(http, &senders, next..next + 1).await?;
         next += 1;
+        println!(
+            "  aggregator resident memory with every agent connected again, before queries: {:.1} MiB",
+            proc_stat(pid).map_or(0.0, |p| p.rss_mib())
+        );
         // BENCH_LOOP_METRICS=0: all 8 loop the matrix (to tell the two costs apart).
         let with_metrics = std::env::var("BENCH_LOOP_METRICS").map_or(true, |v| v != "0");
         // BENCH_CLIENT_GZIP=0: the clients take the 25 MiB plain matrix (browsers ask for gzip).
@@ -392,6 +396,10 @@ fn main() -> anyhow::Result<()> {
             per_result(median(own_alone))
         );
 
+        println!(
+            "  aggregator resident memory after the queried trials: {:.1} MiB",
+            proc_stat(pid).map_or(0.0, |p| p.rss_mib())
+        );
         let (plain_ms, size) = timed_get(http, "/api/v1/matrix", false, 15).await?;
         let (gzip_ms, gzip_size) = timed_get(http, "/api/v1/matrix", true, 15).await?;
         let cells = {

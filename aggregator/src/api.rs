@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -18,6 +19,7 @@ use tokio::sync::Semaphore;
 use crate::auth::AuthMode;
 use crate::metrics::AggregatorMetrics;
 use crate::owner::StateHandle;
+use crate::snapshot::Snapshot;
 use crate::views::Stat;
 
 /// Longest any request may take before it is answered 503.
@@ -221,22 +223,22 @@ async fn matrix(State(api): State<ApiState>, headers: HeaderMap, Query(q): Query
     };
     if window.is_none() {
         // The default window: the snapshot's document, rendered once and shared.
-        return match api.state.snapshot().await {
-            Some(snap) if accepts_gzip(headers.get(header::ACCEPT_ENCODING).and_then(|v| v.to_str().ok())) => (
+        let gzip = accepts_gzip(headers.get(header::ACCEPT_ENCODING).and_then(|v| v.to_str().ok()));
+        let Some(snap) = api.state.snapshot().await else { return unavailable() };
+        let Some(doc) = shared_matrix(snap, stat, gzip).await else { return unavailable() };
+        return match gzip {
+            true => (
                 [
                     (header::CONTENT_TYPE, "application/json"),
                     (header::CONTENT_ENCODING, "gzip"),
                     (header::VARY, "accept-encoding"),
                 ],
-                snap.matrix_gzip(stat),
+                doc,
             )
                 .into_response(),
-            Some(snap) => (
-                [(header::CONTENT_TYPE, "application/json"), (header::VARY, "accept-encoding")],
-                snap.matrix_json(stat),
-            )
-                .into_response(),
-            None => unavailable(),
+            false => {
+                ([(header::CONTENT_TYPE, "application/json"), (header::VARY, "accept-encoding")], doc).into_response()
+            }
         };
     }
     // Another window needs the raw slots: the owner computes it (still under a permit).
@@ -254,6 +256,25 @@ async fn matrix(State(api): State<ApiState>, headers: HeaderMap, Query(q): Query
         Some(Ok(bytes)) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
         Some(Err(e)) => bad_request(e),
         None => unavailable(),
+    }
+}
+
+/// `snap`'s shared matrix document, rendered on the blocking pool when it is not yet: at
+/// 100,000 cells a render takes about 100 ms, and the requests arriving meanwhile wait for it
+/// in the render's lock. On the async workers that blocked both of them (the owner's and the
+/// streams' too), so ingest stopped for every new snapshot a dashboard asked for. `None` if the
+/// render failed.
+async fn shared_matrix(snap: Arc<Snapshot>, stat: Stat, gzip: bool) -> Option<Bytes> {
+    if let Some(doc) = snap.matrix_rendered(stat, gzip) {
+        return Some(doc);
+    }
+    let render = move || if gzip { snap.matrix_gzip(stat) } else { snap.matrix_json(stat) };
+    match tokio::task::spawn_blocking(render).await {
+        Ok(doc) => Some(doc),
+        Err(e) => {
+            tracing::error!(error = %e, "rendering the matrix failed");
+            None
+        }
     }
 }
 
@@ -315,7 +336,28 @@ async fn metrics(State(api): State<ApiState>) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::accepts_gzip;
+    use std::sync::Arc;
+
+    use super::{accepts_gzip, shared_matrix};
+    use crate::snapshot::{tests::state, Snapshot};
+    use crate::views::Stat;
+
+    #[tokio::test]
+    async fn concurrent_requests_share_one_render_made_off_the_workers() {
+        let snap = Arc::new(Snapshot::take(&state(), 2_000_000));
+        for gzip in [true, false] {
+            let docs = futures::future::join_all((0..4).map(|_| shared_matrix(snap.clone(), Stat::P99, gzip))).await;
+            let shared = snap.matrix_rendered(Stat::P99, gzip).map(|d| d.as_ptr());
+            assert!(shared.is_some(), "rendered (gzip {gzip})");
+            for doc in docs {
+                assert_eq!(doc.map(|d| d.as_ptr()), shared, "one render shared (gzip {gzip})");
+            }
+        }
+        let mut plain = Vec::new();
+        let gz = snap.matrix_rendered(Stat::P99, true).unwrap_or_default();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut plain).unwrap_or_default();
+        assert_eq!(Some(plain), snap.matrix_rendered(Stat::P99, false).map(|d| d.to_vec()), "the same document");
+    }
 
     #[test]
     fn gzip_only_when_asked_and_not_refused() {

@@ -321,6 +321,13 @@ impl Snapshot {
             .clone()
     }
 
+    /// The matrix document of `stat` (gzipped or plain) if it is rendered already: a request
+    /// that finds it need not leave the async workers (see `api::shared_matrix`).
+    pub fn matrix_rendered(&self, stat: Stat, gzip: bool) -> Option<Bytes> {
+        let docs = if gzip { &self.gzipped } else { &self.rendered };
+        docs[stat_index(stat)].get().cloned()
+    }
+
     /// `/api/v1/nodes`.
     pub fn nodes(&self) -> Value {
         json!({ "nodes": self.nodes.iter().map(|n| views::node_summary(&n.facts())).collect::<Vec<_>>() })
@@ -353,13 +360,14 @@ impl Default for Snapshot {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use kubenurse_proto::v1::{CheckResult, Hello, Outcome, ResultBatch};
 
     use super::*;
     use crate::state::Settings;
 
-    fn state() -> ClusterState {
+    /// Three nodes, a failing cell and an own check (for the API's tests too).
+    pub(crate) fn state() -> ClusterState {
         let mut s = ClusterState::new(Settings::default());
         for (n, targets) in [("a", vec!["b", "c"]), ("b", vec!["a"]), ("c", vec![])] {
             let hello = Hello {
@@ -436,6 +444,9 @@ mod tests {
         let first = snap.matrix_json(Stat::P99);
         let again = snap.matrix_json(Stat::P99);
         assert_eq!(first.as_ptr(), again.as_ptr(), "shared, not rendered again");
+        let rendered = snap.matrix_rendered(Stat::P99, false).map(|d| d.as_ptr());
+        assert_eq!(rendered, Some(first.as_ptr()), "found without rendering");
+        assert!(snap.matrix_rendered(Stat::P99, true).is_none(), "not gzipped until asked");
         assert_ne!(first, snap.matrix_json(Stat::ErrorRatio));
         let gz = snap.matrix_gzip(Stat::P99);
         assert_eq!(gz.as_ptr(), snap.matrix_gzip(Stat::P99).as_ptr(), "gzipped once too");
