@@ -25,7 +25,7 @@ use crate::discovery::Books;
 use crate::guard::Connections;
 use crate::metrics::AggregatorMetrics;
 use crate::owner::{now_micros, StateHandle};
-use crate::validate::{bounded_text as bounded, check_batch, Rejection};
+use crate::validate::{bounded_text as bounded, check_batch, Rejection, TargetSet};
 
 /// How long a new stream may take to say hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -194,7 +194,7 @@ impl Nurse for Ingest {
                 let _ = tx.send(Err(refuse(&metrics, failure))).await;
                 return;
             }
-            let (node, mut targets) = (hello.node.clone(), hello.targets.clone());
+            let (node, mut targets) = (hello.node.clone(), TargetSet::new(&hello.targets));
             let (pod, mut books) = (hello.pod.clone(), books.filter(|_| hello.wants_targets));
             if let Err(reason) = state.hello(hello, true).await {
                 reject(&metrics, reason, 1);
@@ -276,7 +276,7 @@ impl Nurse for Ingest {
                             let _ = tx.send(Err(refuse(&metrics, AuthFailure::NodeMismatch))).await;
                             break;
                         }
-                        let new_targets = (h.targets != targets).then(|| h.targets.clone());
+                        let new_targets = Some(TargetSet::new(&h.targets)).filter(|new| *new != targets);
                         match state.hello(h, false).await {
                             Ok(()) => {
                                 if let Some(new) = new_targets {

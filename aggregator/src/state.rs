@@ -9,7 +9,7 @@ use kubenurse_proto::v1::{Hello, ResultBatch, UdpResult};
 
 use crate::cell::{Cell, UdpRound};
 use crate::suspects::{find_suspects, CellView, NodeView, Suspect};
-use crate::validate::{bounded_text, check_batch, check_hello, CheckedBatch, Rejection, ValidResult};
+use crate::validate::{bounded_text, check_batch, check_hello, CheckedBatch, Rejection, TargetSet, ValidResult};
 
 /// Tunables; defaults in `Settings::default`.
 #[derive(Debug, Clone)]
@@ -222,7 +222,7 @@ impl ClusterState {
             out.rejected.insert(Rejection::NoHello, batch.results.len() as u64);
             return out;
         };
-        let (checked, rejected) = check_batch(batch.clone(), &hello.targets);
+        let (checked, rejected) = check_batch(batch.clone(), &TargetSet::new(&hello.targets));
         let mut out = self.record_checked(node, checked, now);
         out.rejected.extend(rejected);
         out
@@ -253,7 +253,7 @@ impl ClusterState {
         // The source's row once a batch; everywhere, look up before inserting, so the hot path
         // allocates no key.
         let mut row = None;
-        if batch.results.iter().any(|v| v.kind.target_node().is_some()) {
+        if !batch.udp.is_empty() || batch.results.iter().any(|v| v.kind.target_node().is_some()) {
             if !self.matrix.contains_key(node) {
                 self.matrix.insert(node.to_string(), HashMap::new());
             }
@@ -284,8 +284,7 @@ impl ClusterState {
                 }
             }
         }
-        if !batch.udp.is_empty() {
-            let row = self.matrix.entry(node.to_string()).or_default();
+        if let Some(row) = row.filter(|_| !batch.udp.is_empty()) {
             for u in &batch.udp {
                 let cell = match row.get_mut(&u.target_node) {
                     Some(cell) => cell,
@@ -452,6 +451,23 @@ mod tests {
             round_ends: vec![RoundEnd { round: 1, all_ok: true, ..RoundEnd::default() }],
             ..ResultBatch::default()
         }
+    }
+
+    #[test]
+    fn a_batch_of_udp_rounds_alone_opens_its_row() {
+        let mut s = ClusterState::new(Settings::default());
+        assert_eq!(s.hello(hello("a", &["b"], 0), 0, true), Ok(()));
+        let udp = UdpResult {
+            target_node: "b".into(),
+            sent: 10,
+            received: 9,
+            rtt_micros: vec![100; 9],
+            ..UdpResult::default()
+        };
+        let out = s.batch("a", &ResultBatch { udp_results: vec![udp], ..ResultBatch::default() }, 1_000_000);
+        assert_eq!((out.accepted, out.rejected.len()), (1, 0), "{out:?}");
+        let cell = s.matrix.get("a").and_then(|row| row.get("b"));
+        assert!(cell.is_some_and(|c| c.udp.is_some()), "{:?}", s.matrix.keys().collect::<Vec<_>>());
     }
 
     /// Three nodes all checking each other; `bad` receives failures from everyone `rounds` times.
