@@ -212,6 +212,10 @@ impl Nurse for Ingest {
                 }
             };
             tokio::pin!(token_expired);
+            // Made once a stream, not once a message: each would take the shared flag's lock to
+            // register its waiter, and again to remove it, for every message of every stream.
+            let (shutdown, replaced) = (stopped(&mut shutdown), stopped(&mut replaced));
+            tokio::pin!(shutdown, replaced);
             let (mut accepted, mut rejected, mut last_rejection) = (0u64, 0u64, String::new());
             let mut sent_targets = None;
             // When the last ack went out, and when the next one is due (counts not yet acked).
@@ -243,11 +247,11 @@ impl Nurse for Ingest {
                         }
                         continue;
                     }
-                    _ = stopped(&mut shutdown) => {
+                    () = &mut shutdown => {
                         let _ = tx.send(go_away("aggregator shutting down")).await;
                         break;
                     }
-                    _ = stopped(&mut replaced) => {
+                    () = &mut replaced => {
                         info!(%node, "a newer stream of this node replaces this one");
                         let _ = tx.send(go_away("replaced by a newer stream of this node")).await;
                         break;
