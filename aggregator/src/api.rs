@@ -343,7 +343,7 @@ mod tests {
     use crate::views::Stat;
 
     #[tokio::test]
-    async fn concurrent_requests_share_one_render_made_off_the_workers() {
+    async fn concurrent_requests_share_one_render() {
         let snap = Arc::new(Snapshot::take(&state(), 2_000_000));
         for gzip in [true, false] {
             let docs = futures::future::join_all((0..4).map(|_| shared_matrix(snap.clone(), Stat::P99, gzip))).await;
